@@ -1,0 +1,37 @@
+"""The tutorial's batchify and bptt slicing, batch-first.
+
+A split is one contiguous token stream. batchify cuts it into `bsz` equal rows (row j holds the
+j-th contiguous chunk, the tutorial's column j); a step reads `bptt` positions from every row,
+and its targets are the same positions shifted by one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmx.errors import DataError
+
+
+def batchify(stream: torch.Tensor, bsz: int, name: str = "split") -> torch.Tensor:
+    """[N] -> [bsz, N // bsz]; the N % bsz trailing tokens are dropped, as in the tutorial."""
+    length = stream.size(0) // bsz
+    if length < 2:
+        raise DataError(
+            f"the {name} split has {stream.size(0)} tokens: too few for batch size {bsz} "
+            "(each row needs at least 2 tokens, an input and its target)"
+        )
+    return stream[: length * bsz].view(bsz, length)
+
+
+def batch_starts(source: torch.Tensor, bptt: int) -> range:
+    """Start positions 0, bptt, 2*bptt, ... of the steps over a batchified split."""
+    return range(0, source.size(1) - 1, bptt)
+
+
+def get_batch(source: torch.Tensor, i: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs [bsz, T] = positions i..i+T-1, targets [bsz, T] = positions i+1..i+T.
+
+    T = bptt, except for the last step of a split, which is shorter.
+    """
+    seq_len = min(bptt, source.size(1) - 1 - i)
+    return source[:, i : i + seq_len], source[:, i + 1 : i + 1 + seq_len]

@@ -1,0 +1,235 @@
+"""Typed config schemas: every default lives here, the YAML files in conf/ hold only deltas.
+
+Registered with Hydra's ConfigStore so that a typo or a wrongly typed override fails at
+compose time. The defaults reproduce PyTorch's nn.Transformer WikiText-2 tutorial.
+
+Layout of the composed config (one sub-config per component):
+    model      TransformerConfig   -> lmx.model.TransformerLM (via instantiate)
+    data       DataConfig          -> lmx.corpus.load_corpus
+      .tokenizer TokenizerConfig   -> lmx.tokenizer.build_tokenizer
+    optim      SGDConfig | AdamWConfig | any torch.optim class   (instantiate, _partial_)
+    scheduler  StepLRConfig | WarmupCosineConfig | ConstantLRConfig (instantiate, _partial_)
+    device     DeviceConfig        -> lmx.device
+    trainer    TrainerConfig       -> lmx.trainer.fit
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from lmx.errors import ConfigError
+
+
+# ---------------------------------------------------------------------------- enums
+class TokenizerKind(Enum):
+    word = "word"  # WordLevel: one id per whitespace-separated word
+    bpe = "bpe"  # byte-pair-encoding subwords
+
+
+class Normalization(Enum):
+    basic_english = "basic_english"  # torchtext's rules: lowercase, split punctuation
+    none = "none"  # keep text as it is
+
+
+class DeviceType(Enum):
+    auto = "auto"  # cuda when available, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Interval(Enum):
+    epoch = "epoch"  # scheduler.step() once after each epoch (the tutorial's StepLR)
+    step = "step"  # scheduler.step() after every optimizer step (warm-up, cosine)
+
+
+# ---------------------------------------------------------------------------- model
+@dataclass
+class TransformerConfig:
+    _target_: str = "lmx.model.TransformerLM"
+    d_model: int = 200  # embedding dimension
+    nhead: int = 2  # attention heads; must divide d_model
+    d_hid: int = 200  # feed-forward hidden size
+    nlayers: int = 2
+    dropout: float = 0.2
+    tie_weights: bool = False  # share embedding and decoder weights
+    max_len: int = 5000  # longest sequence the positional table covers
+
+
+# ---------------------------------------------------------------------------- data
+@dataclass
+class TokenizerConfig:
+    kind: TokenizerKind = TokenizerKind.word
+    normalization: Normalization = Normalization.basic_english
+    eos: bool = False  # append <eos> to every line (pytorch/examples); else empty lines vanish
+    # None: every type seen in train (word level). BPE needs a number. Never a silent cap.
+    vocab_size: Optional[int] = None
+    min_frequency: int = 0  # drop rarer training types (they become <unk>)
+
+
+@dataclass
+class DataConfig:
+    name: str = "wikitext2"
+    hub_path: str = "Salesforce/wikitext"
+    hub_config: str = "wikitext-2-v1"  # or wikitext-2-raw-v1
+    local_dir: Optional[str] = None  # folder with train/valid/test .txt (or wiki.*.tokens)
+    cache_dir: Optional[str] = None  # None: $LMX_CACHE_DIR or ~/.cache/lmx
+    batch_size: int = 20  # columns of the training stream
+    eval_batch_size: int = 10  # columns of the valid/test streams
+    bptt: int = 35  # sequence length of one step
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+# ---------------------------------------------------------------------------- optim
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True  # parameters are passed at run time
+    lr: float = 5.0
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class AdamWConfig:
+    _target_: str = "torch.optim.AdamW"
+    _partial_: bool = True
+    lr: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+
+
+# ---------------------------------------------------------------------------- scheduler
+# `interval` is lmx's own key (when to call step()); every other key goes to the constructor.
+@dataclass
+class StepLRConfig:
+    _target_: str = "torch.optim.lr_scheduler.StepLR"
+    _partial_: bool = True
+    step_size: int = 1
+    gamma: float = 0.95
+    interval: Interval = Interval.epoch
+
+
+@dataclass
+class WarmupCosineConfig:
+    _target_: str = "lmx.schedulers.WarmupCosineLR"
+    _partial_: bool = True
+    warmup_steps: int = 200
+    total_steps: Optional[int] = None  # None: the run's number of optimizer steps
+    min_lr_ratio: float = 0.0
+    interval: Interval = Interval.step
+
+
+@dataclass
+class ConstantLRConfig:
+    _target_: str = "torch.optim.lr_scheduler.ConstantLR"
+    _partial_: bool = True
+    factor: float = 1.0
+    total_iters: int = 0
+    interval: Interval = Interval.epoch
+
+
+# ---------------------------------------------------------------------------- device, trainer
+@dataclass
+class DeviceConfig:
+    type: DeviceType = DeviceType.auto
+    precision: Precision = Precision.fp32  # autocast dtype for forward passes
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 3
+    grad_clip: Optional[float] = 0.5  # max gradient norm; None disables clipping
+    log_interval: int = 200  # optimizer steps between train log lines / scalars
+    seed: int = 0
+    limit_train_batches: Optional[int] = None  # None: the whole split
+    limit_eval_batches: Optional[int] = None
+    progress: bool = True  # progress bar (shown on a terminal only)
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: TransformerConfig = field(default_factory=TransformerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: Any = MISSING  # one of the schema/optim entries, or any torch optimizer
+    scheduler: Any = MISSING  # one of the schema/scheduler entries
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def register_configs() -> None:
+    """Store the schemas; YAML options extend them through their defaults lists."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="schema/optim", name="sgd", node=SGDConfig)
+    cs.store(group="schema/optim", name="adamw", node=AdamWConfig)
+    cs.store(group="schema/scheduler", name="step", node=StepLRConfig)
+    cs.store(group="schema/scheduler", name="cosine", node=WarmupCosineConfig)
+    cs.store(group="schema/scheduler", name="constant", node=ConstantLRConfig)
+
+
+# ---------------------------------------------------------------------------- validation
+def validate(cfg: DictConfig) -> None:
+    """Check the rules that types cannot express; report every problem at once."""
+    problems: List[str] = []
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    m = cfg.model
+    check(m.d_model >= 1, f"model.d_model={m.d_model} must be >= 1")
+    check(m.nhead >= 1, f"model.nhead={m.nhead} must be >= 1")
+    if m.nhead >= 1:
+        check(
+            m.d_model % m.nhead == 0,
+            f"model.d_model={m.d_model} is not divisible by model.nhead={m.nhead}: "
+            "each attention head gets d_model / nhead dimensions",
+        )
+    check(m.d_hid >= 1, f"model.d_hid={m.d_hid} must be >= 1")
+    check(m.nlayers >= 1, f"model.nlayers={m.nlayers} must be >= 1")
+    check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
+
+    d = cfg.data
+    for key in ("batch_size", "eval_batch_size", "bptt"):
+        check(d[key] >= 1, f"data.{key}={d[key]} must be >= 1")
+    check(d.bptt <= m.max_len, f"data.bptt={d.bptt} exceeds model.max_len={m.max_len}")
+    if d.local_dir is not None:
+        local = Path(d.local_dir).expanduser()
+        check(local.is_dir(), f"data.local_dir={d.local_dir}: no such folder ({local.resolve()})")
+    tok = d.tokenizer
+    if tok.kind == TokenizerKind.bpe:
+        check(
+            tok.vocab_size is not None and tok.vocab_size > 0,
+            "data.tokenizer.vocab_size must be set to a positive number for BPE",
+        )
+    elif tok.vocab_size is not None:
+        check(tok.vocab_size > 0, f"data.tokenizer.vocab_size={tok.vocab_size} must be > 0")
+
+    lr = cfg.optim.get("lr")
+    if isinstance(lr, (int, float)):
+        check(lr > 0, f"optim.lr={lr} must be > 0")
+
+    t = cfg.trainer
+    check(t.epochs >= 0, f"trainer.epochs={t.epochs} must be >= 0")
+    check(t.log_interval >= 1, f"trainer.log_interval={t.log_interval} must be >= 1")
+    check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip={t.grad_clip} must be > 0")
+    for key in ("limit_train_batches", "limit_eval_batches"):
+        check(t[key] is None or t[key] >= 1, f"trainer.{key}={t[key]} must be >= 1 or null")
+
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))

@@ -1,0 +1,188 @@
+"""WikiText-2 as three token-id streams, through `datasets` and `tokenizers`, cached on disk.
+
+The cache entry is keyed by everything that produced it (the source's content or hub name, the
+tokenizer settings, the cache format), so a second run with the same settings loads two small
+.npy files and a tokenizer.json instead of reading and tokenizing the text again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tokenizers import Tokenizer
+
+from lmx.config import DataConfig
+from lmx.errors import DataError
+from lmx.paths import default_cache_dir
+from lmx.tokenizer import train_tokenizer
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+_HUB_SPLIT = {"train": "train", "valid": "validation", "test": "test"}
+# pytorch/examples names first, then the names inside the original wikitext-2 archive.
+_LOCAL_NAMES = {s: (f"{s}.txt", f"wiki.{s}.tokens") for s in SPLITS}
+_CACHE_FORMAT = 1  # bump when the cached files change meaning
+_ENCODE_BATCH = 1000
+
+
+@dataclass
+class Corpus:
+    tokenizer: Tokenizer
+    tokenizer_path: Path  # tokenizer.json in the cache entry
+    splits: Dict[str, torch.Tensor]  # split -> 1-D int64 stream of token ids
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+
+def load_corpus(cfg: DataConfig) -> Corpus:
+    """Token streams for train/valid/test, from the cache or built and cached now."""
+    source = _local_files(cfg.local_dir) if cfg.local_dir is not None else None
+    fingerprint = {
+        "format": _CACHE_FORMAT,
+        "source": _files_fingerprint(source) if source else f"hub:{cfg.hub_path}:{cfg.hub_config}",
+        "tokenizer": OmegaConf.to_container(OmegaConf.structured(cfg.tokenizer), enum_to_str=True),
+    }
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    entry = root / f"{cfg.name}-{key}"
+
+    if not (entry / "meta.json").is_file():
+        log.info("data: reading and tokenizing (first run with these settings)")
+        start = time.perf_counter()
+        texts = _read_local(source, root) if source else _read_hub(cfg, root)
+        _build_entry(texts, cfg, fingerprint, entry)
+        log.info("data: tokenized in %.1f s, cached at %s", time.perf_counter() - start, entry)
+    else:
+        log.info("data: using cached tokens at %s", entry)
+
+    tokenizer_path = entry / "tokenizer.json"
+    splits = {s: torch.from_numpy(np.load(entry / f"{s}.npy")) for s in SPLITS}
+    return Corpus(Tokenizer.from_file(str(tokenizer_path)), tokenizer_path, splits)
+
+
+# ---------------------------------------------------------------------------- sources
+def _local_files(local_dir: str) -> Dict[str, Path]:
+    folder = Path(local_dir).expanduser().resolve()
+    if not folder.is_dir():
+        raise DataError(f"data.local_dir={local_dir}: no such folder ({folder})")
+    files = {}
+    for split, names in _LOCAL_NAMES.items():
+        found = [folder / n for n in names if (folder / n).is_file()]
+        if not found:
+            looked = " or ".join(str(folder / n) for n in names)
+            raise DataError(f"the {split} split is missing: looked for {looked}")
+        files[split] = found[0]
+    return files
+
+
+def _files_fingerprint(files: Dict[str, Path]) -> Dict[str, str]:
+    return {s: hashlib.sha256(p.read_bytes()).hexdigest() for s, p in files.items()}
+
+
+def _read_local(files: Dict[str, Path], cache_root: Path) -> Dict[str, List[str]]:
+    import datasets  # heavy import, only when there is work to do
+
+    datasets.disable_progress_bars()  # a few seconds of work; one log line says it
+
+    try:
+        ds = datasets.load_dataset(
+            "text",
+            data_files={s: str(p) for s, p in files.items()},
+            cache_dir=str(cache_root / "hf-datasets"),
+        )
+    except Exception as err:  # datasets wraps decode errors in several exception types
+        raise DataError(f"could not read the text files in {files['train'].parent}: {err}") from err
+    return {s: ds[s]["text"] for s in SPLITS}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, because datasets retries an unreachable hub for ~25 s."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return True  # the user asked for the local Hugging Face cache; let datasets use it
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _read_hub(cfg: DataConfig, cache_root: Path) -> Dict[str, List[str]]:
+    hint = (
+        "Use a local copy instead: data.local_dir=PATH, a folder with train.txt, valid.txt and "
+        "test.txt (for example data.local_dir=../shared/data/wikitext-2). If the dataset is "
+        "already in the Hugging Face cache, set HF_HUB_OFFLINE=1."
+    )
+    name = f"{cfg.hub_path} ({cfg.hub_config})"
+    if not _hub_reachable():
+        raise DataError(f"cannot download {name}: the Hugging Face Hub is not reachable. {hint}")
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(cfg.hub_path, cfg.hub_config)
+    except Exception as err:
+        raise DataError(f"cannot load {name} from the Hugging Face Hub: {err}. {hint}") from err
+    return {s: ds[_HUB_SPLIT[s]]["text"] for s in SPLITS}
+
+
+# ---------------------------------------------------------------------------- build
+def _encode_split(tokenizer: Tokenizer, lines: List[str]) -> np.ndarray:
+    """Batched tokenization through datasets.map; one int64 stream with lines concatenated."""
+    import datasets
+    import pyarrow.compute as pc
+
+    def encode(batch):
+        return {"ids": [e.ids for e in tokenizer.encode_batch(batch["text"])]}
+
+    ds = datasets.Dataset.from_dict({"text": lines})
+    ids = ds.map(
+        encode,
+        batched=True,
+        batch_size=_ENCODE_BATCH,
+        remove_columns=["text"],
+        keep_in_memory=True,  # our own cache keeps the result; skip datasets' arrow files
+        new_fingerprint="lmx-encode",
+    )
+    flat = pc.list_flatten(ids.data.column("ids"))
+    return flat.to_numpy().astype(np.int64, copy=False)
+
+
+def _build_entry(
+    texts: Dict[str, List[str]], cfg: DataConfig, fingerprint: dict, entry: Path
+) -> None:
+    tokenizer = train_tokenizer(cfg.tokenizer, texts["train"])
+    tmp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    counts = {}
+    for split in SPLITS:
+        stream = _encode_split(tokenizer, texts[split])
+        if stream.size == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DataError(f"the {split} split is empty: it has no tokens")
+        np.save(tmp / f"{split}.npy", stream)
+        counts[split] = int(stream.size)
+    tokenizer.save(str(tmp / "tokenizer.json"))
+    meta = {"fingerprint": fingerprint, "vocab_size": tokenizer.get_vocab_size(), "tokens": counts}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    try:
+        os.replace(tmp, entry)  # atomic: a reader sees a complete entry or none
+    except OSError:  # another run finished the same entry first
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,27 @@
+"""Device selection and mixed precision from a DeviceConfig."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from lmx.config import DeviceConfig, DeviceType, Precision
+from lmx.errors import ConfigError
+
+_DTYPES = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
+
+
+def resolve_device(cfg: DeviceConfig) -> torch.device:
+    if cfg.type == DeviceType.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.type == DeviceType.cuda and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was asked for, but torch sees no CUDA device; use device=auto or device=cpu")
+    return torch.device(cfg.type.value)
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """Forward passes run in `precision`; fp32 is a no-op context."""
+    if precision == Precision.fp32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])

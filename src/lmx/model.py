@@ -1,0 +1,78 @@
+"""The tutorial's Transformer language model, batch-first.
+
+tokens [B, T] -> embedding * sqrt(d_model) + sinusoidal positions -> dropout
+              -> nn.TransformerEncoder (post-norm, ReLU) under a causal mask
+              -> linear decoder -> logits [B, T, ntoken]
+Shapes: B batch, T sequence length, D d_model, V ntoken.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class PositionalEncoding(nn.Module):
+    """pe[pos, 2k] = sin(pos / 10000^(2k/D)), pe[pos, 2k+1] = cos(...), added, then dropout."""
+
+    def __init__(self, d_model: int, dropout: float, max_len: int = 5000):
+        super().__init__()
+        self.dropout = nn.Dropout(p=dropout)
+        position = torch.arange(max_len).unsqueeze(1)  # [max_len, 1]
+        div_term = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+        pe = torch.zeros(max_len, d_model)  # [max_len, D]
+        pe[:, 0::2] = torch.sin(position * div_term)
+        pe[:, 1::2] = torch.cos(position * div_term[: d_model // 2])  # odd D: one fewer cos
+        # Not a parameter and not saved: it is a pure function of (max_len, D).
+        self.register_buffer("pe", pe, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, T, D]
+        return self.dropout(x + self.pe[: x.size(1)])
+
+
+def causal_mask(size: int, device: torch.device | None = None) -> torch.Tensor:
+    """[T, T] float mask: 0 on and below the diagonal, -inf above (position t sees <= t)."""
+    return nn.Transformer.generate_square_subsequent_mask(size, device=device)
+
+
+class TransformerLM(nn.Module):
+    def __init__(
+        self,
+        ntoken: int,
+        d_model: int = 200,
+        nhead: int = 2,
+        d_hid: int = 200,
+        nlayers: int = 2,
+        dropout: float = 0.2,
+        tie_weights: bool = False,
+        max_len: int = 5000,
+    ):
+        super().__init__()
+        self.d_model = d_model
+        self.embedding = nn.Embedding(ntoken, d_model)
+        self.pos_encoder = PositionalEncoding(d_model, dropout, max_len)
+        layer = nn.TransformerEncoderLayer(
+            d_model, nhead, d_hid, dropout, batch_first=True
+        )  # PyTorch defaults otherwise: post-norm, ReLU, layer-norm eps 1e-5
+        # enable_nested_tensor only matters for padding masks, which a LM stream never has.
+        self.encoder = nn.TransformerEncoder(layer, nlayers, enable_nested_tensor=False)
+        self.decoder = nn.Linear(d_model, ntoken)
+        self.init_weights()
+        if tie_weights:  # after init: the shared matrix keeps the embedding's uniform init
+            self.decoder.weight = self.embedding.weight
+
+    def init_weights(self) -> None:
+        initrange = 0.1
+        nn.init.uniform_(self.embedding.weight, -initrange, initrange)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -initrange, initrange)
+
+    def forward(self, src: torch.Tensor) -> torch.Tensor:
+        # src: [B, T] token ids
+        x = self.embedding(src) * math.sqrt(self.d_model)  # [B, T, D]
+        x = self.pos_encoder(x)  # [B, T, D]
+        mask = causal_mask(src.size(1), device=src.device)  # [T, T]
+        x = self.encoder(x, mask=mask, is_causal=True)  # [B, T, D]
+        return self.decoder(x)  # [B, T, V]

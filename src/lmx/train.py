@@ -1,0 +1,113 @@
+"""`python -m lmx.train [overrides]`: compose, validate, seed, build, fit, report.
+
+Heavy imports (torch, datasets) happen inside `train`, so --help, --cfg and config errors
+answer quickly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from lmx.config import register_configs, validate
+from lmx.errors import ConfigError, LmxError
+from lmx.paths import config_dir
+
+log = logging.getLogger("lmx.train")
+register_configs()
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """One training run into `run_dir`; returns the run summary (metrics.json)."""
+    validate(cfg)  # before any data work
+    from hydra.utils import instantiate
+
+    from lmx.batching import batchify
+    from lmx.corpus import load_corpus
+    from lmx.device import resolve_device
+    from lmx.optim import build_optimizer, build_scheduler
+    from lmx.tb_logger import TensorBoard
+    from lmx.trainer import Run, fit, num_steps
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    device = resolve_device(cfg.device)
+    corpus = load_corpus(cfg.data)
+    shutil.copy(corpus.tokenizer_path, run_dir / "tokenizer.json")
+    log.info(
+        "data: vocab %d | tokens train %d, valid %d, test %d",
+        corpus.vocab_size, *(len(corpus.splits[s]) for s in ("train", "valid", "test")),
+    )
+
+    d = cfg.data
+    splits = {
+        "train": batchify(corpus.splits["train"], d.batch_size, "train"),
+        "valid": batchify(corpus.splits["valid"], d.eval_batch_size, "valid"),
+        "test": batchify(corpus.splits["test"], d.eval_batch_size, "test"),
+    }
+    seed_everything(cfg.trainer.seed)
+    model = instantiate(cfg.model, ntoken=corpus.vocab_size).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model: %s, %.2fM parameters, on %s", type(model).__name__, n_params / 1e6, device)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    steps_per_epoch = num_steps(splits["train"], d.bptt, cfg.trainer.limit_train_batches)
+    scheduler, interval = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, cfg.trainer.epochs)
+
+    tb = TensorBoard(run_dir / "tensorboard", enabled=cfg.trainer.tensorboard)
+    try:
+        run = Run(
+            model=model, optimizer=optimizer, scheduler=scheduler, interval=interval,
+            splits=splits, train_tokens=len(corpus.splits["train"]), bptt=d.bptt, device=device, precision=cfg.device.precision,
+            run_dir=run_dir, tb=tb,
+            checkpoint_meta={"config": resolved, "vocab_size": corpus.vocab_size},
+        )
+        return fit(run, cfg.trainer)
+    finally:
+        tb.close()
+
+
+def _debug() -> bool:
+    return any(os.environ.get(v, "0") not in ("0", "") for v in ("LMX_DEBUG", "HYDRA_FULL_ERROR"))
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = train(cfg, run_dir)
+    except LmxError as err:
+        if _debug():
+            raise
+        log.error("lmx: %s", err)
+        sys.exit(2 if isinstance(err, ConfigError) else 1)
+    except KeyboardInterrupt:
+        log.error("lmx: interrupted; outputs so far are in %s", run_dir)
+        sys.exit(130)
+    log.info("run dir: %s", run_dir)
+    return metrics["best_val_ppl"]  # what a sweeper minimizes
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
