@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
@@ -74,7 +74,7 @@ class TokenizerConfig:
     normalization: Normalization = Normalization.basic_english
     eos: bool = False  # append <eos> to every line (pytorch/examples); else empty lines vanish
     # None: every type seen in train (word level). BPE needs a number. Never a silent cap.
-    vocab_size: Optional[int] = None
+    vocab_size: int | None = None
     min_frequency: int = 0  # drop rarer training types (they become <unk>)
 
 
@@ -83,8 +83,8 @@ class DataConfig:
     name: str = "wikitext2"
     hub_path: str = "Salesforce/wikitext"
     hub_config: str = "wikitext-2-v1"  # or wikitext-2-raw-v1
-    local_dir: Optional[str] = None  # folder with train/valid/test .txt (or wiki.*.tokens)
-    cache_dir: Optional[str] = None  # None: $LMX_CACHE_DIR or ~/.cache/lmx
+    local_dir: str | None = None  # folder with train/valid/test .txt (or wiki.*.tokens)
+    cache_dir: str | None = None  # None: $LMX_CACHE_DIR or ~/.cache/lmx
     batch_size: int = 20  # columns of the training stream
     eval_batch_size: int = 10  # columns of the valid/test streams
     bptt: int = 35  # sequence length of one step
@@ -107,7 +107,7 @@ class AdamWConfig:
     _target_: str = "torch.optim.AdamW"
     _partial_: bool = True
     lr: float = 1e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.01
 
@@ -128,7 +128,7 @@ class WarmupCosineConfig:
     _target_: str = "lmx.schedulers.WarmupCosineLR"
     _partial_: bool = True
     warmup_steps: int = 200
-    total_steps: Optional[int] = None  # None: the run's number of optimizer steps
+    total_steps: int | None = None  # None: the run's number of optimizer steps
     min_lr_ratio: float = 0.0
     interval: Interval = Interval.step
 
@@ -152,11 +152,11 @@ class DeviceConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 3
-    grad_clip: Optional[float] = 0.5  # max gradient norm; None disables clipping
+    grad_clip: float | None = 0.5  # max gradient norm; None disables clipping
     log_interval: int = 200  # optimizer steps between train log lines / scalars
     seed: int = 0
-    limit_train_batches: Optional[int] = None  # None: the whole split
-    limit_eval_batches: Optional[int] = None
+    limit_train_batches: int | None = None  # None: the whole split
+    limit_eval_batches: int | None = None
     progress: bool = True  # progress bar (shown on a terminal only)
     tensorboard: bool = True
 
@@ -185,7 +185,7 @@ def register_configs() -> None:
 # ---------------------------------------------------------------------------- validation
 def validate(cfg: DictConfig) -> None:
     """Check the rules that types cannot express; report every problem at once."""
-    problems: List[str] = []
+    problems: list[str] = []
 
     def check(ok: bool, message: str) -> None:
         if not ok:

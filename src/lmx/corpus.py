@@ -16,7 +16,6 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
 from urllib.parse import urlparse
 
 import numpy as np
@@ -43,7 +42,7 @@ _ENCODE_BATCH = 1000
 class Corpus:
     tokenizer: Tokenizer
     tokenizer_path: Path  # tokenizer.json in the cache entry
-    splits: Dict[str, torch.Tensor]  # split -> 1-D int64 stream of token ids
+    splits: dict[str, torch.Tensor]  # split -> 1-D int64 stream of token ids
 
     @property
     def vocab_size(self) -> int:
@@ -77,7 +76,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
 
 
 # ---------------------------------------------------------------------------- sources
-def _local_files(local_dir: str) -> Dict[str, Path]:
+def _local_files(local_dir: str) -> dict[str, Path]:
     folder = Path(local_dir).expanduser().resolve()
     if not folder.is_dir():
         raise DataError(f"data.local_dir={local_dir}: no such folder ({folder})")
@@ -87,15 +86,17 @@ def _local_files(local_dir: str) -> Dict[str, Path]:
         if not found:
             looked = " or ".join(str(folder / n) for n in names)
             raise DataError(f"the {split} split is missing: looked for {looked}")
+        if found[0].stat().st_size == 0:  # datasets' text loader cannot load it at all
+            raise DataError(f"the {split} split is empty: {found[0]} has no text")
         files[split] = found[0]
     return files
 
 
-def _files_fingerprint(files: Dict[str, Path]) -> Dict[str, str]:
+def _files_fingerprint(files: dict[str, Path]) -> dict[str, str]:
     return {s: hashlib.sha256(p.read_bytes()).hexdigest() for s, p in files.items()}
 
 
-def _read_local(files: Dict[str, Path], cache_root: Path) -> Dict[str, List[str]]:
+def _read_local(files: dict[str, Path], cache_root: Path) -> dict[str, list[str]]:
     import datasets  # heavy import, only when there is work to do
 
     datasets.disable_progress_bars()  # a few seconds of work; one log line says it
@@ -123,7 +124,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _read_hub(cfg: DataConfig, cache_root: Path) -> Dict[str, List[str]]:
+def _read_hub(cfg: DataConfig, cache_root: Path) -> dict[str, list[str]]:
     hint = (
         "Use a local copy instead: data.local_dir=PATH, a folder with train.txt, valid.txt and "
         "test.txt (for example data.local_dir=../shared/data/wikitext-2). If the dataset is "
@@ -143,7 +144,7 @@ def _read_hub(cfg: DataConfig, cache_root: Path) -> Dict[str, List[str]]:
 
 
 # ---------------------------------------------------------------------------- build
-def _encode_split(tokenizer: Tokenizer, lines: List[str]) -> np.ndarray:
+def _encode_split(tokenizer: Tokenizer, lines: list[str]) -> np.ndarray:
     """Batched tokenization through datasets.map; one int64 stream with lines concatenated."""
     import datasets
     import pyarrow.compute as pc
@@ -165,7 +166,7 @@ def _encode_split(tokenizer: Tokenizer, lines: List[str]) -> np.ndarray:
 
 
 def _build_entry(
-    texts: Dict[str, List[str]], cfg: DataConfig, fingerprint: dict, entry: Path
+    texts: dict[str, list[str]], cfg: DataConfig, fingerprint: dict, entry: Path
 ) -> None:
     tokenizer = train_tokenizer(cfg.tokenizer, texts["train"])
     tmp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")

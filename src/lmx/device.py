@@ -16,7 +16,10 @@ def resolve_device(cfg: DeviceConfig) -> torch.device:
     if cfg.type == DeviceType.auto:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.type == DeviceType.cuda and not torch.cuda.is_available():
-        raise ConfigError("device=cuda was asked for, but torch sees no CUDA device; use device=auto or device=cpu")
+        raise ConfigError(
+            "device=cuda was asked for, but torch sees no CUDA device; "
+            "use device=auto or device=cpu"
+        )
     return torch.device(cfg.type.value)
 
 

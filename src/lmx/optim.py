@@ -6,7 +6,8 @@ Any torch optimizer or scheduler class can be named from the command line, e.g.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from hydra.utils import instantiate

@@ -9,9 +9,9 @@ Two word-level conventions matter for comparing numbers with published runs:
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers.processors import TemplateProcessing
 
 from lmx.config import Normalization, TokenizerConfig, TokenizerKind
@@ -105,9 +105,7 @@ def _specials_first(trained: Tokenizer, cfg: TokenizerConfig) -> Tokenizer:
     vocab = trained.get_vocab()
     rest = [w for w in sorted(vocab, key=vocab.__getitem__) if w not in specials]
     tok = build_tokenizer(cfg)
-    tok.model = models.WordLevel(
-        vocab={w: i for i, w in enumerate(specials + rest)}, unk_token=UNK
-    )
+    tok.model = models.WordLevel(vocab={w: i for i, w in enumerate(specials + rest)}, unk_token=UNK)
     tok.add_special_tokens(specials)
     return tok
 

@@ -54,7 +54,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     shutil.copy(corpus.tokenizer_path, run_dir / "tokenizer.json")
     log.info(
         "data: vocab %d | tokens train %d, valid %d, test %d",
-        corpus.vocab_size, *(len(corpus.splits[s]) for s in ("train", "valid", "test")),
+        corpus.vocab_size,
+        *(len(corpus.splits[s]) for s in ("train", "valid", "test")),
     )
 
     d = cfg.data
@@ -69,14 +70,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("model: %s, %.2fM parameters, on %s", type(model).__name__, n_params / 1e6, device)
     optimizer = build_optimizer(cfg.optim, model.parameters())
     steps_per_epoch = num_steps(splits["train"], d.bptt, cfg.trainer.limit_train_batches)
-    scheduler, interval = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, cfg.trainer.epochs)
+    scheduler, interval = build_scheduler(
+        cfg.scheduler, optimizer, steps_per_epoch, cfg.trainer.epochs
+    )
 
     tb = TensorBoard(run_dir / "tensorboard", enabled=cfg.trainer.tensorboard)
     try:
         run = Run(
-            model=model, optimizer=optimizer, scheduler=scheduler, interval=interval,
-            splits=splits, train_tokens=len(corpus.splits["train"]), bptt=d.bptt, device=device, precision=cfg.device.precision,
-            run_dir=run_dir, tb=tb,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            interval=interval,
+            splits=splits,
+            train_tokens=len(corpus.splits["train"]),
+            bptt=d.bptt,
+            device=device,
+            precision=cfg.device.precision,
+            run_dir=run_dir,
+            tb=tb,
             checkpoint_meta={"config": resolved, "vocab_size": corpus.vocab_size},
         )
         return fit(run, cfg.trainer)

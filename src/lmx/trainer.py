@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ def ppl(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 
 
-def num_steps(source: torch.Tensor, bptt: int, limit: Optional[int]) -> int:
+def num_steps(source: torch.Tensor, bptt: int, limit: int | None) -> int:
     n = len(batch_starts(source, bptt))
     return n if limit is None else min(n, limit)
 
@@ -67,7 +67,7 @@ def evaluate(
     bptt: int,
     device: torch.device,
     precision: Precision = Precision.fp32,
-    limit: Optional[int] = None,
+    limit: int | None = None,
 ) -> float:
     """Mean token cross-entropy over the split (the first `limit` steps of it)."""
     model.eval()
@@ -90,7 +90,13 @@ def train_epoch(run: Run, cfg: TrainerConfig, epoch: int, step: int) -> tuple[fl
     epoch_loss, epoch_tokens, start = 0.0, 0, time.perf_counter()
     window = dict(loss=0.0, norm=0.0, tokens=0, batches=0)
     window_start = time.perf_counter()
-    bar = tqdm(total=n_steps, desc=f"epoch {epoch}", unit="batch", disable=None if cfg.progress else True, leave=False)
+    bar = tqdm(
+        total=n_steps,
+        desc=f"epoch {epoch}",
+        unit="batch",
+        disable=None if cfg.progress else True,
+        leave=False,
+    )
     with logging_redirect_tqdm():
         for batch, i in enumerate(batch_starts(source, run.bptt)[:n_steps], start=1):
             data, targets = get_batch(source, i, run.bptt)
@@ -115,7 +121,9 @@ def train_epoch(run: Run, cfg: TrainerConfig, epoch: int, step: int) -> tuple[fl
             window["tokens"] += tokens
             window["batches"] += 1
             bar.update()
-            bar.set_postfix(loss=f"{loss_value:.2f}", lr=f"{run.optimizer.param_groups[0]['lr']:.3g}")
+            bar.set_postfix(
+                loss=f"{loss_value:.2f}", lr=f"{run.optimizer.param_groups[0]['lr']:.3g}"
+            )
 
             if batch % cfg.log_interval == 0 or batch == n_steps:
                 seconds = time.perf_counter() - window_start
@@ -123,8 +131,15 @@ def train_epoch(run: Run, cfg: TrainerConfig, epoch: int, step: int) -> tuple[fl
                 lr = run.optimizer.param_groups[0]["lr"]
                 mean_loss = window["loss"] / n
                 log.info(
-                    "| epoch %3d | %5d/%5d batches | lr %.3g | ms/batch %6.1f | loss %5.2f | ppl %8.2f",
-                    epoch, batch, n_steps, lr, 1000 * seconds / n, mean_loss, ppl(mean_loss),
+                    "| epoch %3d | %5d/%5d batches | lr %.3g | ms/batch %6.1f "
+                    "| loss %5.2f | ppl %8.2f",
+                    epoch,
+                    batch,
+                    n_steps,
+                    lr,
+                    1000 * seconds / n,
+                    mean_loss,
+                    ppl(mean_loss),
                 )
                 run.tb.scalars(
                     {
@@ -163,7 +178,9 @@ def fit(run: Run, cfg: TrainerConfig) -> dict[str, Any]:
     """Train for cfg.epochs, then test the best checkpoint. Returns the run summary."""
     ckpt_dir = run.run_dir / "checkpoints"
     best_path, last_path = ckpt_dir / "best.pt", ckpt_dir / "last.pt"
-    eval_args = dict(bptt=run.bptt, device=run.device, precision=run.precision, limit=cfg.limit_eval_batches)
+    eval_args = dict(
+        bptt=run.bptt, device=run.device, precision=run.precision, limit=cfg.limit_eval_batches
+    )
     metrics: dict[str, Any] = {
         "status": "running",
         "vocab_size": run.checkpoint_meta["vocab_size"],
@@ -171,7 +188,8 @@ def fit(run: Run, cfg: TrainerConfig) -> dict[str, Any]:
         "epochs": 0,
         "history": [],
     }
-    best_val_loss, step, train_tokens, train_seconds = math.inf, 0, 0, 0.0
+    best_val_loss, best_epoch = math.inf, None
+    step, train_tokens, train_seconds = 0, 0, 0.0
     wall_start = time.perf_counter()
 
     for epoch in range(1, cfg.epochs + 1):
@@ -187,35 +205,51 @@ def fit(run: Run, cfg: TrainerConfig) -> dict[str, Any]:
         log.info("-" * 89)
         log.info(
             "| end of epoch %3d | time: %6.1fs | valid loss %5.2f | valid ppl %8.2f",
-            epoch, time.perf_counter() - epoch_start, val_loss, ppl(val_loss),
+            epoch,
+            time.perf_counter() - epoch_start,
+            val_loss,
+            ppl(val_loss),
         )
         log.info("-" * 89)
         run.tb.scalars({"val/loss": val_loss, "val/ppl": ppl(val_loss)}, step)
         run.tb.flush()
 
-        improved = val_loss < best_val_loss
-        if improved:
-            best_val_loss = val_loss
+        if val_loss < best_val_loss:
+            best_val_loss, best_epoch = val_loss, epoch
             save_checkpoint(best_path, _checkpoint(run, epoch, step, best_val_loss))
         save_checkpoint(last_path, _checkpoint(run, epoch, step, best_val_loss))
 
         metrics["history"].append(
-            {"epoch": epoch, "step": step, "train_loss": train_loss, "val_loss": val_loss,
-             "val_ppl": ppl(val_loss), "lr": lr, "train_seconds": seconds}
+            {
+                "epoch": epoch,
+                "step": step,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_ppl": ppl(val_loss),
+                "lr": lr,
+                "train_seconds": seconds,
+            }
         )
         metrics.update(
-            epochs=epoch, steps=step, best_val_loss=best_val_loss, best_val_ppl=ppl(best_val_loss),
+            epochs=epoch,
+            steps=step,
+            best_val_loss=best_val_loss,
+            best_val_ppl=ppl(best_val_loss),
             train_tokens_per_s=train_tokens / train_seconds,
             wall_time_s=time.perf_counter() - wall_start,
         )
         write_metrics(run.run_dir, metrics)  # after every epoch: nothing lost on a crash
 
-    if not best_path.is_file():  # epochs=0: the untrained model is the best there is
+    if best_epoch is None:  # epochs=0: the untrained model is the best there is
         best_val_loss = evaluate(run.model, run.splits["valid"], **eval_args)
         save_checkpoint(best_path, _checkpoint(run, 0, 0, best_val_loss))
         save_checkpoint(last_path, _checkpoint(run, 0, 0, best_val_loss))
-        metrics.update(best_val_loss=best_val_loss, best_val_ppl=ppl(best_val_loss), steps=0,
-                       train_tokens_per_s=None)
+        metrics.update(
+            best_val_loss=best_val_loss,
+            best_val_ppl=ppl(best_val_loss),
+            steps=0,
+            train_tokens_per_s=None,
+        )
 
     best = load_checkpoint(best_path, map_location=run.device)
     run.model.load_state_dict(best["model"])
@@ -223,12 +257,17 @@ def fit(run: Run, cfg: TrainerConfig) -> dict[str, Any]:
     log.info("=" * 89)
     log.info(
         "| End of training | best epoch %d | test loss %5.2f | test ppl %8.2f",
-        best["epoch"], test_loss, ppl(test_loss),
+        best["epoch"],
+        test_loss,
+        ppl(test_loss),
     )
     log.info("=" * 89)
 
     metrics.update(
-        status="done", best_epoch=best["epoch"], test_loss=test_loss, test_ppl=ppl(test_loss),
+        status="done",
+        best_epoch=best["epoch"],
+        test_loss=test_loss,
+        test_ppl=ppl(test_loss),
         wall_time_s=time.perf_counter() - wall_start,
     )
     write_metrics(run.run_dir, metrics)

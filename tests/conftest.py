@@ -1,0 +1,92 @@
+"""Shared fixtures: a tiny corpus the tests write themselves, and Hydra composition."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from lmx.config import register_configs
+from lmx.paths import config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_WT2 = REPO.parent / "shared" / "data" / "wikitext-2"
+
+register_configs()
+
+# Tiny test models gain nothing from a second thread, and on a busy 2-core machine OpenMP's
+# spinning threads make each step ~15x slower. Subprocesses get the same via OMP_NUM_THREADS.
+torch.set_num_threads(1)
+
+# A tiny model and few batches: a whole run takes a second or two on a CPU.
+TINY = [
+    "model.d_model=16",
+    "model.nhead=2",
+    "model.d_hid=32",
+    "model.nlayers=1",
+    "data.batch_size=4",
+    "data.eval_batch_size=2",
+    "data.bptt=8",
+    "trainer.epochs=2",
+    "trainer.log_interval=2",
+    "trainer.progress=false",
+    "optim.lr=1.0",
+    "device=cpu",
+]
+
+
+def write_corpus(folder: Path, names=("train.txt", "valid.txt", "test.txt")) -> Path:
+    """Small WikiText-like files: headings, empty lines, punctuation, <unk>, mixed case."""
+    rng = random.Random(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "<unk>"]
+    sizes = (300, 40, 40)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n_lines in zip(names, sizes, strict=True):
+        lines = []
+        for k in range(n_lines):
+            if k % 10 == 0:
+                lines += [" ", " = The Heading = ", " "]
+            sentence = " ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
+            lines.append(f' The {sentence} , and ( it ) said : " yes " . ')
+        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides or [])
+
+
+def tiny_overrides(corpus: Path, cache: Path, *extra: str) -> list[str]:
+    return [*TINY, f"data.local_dir={corpus}", f"data.cache_dir={cache}", *extra]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m lmx.train ARGS` in a subprocess, as a user would run it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LMX_DEBUG", "HYDRA_FULL_ERROR")}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "lmx.train", *args],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,134 @@
+"""Every shipped config composes; the defaults are the tutorial; bad overrides fail clearly."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+from conftest import compose_cfg, run_cli
+from lmx.config import validate
+from lmx.errors import ConfigError
+from lmx.paths import config_dir
+
+
+def shipped_options() -> list[tuple[str, str]]:
+    """(group, option) for every YAML under conf/, nested groups included."""
+    root = config_dir()
+    return sorted(
+        (str(p.parent.relative_to(root)), p.stem) for p in root.rglob("*.yaml") if p.parent != root
+    )
+
+
+def test_every_group_has_options():
+    groups = {g for g, _ in shipped_options()}
+    assert {"model", "data", "data/tokenizer", "optim", "scheduler", "device", "trainer"} <= groups
+
+
+@pytest.mark.parametrize("group,option", shipped_options())
+def test_every_shipped_option_composes_and_validates(group, option):
+    cfg = compose_cfg([f"{group}={option}"])
+    validate(cfg)
+    if group in ("optim", "scheduler"):
+        assert cfg[group]._target_.startswith(("torch.optim", "lmx."))
+
+
+def test_defaults_are_the_tutorial():
+    cfg = compose_cfg()
+    m, d, t = cfg.model, cfg.data, cfg.trainer
+    assert (m.d_model, m.nhead, m.d_hid, m.nlayers, m.dropout, m.tie_weights) == (
+        200,
+        2,
+        200,
+        2,
+        0.2,
+        False,
+    )
+    assert (d.batch_size, d.eval_batch_size, d.bptt) == (20, 10, 35)
+    assert d.hub_config == "wikitext-2-v1"
+    assert d.tokenizer.normalization.value == "basic_english" and not d.tokenizer.eos
+    assert d.tokenizer.vocab_size is None  # no silent cap
+    assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim.lr == 5.0
+    assert cfg.optim.momentum == 0.0 and cfg.optim.weight_decay == 0.0
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
+    assert (cfg.scheduler.step_size, cfg.scheduler.gamma) == (1, 0.95)
+    assert cfg.scheduler.interval.value == "epoch"
+    assert cfg.device.type.value == "auto" and cfg.device.precision.value == "fp32"
+    assert (t.epochs, t.grad_clip, t.log_interval) == (3, 0.5, 200)
+    assert t.limit_train_batches is None and t.limit_eval_batches is None
+
+
+def test_override_reaches_the_built_model():
+    cfg = compose_cfg(["model.nhead=4", "model.d_model=16", "model.d_hid=8"])
+    model = instantiate(cfg.model, ntoken=50)
+    assert model.encoder.layers[0].self_attn.num_heads == 4
+    assert model.embedding.weight.shape == (50, 16)
+
+
+def test_any_torch_optimizer_can_be_named():
+    import torch
+
+    from lmx.optim import build_optimizer
+
+    cfg = compose_cfg(["optim=adamw", "optim._target_=torch.optim.Adam"])
+    opt = build_optimizer(cfg.optim, [torch.nn.Parameter(torch.zeros(2))])
+    assert type(opt) is torch.optim.Adam
+
+
+def test_typo_fails_at_compose_time():
+    with pytest.raises(ConfigCompositionException, match="nhed"):
+        compose_cfg(["model.nhed=4"])
+
+
+def test_wrong_type_fails_at_compose_time():
+    with pytest.raises(ConfigCompositionException, match="nhead"):
+        compose_cfg(["model.nhead=four"])
+
+
+def test_unknown_option_fails_at_compose_time():
+    with pytest.raises(ConfigCompositionException, match="optim"):
+        compose_cfg(["optim=lion"])
+
+
+def test_indivisible_heads_are_rejected():
+    with pytest.raises(ConfigError, match="not divisible by model.nhead=3"):
+        validate(compose_cfg(["model.nhead=3"]))
+
+
+def test_all_problems_reported_together(tmp_path):
+    missing = tmp_path / "nowhere"
+    cfg = compose_cfg(["model.dropout=1.5", "data.bptt=0", f"data.local_dir={missing}"])
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    text = str(info.value)
+    assert "model.dropout=1.5" in text and "data.bptt=0" in text and str(missing) in text
+
+
+@pytest.mark.parametrize(
+    "override,expected,code",
+    [
+        ("model.nhed=4", "Key 'nhed' not in 'TransformerConfig'", 1),
+        ("model.nhead=3", "not divisible by model.nhead=3", 2),
+        ("data.local_dir=/no/such/wikitext", "/no/such/wikitext", 2),
+    ],
+)
+def test_cli_errors_are_one_message_without_traceback(tmp_path, override, expected, code):
+    proc = run_cli(override, f"hydra.run.dir={tmp_path / 'run'}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == code
+    assert expected in output
+    assert "Traceback" not in output
+
+
+def test_cli_help_lists_groups_and_cfg_prints_config():
+    help_text = run_cli("--help").stdout
+    for line in (
+        "model: transformer",
+        "optim: adamw, sgd",
+        "scheduler: constant, cosine, step",
+        "device: auto, cpu, cuda",
+        "data/tokenizer: basic_english, bpe, whitespace_eos",
+    ):
+        assert line in help_text
+    job = run_cli("model.nhead=4", "--cfg", "job").stdout
+    assert "nhead: 4" in job and "_target_: torch.optim.SGD" in job

@@ -1,0 +1,166 @@
+"""A few-step training run on a tiny corpus: every output, the numbers in them, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import compose_cfg, run_cli, tiny_overrides
+from lmx.batching import batchify
+from lmx.checkpoint import load_checkpoint
+from lmx.corpus import load_corpus
+from lmx.train import train
+from lmx.trainer import evaluate
+
+TRAIN_SCALARS = {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/tokens_per_s"}
+EPOCH_SCALARS = {"val/loss", "val/ppl", "test/loss", "test/ppl"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny run shared by the tests below (it is the expensive part)."""
+    from conftest import write_corpus
+
+    root = tmp_path_factory.mktemp("tiny")
+    corpus, cache = write_corpus(root / "corpus"), root / "cache"
+    cfg = compose_cfg(tiny_overrides(corpus, cache))
+    run_dir = root / "run"
+    metrics = train(cfg, run_dir)
+    return cfg, run_dir, metrics
+
+
+def test_run_writes_every_output(tiny_run):
+    _, run_dir, _ = tiny_run
+    for name in (
+        "config.yaml",
+        "tokenizer.json",
+        "metrics.json",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+    ):
+        assert (run_dir / name).is_file(), name
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    assert saved.model.d_model == 16 and saved.optim._target_ == "torch.optim.SGD"
+
+
+def test_metrics_summary(tiny_run):
+    cfg, run_dir, returned = tiny_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(returned))
+    assert metrics["status"] == "done" and metrics["epochs"] == 2
+    assert len(metrics["history"]) == 2
+    corpus = load_corpus(cfg.data)
+    assert metrics["vocab_size"] == corpus.vocab_size
+    assert metrics["train_tokens"] == len(corpus.splits["train"])
+    best = min(h["val_loss"] for h in metrics["history"])
+    assert metrics["best_val_loss"] == best
+    assert math.isclose(metrics["best_val_ppl"], math.exp(best))
+    assert math.isclose(metrics["test_ppl"], math.exp(metrics["test_loss"]))
+    assert metrics["train_tokens_per_s"] > 0
+    # it learned something: the tiny corpus is very predictable
+    assert metrics["history"][-1]["val_loss"] < math.log(corpus.vocab_size)
+
+
+def test_tensorboard_has_the_scalars_and_hparams(tiny_run):
+    _, run_dir, metrics = tiny_run
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert TRAIN_SCALARS | EPOCH_SCALARS <= tags
+    val = events.Scalars("val/ppl")
+    assert len(val) == 2 and math.isclose(
+        val[-1].value, metrics["history"][-1]["val_ppl"], rel_tol=1e-5
+    )
+    assert math.isclose(events.Scalars("test/ppl")[0].value, metrics["test_ppl"], rel_tol=1e-5)
+    assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
+
+
+def test_checkpoint_round_trip_reproduces_validation_loss(tiny_run):
+    cfg, run_dir, metrics = tiny_run
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert {
+        "model",
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "step",
+        "best_val_loss",
+        "config",
+        "vocab_size",
+    } <= set(ckpt)
+    saved = OmegaConf.create(ckpt["config"])
+    model = instantiate(saved.model, ntoken=ckpt["vocab_size"])  # a fresh model from its config
+    model.load_state_dict(ckpt["model"])
+    valid = batchify(load_corpus(cfg.data).splits["valid"], saved.data.eval_batch_size)
+    loss = evaluate(model, valid, saved.data.bptt, torch.device("cpu"))
+    assert math.isclose(loss, metrics["best_val_loss"], rel_tol=1e-6)
+    assert ckpt["best_val_loss"] == metrics["best_val_loss"]
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["epoch"] == 2 and last["step"] == metrics["steps"]
+
+
+def test_scheduler_steps_once_per_epoch(tiny_run):
+    _, _, metrics = tiny_run
+    lrs = [h["lr"] for h in metrics["history"]]
+    assert lrs == pytest.approx([1.0, 0.95])
+
+
+def test_limits_and_other_options(corpus_dir, cache_dir, tmp_path):
+    cfg = compose_cfg(
+        tiny_overrides(
+            corpus_dir,
+            cache_dir,
+            "trainer.epochs=1",
+            "trainer.limit_train_batches=3",
+            "trainer.limit_eval_batches=2",
+            "optim=adamw",
+            "scheduler=cosine",
+            "model.tie_weights=true",
+            "data/tokenizer=whitespace_eos",
+            "trainer.tensorboard=false",
+        )
+    )
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["steps"] == 3 and metrics["status"] == "done"
+    assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_cli_run_and_multirun(corpus_dir, cache_dir, tmp_path):
+    run_dir = tmp_path / "single"
+    proc = run_cli(
+        *tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1"), f"hydra.run.dir={run_dir}"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "train.log").is_file()
+    assert "End of training" in (run_dir / "train.log").read_text()
+
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m",
+        *tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1"),
+        "model.nhead=1,2",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["status"] == "done"
+        assert (sweep / job / "checkpoints" / "best.pt").is_file()
+    heads = {OmegaConf.load(sweep / j / "config.yaml").model.nhead for j in ("0", "1")}
+    assert heads == {1, 2}
+
+
+def test_zero_epochs_tests_the_untrained_model(corpus_dir, cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "best.pt").write_bytes(b"stale file from an earlier run")
+    cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=0"))
+    metrics = train(cfg, run_dir)
+    assert metrics["steps"] == 0 and metrics["best_epoch"] == 0 and metrics["status"] == "done"
+    assert load_checkpoint(run_dir / "checkpoints" / "best.pt")["epoch"] == 0
