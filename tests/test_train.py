@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import compose_cfg, run_cli, tiny_overrides
 from lmx.batching import batchify
@@ -78,7 +79,18 @@ def test_tensorboard_has_the_scalars_and_hparams(tiny_run):
         val[-1].value, metrics["history"][-1]["val_ppl"], rel_tol=1e-5
     )
     assert math.isclose(events.Scalars("test/ppl")[0].value, metrics["test_ppl"], rel_tol=1e-5)
-    assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
+    # The HParams entry: the flattened config, and the metrics it is compared by.
+    content = events.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = start.session_start_info.hparams
+    assert hparams["model.d_model"].number_value == 16
+    assert hparams["optim._target_"].string_value == "torch.optim.SGD"
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    names = {m.name.tag for m in experiment.metric_infos}
+    assert names == {"hparam/best_val_ppl", "hparam/test_ppl"}
+    assert math.isclose(
+        events.Scalars("hparam/test_ppl")[0].value, metrics["test_ppl"], rel_tol=1e-5
+    )
 
 
 def test_checkpoint_round_trip_reproduces_validation_loss(tiny_run):
