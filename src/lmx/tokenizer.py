@@ -9,7 +9,7 @@ Two word-level conventions matter for comparing numbers with published runs:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers.processors import TemplateProcessing
@@ -109,7 +109,3 @@ def _specials_first(trained: Tokenizer, cfg: TokenizerConfig) -> Tokenizer:
     tok.add_special_tokens(specials)
     return tok
 
-
-def iter_batches(lines: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(lines), size):
-        yield lines[start : start + size]
