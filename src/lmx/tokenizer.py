@@ -108,4 +108,3 @@ def _specials_first(trained: Tokenizer, cfg: TokenizerConfig) -> Tokenizer:
     tok.model = models.WordLevel(vocab={w: i for i, w in enumerate(specials + rest)}, unk_token=UNK)
     tok.add_special_tokens(specials)
     return tok
-
