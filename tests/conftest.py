@@ -78,15 +78,32 @@ def tiny_overrides(corpus: Path, cache: Path, *extra: str) -> list[str]:
     return [*TINY, f"data.local_dir={corpus}", f"data.cache_dir={cache}", *extra]
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m lmx.train ARGS` in a subprocess, as a user would run it."""
+def run_module(module: str, *args: str, cwd: Path | None = None, timeout: int = 300):
+    """`python -m MODULE ARGS` in a subprocess, as a user would run it."""
     env = {k: v for k, v in os.environ.items() if k not in ("LMX_DEBUG", "HYDRA_FULL_ERROR")}
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(
-        [sys.executable, "-m", "lmx.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd or REPO,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run_module("lmx.train", *args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny 2-epoch run shared by the tests that inspect a finished run: (cfg, dir, metrics)."""
+    from lmx.train import train
+
+    root = tmp_path_factory.mktemp("tiny")
+    corpus, cache = write_corpus(root / "corpus"), root / "cache"
+    cfg = compose_cfg(tiny_overrides(corpus, cache))
+    run_dir = root / "run"
+    metrics = train(cfg, run_dir)
+    return cfg, run_dir, metrics

@@ -23,19 +23,6 @@ TRAIN_SCALARS = {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "trai
 EPOCH_SCALARS = {"val/loss", "val/ppl", "test/loss", "test/ppl"}
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One tiny run shared by the tests below (it is the expensive part)."""
-    from conftest import write_corpus
-
-    root = tmp_path_factory.mktemp("tiny")
-    corpus, cache = write_corpus(root / "corpus"), root / "cache"
-    cfg = compose_cfg(tiny_overrides(corpus, cache))
-    run_dir = root / "run"
-    metrics = train(cfg, run_dir)
-    return cfg, run_dir, metrics
-
-
 def test_run_writes_every_output(tiny_run):
     _, run_dir, _ = tiny_run
     for name in (

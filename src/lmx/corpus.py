@@ -58,13 +58,13 @@ def load_corpus(cfg: DataConfig) -> Corpus:
         "tokenizer": OmegaConf.to_container(OmegaConf.structured(cfg.tokenizer), enum_to_str=True),
     }
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    root = _cache_root(cfg)
     entry = root / f"{cfg.name}-{key}"
 
     if not (entry / "meta.json").is_file():
         log.info("data: reading and tokenizing (first run with these settings)")
         start = time.perf_counter()
-        texts = _read_local(source, root) if source else _read_hub(cfg, root)
+        texts = _read_texts(cfg, root)
         _build_entry(texts, cfg, fingerprint, entry)
         log.info("data: tokenized in %.1f s, cached at %s", time.perf_counter() - start, entry)
     else:
@@ -75,7 +75,23 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     return Corpus(Tokenizer.from_file(str(tokenizer_path)), tokenizer_path, splits)
 
 
+def encode_split(cfg: DataConfig, tokenizer: Tokenizer, split: str) -> torch.Tensor:
+    """One split's text encoded with a given tokenizer (a checkpoint's own), uncached."""
+    texts = _read_texts(cfg, _cache_root(cfg))
+    return torch.from_numpy(_encode_split(tokenizer, texts[split]))
+
+
+def _cache_root(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+
+
 # ---------------------------------------------------------------------------- sources
+def _read_texts(cfg: DataConfig, cache_root: Path) -> dict[str, list[str]]:
+    if cfg.local_dir is not None:
+        return _read_local(_local_files(cfg.local_dir), cache_root)
+    return _read_hub(cfg, cache_root)
+
+
 def _local_files(local_dir: str) -> dict[str, Path]:
     folder = Path(local_dir).expanduser().resolve()
     if not folder.is_dir():
@@ -162,7 +178,7 @@ def _encode_split(tokenizer: Tokenizer, lines: list[str]) -> np.ndarray:
         new_fingerprint="lmx-encode",
     )
     flat = pc.list_flatten(ids.data.column("ids"))
-    return flat.to_numpy().astype(np.int64, copy=False)
+    return flat.to_numpy().astype(np.int64)  # a copy: arrow's buffers are read-only
 
 
 def _build_entry(

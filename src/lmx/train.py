@@ -7,7 +7,6 @@ answer quickly.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 import sys
@@ -17,8 +16,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from lmx.cli import debug, exit_code
 from lmx.config import register_configs, validate
-from lmx.errors import ConfigError, LmxError
+from lmx.errors import LmxError
 from lmx.paths import config_dir
 
 log = logging.getLogger("lmx.train")
@@ -88,15 +88,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             precision=cfg.device.precision,
             run_dir=run_dir,
             tb=tb,
-            checkpoint_meta={"config": resolved, "vocab_size": corpus.vocab_size},
+            checkpoint_meta={
+                "config": resolved,
+                "vocab_size": corpus.vocab_size,
+                "tokenizer": corpus.tokenizer.to_str(),  # the checkpoint alone can evaluate
+            },
         )
         return fit(run, cfg.trainer)
     finally:
         tb.close()
-
-
-def _debug() -> bool:
-    return any(os.environ.get(v, "0") not in ("0", "") for v in ("LMX_DEBUG", "HYDRA_FULL_ERROR"))
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -105,10 +105,10 @@ def _hydra_main(cfg: DictConfig) -> float:
     try:
         metrics = train(cfg, run_dir)
     except LmxError as err:
-        if _debug():
+        if debug():
             raise
         log.error("lmx: %s", err)
-        sys.exit(2 if isinstance(err, ConfigError) else 1)
+        sys.exit(exit_code(err))
     except KeyboardInterrupt:
         log.error("lmx: interrupted; outputs so far are in %s", run_dir)
         sys.exit(130)

@@ -1,0 +1,48 @@
+"""Shared command-line plumbing: key=value arguments and errors as one message."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from lmx.errors import ConfigError, LmxError
+
+
+def debug() -> bool:
+    """LMX_DEBUG=1 (or Hydra's HYDRA_FULL_ERROR=1) shows tracebacks instead of one message."""
+    return any(os.environ.get(v, "0") not in ("0", "") for v in ("LMX_DEBUG", "HYDRA_FULL_ERROR"))
+
+
+def exit_code(err: LmxError) -> int:
+    return 2 if isinstance(err, ConfigError) else 1
+
+
+def parse_args(argv: list[str], usage: str) -> dict[str, str]:
+    """`key=value` pairs; anything else is a usage error."""
+    args: dict[str, str] = {}
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(usage)
+            sys.exit(0)
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            fail(ConfigError(f"expected key=value, got {arg!r}\n{usage}"))
+        args[key] = value
+    return args
+
+
+def fail(err: LmxError) -> NoReturn:
+    print(f"lmx: {err}", file=sys.stderr)
+    sys.exit(exit_code(err))
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """Call main(argv); an LmxError becomes one message on stderr and a non-zero exit."""
+    try:
+        main(sys.argv[1:])
+    except LmxError as err:
+        if debug():
+            raise
+        fail(err)

@@ -1,0 +1,71 @@
+"""A trained model back from a checkpoint: its weights, its own config and its tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tokenizers import Tokenizer
+
+from lmx.checkpoint import load_checkpoint
+from lmx.config import TokenizerKind, TrainConfig
+from lmx.errors import CheckpointError, ConfigError
+
+
+@dataclass
+class Trained:
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    cfg: DictConfig  # the run's config, typed, with any overrides applied
+    checkpoint: dict[str, Any]
+
+    @property
+    def unit(self) -> str:
+        kind = self.cfg.data.tokenizer.kind
+        return "subword (BPE)" if kind == TokenizerKind.bpe else "word-level"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run dir (its checkpoints/best.pt)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "best.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    return path
+
+
+def load_trained(
+    path: str | Path, overrides: list[str] | None = None, device: str | torch.device = "cpu"
+) -> Trained:
+    """Rebuild the model from the checkpoint's saved config and load its weights.
+
+    `overrides` are dotlist entries (e.g. "data.local_dir=...") applied to the saved config.
+    """
+    path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(path, map_location=device)
+    for key in ("model", "config", "vocab_size"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path} is not an lmx checkpoint: it has no {key!r} entry")
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), ckpt["config"])
+    try:
+        cfg.merge_with_dotlist(overrides or [])
+    except Exception as err:  # OmegaConf's errors name the key and the expected type
+        raise ConfigError(f"bad override: {err}") from err
+    model = instantiate(cfg.model, ntoken=ckpt["vocab_size"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return Trained(model, _tokenizer(ckpt, path), cfg, ckpt)
+
+
+def _tokenizer(ckpt: dict[str, Any], path: Path) -> Tokenizer:
+    if "tokenizer" in ckpt:
+        return Tokenizer.from_str(ckpt["tokenizer"])
+    beside = path.parent.parent / "tokenizer.json"  # <run dir>/checkpoints/x.pt -> <run dir>
+    if beside.is_file():
+        return Tokenizer.from_file(str(beside))
+    raise CheckpointError(f"{path} carries no tokenizer and there is no {beside}")
