@@ -11,6 +11,7 @@ Layout of the composed config (one sub-config per component):
     scheduler  StepLRConfig | WarmupCosineConfig | ConstantLRConfig (instantiate, _partial_)
     device     DeviceConfig        -> lmx.device
     trainer    TrainerConfig       -> lmx.trainer.fit
+    sweep      SweepConfig         -> lmx.sweep (multirun resume)
 """
 
 from __future__ import annotations
@@ -162,6 +163,12 @@ class TrainerConfig:
 
 
 @dataclass
+class SweepConfig:
+    # Skip jobs whose config already finished in the sweep dir (use a fixed hydra.sweep.dir).
+    resume: bool = False
+
+
+@dataclass
 class TrainConfig:
     model: TransformerConfig = field(default_factory=TransformerConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -169,6 +176,7 @@ class TrainConfig:
     scheduler: Any = MISSING  # one of the schema/scheduler entries
     device: DeviceConfig = field(default_factory=DeviceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lmx.cli import debug, exit_code
 from lmx.config import register_configs, validate
 from lmx.errors import LmxError
 from lmx.paths import config_dir
+from lmx.sweep import ERROR_FILE, config_hash, find_finished, mark_failed, read_status
 
 log = logging.getLogger("lmx.train")
 register_configs()
@@ -101,17 +103,32 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun and cfg.sweep.resume:
+        job_hash = config_hash(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        done = find_finished(Path(hydra_cfg.sweep.dir), job_hash)
+        if done is not None:
+            log.info("sweep.resume: this job already finished in %s; skipping it", done)
+            return read_status(done)["best_val_ppl"]
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # from an earlier failed try in this dir
     try:
         metrics = train(cfg, run_dir)
-    except LmxError as err:
-        if debug():
-            raise
-        log.error("lmx: %s", err)
-        sys.exit(exit_code(err))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        mark_failed(run_dir, err)
         log.error("lmx: interrupted; outputs so far are in %s", run_dir)
         sys.exit(130)
+    except Exception as err:
+        mark_failed(run_dir, err)
+        expected = isinstance(err, LmxError)
+        if debug() or not (expected or multirun):
+            raise  # an lmx bug: the traceback helps (it is in error.txt too)
+        message = str(err) if expected else f"{type(err).__name__}: {err} (see {ERROR_FILE})"
+        log.error("lmx: %s", message)
+        if multirun:
+            return float("nan")  # the sweep goes on; its summary lists this job
+        sys.exit(exit_code(err))
     log.info("run dir: %s", run_dir)
     return metrics["best_val_ppl"]  # what a sweeper minimizes
 
