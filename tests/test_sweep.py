@@ -1,0 +1,141 @@
+"""Reports over sweeps, failed jobs that do not stop a sweep, and resume by config hash."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from conftest import REPO, run_cli, tiny_overrides
+from lmx.report import report
+from lmx.sweep import config_hash, read_status
+
+
+def fake_run(root: Path, name: str, overrides: list[str], metrics: dict | None) -> None:
+    run_dir = root / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
+    if metrics is not None:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def done(val: float, test: float) -> dict:
+    history = [{"epoch": 1, "val_ppl": val * 1.5}, {"epoch": 2, "val_ppl": val}]
+    return {
+        "status": "done",
+        "best_val_ppl": val,
+        "test_ppl": test,
+        "epochs": 2,
+        "train_tokens_per_s": 2500.0,
+        "wall_time_s": 90.0,
+        "history": history,
+    }
+
+
+def test_report_on_a_fabricated_sweep(tmp_path):
+    common = ["data.local_dir=/data", "hydra.sweep.dir=x"]
+    fake_run(tmp_path, "0", ["model.nhead=1", *common], done(300.0, 280.0))
+    fake_run(tmp_path, "1", ["model.nhead=2", *common], done(250.0, 240.0))
+    fake_run(
+        tmp_path,
+        "2",
+        ["model.nhead=4", *common],
+        {"status": "failed", "error": "RuntimeError: out of memory"},
+    )
+    fake_run(tmp_path, "3", ["model.nhead=8", *common], None)  # died or still in epoch 1
+
+    text = report(tmp_path)
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "run",
+        "model.nhead",
+        "best_val_ppl",
+        "test_ppl",
+        "epochs",
+        "tokens_per_s",
+        "wall_time",
+        "status",
+    ]  # only nhead varies
+    rows = [line.split() for line in lines[2:6]]
+    assert [r[0] for r in rows] == ["1", "0", "2", "3"]  # by best val ppl, unknowns last
+    assert rows[0][2:4] == ["250.00", "240.00"] and rows[0][-1] == "done"
+    assert rows[2][-1] == "failed" and rows[3][-1] == "running"
+    assert "2: RuntimeError: out of memory" in text
+
+    with open(tmp_path / "report.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["run"] for r in table] == ["1", "0", "2", "3"]
+    assert float(table[0]["best_val_ppl"]) == 250.0 and table[2]["status"] == "failed"
+    markdown = (tmp_path / "report.md").read_text()
+    assert markdown.count("\n") == 6 and "| 1 | 2 | 250.00 | 240.00 |" in markdown
+    assert (tmp_path / "report.png").stat().st_size > 1000
+
+
+def test_report_cli_errors(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmx.report", str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "no runs under" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_hash_ignores_sweep_controls():
+    cfg = {"model": {"nhead": 2}, "sweep": {"resume": False}}
+    same = {"model": {"nhead": 2}, "sweep": {"resume": True}}
+    other = {"model": {"nhead": 4}, "sweep": {"resume": False}}
+    assert config_hash(cfg) == config_hash(same) != config_hash(other)
+
+
+def test_failed_job_does_not_stop_the_sweep(corpus_dir, cache_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m",
+        *tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1"),
+        "model.nhead=3,2",
+        f"hydra.sweep.dir={sweep}",
+    )  # d_model 16: 3 fails
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert "1 of 2 job(s) failed" in output and "not divisible by model.nhead=3" in output
+    assert read_status(sweep / "0")["status"] == "failed"
+    assert "Traceback" in (sweep / "0" / "error.txt").read_text()
+    assert read_status(sweep / "1")["status"] == "done"  # the job after the failure ran
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, cache_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        *tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=20"),
+        "model.nhead=1,2,4",
+        f"hydra.sweep.dir={sweep}",
+        "sweep.resume=true",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmx.train", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.time() + 240
+    while read_status(sweep / "0").get("status") != "done":  # job 0 finished...
+        assert proc.poll() is None and time.time() < deadline, "job 0 did not finish"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # ...then Ctrl-C while job 1 runs
+    assert proc.wait(timeout=60) != 0
+    assert read_status(sweep / "1").get("status") != "done"
+    first = (sweep / "0" / "metrics.json").read_text()
+
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "already finished" in proc.stdout + proc.stderr
+    assert (sweep / "0" / "metrics.json").read_text() == first  # not run again
+    assert all(read_status(sweep / j)["status"] == "done" for j in ("0", "1", "2"))
