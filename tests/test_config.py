@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
@@ -15,14 +18,46 @@ from lmx.paths import config_dir
 def shipped_options() -> list[tuple[str, str]]:
     """(group, option) for every YAML under conf/, nested groups included."""
     root = config_dir()
-    return sorted(
-        (str(p.parent.relative_to(root)), p.stem) for p in root.rglob("*.yaml") if p.parent != root
-    )
+    options = []
+    for folder, _, files in os.walk(root, followlinks=True):  # conf/experiment is a link
+        group = Path(folder).relative_to(root).as_posix()
+        options += [(group, Path(f).stem) for f in files if f.endswith(".yaml") and group != "."]
+    return sorted(options)
 
 
 def test_every_group_has_options():
     groups = {g for g, _ in shipped_options()}
-    assert {"model", "data", "data/tokenizer", "optim", "scheduler", "device", "trainer"} <= groups
+    expected = {"model", "data", "data/tokenizer", "optim", "scheduler", "device", "trainer"}
+    assert expected | {"experiment"} <= groups
+    presets = {o for g, o in shipped_options() if g == "experiment"}
+    assert {
+        "seed_tutorial",
+        "smoke",
+        "examples_transformer",
+        "sweep_heads",
+        "hpo_optuna",
+    } <= presets
+
+
+def test_every_preset_says_what_it_is_for():
+    for preset in (config_dir() / "experiment").glob("*.yaml"):
+        header = preset.read_text().splitlines()[:3]
+        assert header[0] == "# @package _global_", preset.name
+        assert header[1].startswith(f"# {preset.stem}: "), preset.name
+
+
+def test_seed_tutorial_is_the_defaults():
+    assert (
+        run_cli("experiment=seed_tutorial", "--cfg", "job").stdout == run_cli("--cfg", "job").stdout
+    )
+    assert compose_cfg(["experiment=seed_tutorial"]) == compose_cfg()
+
+
+def test_presets_change_what_they_say():
+    examples = compose_cfg(["experiment=examples_transformer"]).data.tokenizer
+    assert examples.normalization.value == "none" and examples.eos
+    smoke = compose_cfg(["experiment=smoke"])
+    assert smoke.trainer.limit_train_batches is not None and smoke.model.d_model < 200
 
 
 @pytest.mark.parametrize("group,option", shipped_options())

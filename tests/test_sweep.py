@@ -139,3 +139,41 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, c
     assert "already finished" in proc.stdout + proc.stderr
     assert (sweep / "0" / "metrics.json").read_text() == first  # not run again
     assert all(read_status(sweep / j)["status"] == "done" for j in ("0", "1", "2"))
+
+
+def test_optuna_preset_reports_its_best_trial(corpus_dir, cache_dir, tmp_path):
+    sweep = tmp_path / "optuna"
+    proc = run_cli(
+        "-m",
+        "experiment=hpo_optuna",
+        *tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1"),
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweep.dir={sweep}",
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-2000:]
+    assert "Best value" in output
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    ppls = [read_status(sweep / j)["best_val_ppl"] for j in ("0", "1", "2")]
+    assert best.best_value == min(ppls)  # the trials' own metrics, not a placeholder
+    # the tiny overrides pin optim.lr and model.d_model on the command line, which takes them
+    # out of the search space; dropout is still searched
+    assert set(best.best_params) == {"model.dropout"}
+
+
+def test_joblib_launcher_splits_threads_between_jobs(corpus_dir, cache_dir, tmp_path):
+    sweep = tmp_path / "parallel"
+    proc = run_cli(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1"),
+        "model.nhead=1,2",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    cores = len(os.sched_getaffinity(0))
+    for job in ("0", "1"):
+        assert read_status(sweep / job)["status"] == "done"
+        log = (sweep / job / "train.log").read_text()
+        assert f"2 concurrent jobs: {max(1, cores // 2)} CPU thread(s) each" in log

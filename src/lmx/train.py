@@ -7,6 +7,7 @@ answer quickly.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import sys
@@ -101,6 +102,25 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         tb.close()
 
 
+def _share_machine(hydra_cfg: DictConfig) -> None:
+    """Under a parallel launcher (joblib): each concurrent job gets its share of the CPU
+    threads, so jobs do not oversubscribe the cores, and its own GPU when there are several."""
+    n_jobs = hydra_cfg.launcher.get("n_jobs")
+    if not n_jobs or n_jobs == 1:
+        return
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    concurrent = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 = all cores
+    torch.set_num_threads(max(1, cores // concurrent))
+    message = f"{concurrent} concurrent jobs: {torch.get_num_threads()} CPU thread(s) each"
+    if torch.cuda.device_count() > 1:
+        gpu = hydra_cfg.job.num % torch.cuda.device_count()
+        torch.cuda.set_device(gpu)
+        message += f", this one on cuda:{gpu}"
+    log.info("%s", message)
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
@@ -113,6 +133,8 @@ def _hydra_main(cfg: DictConfig) -> float:
             log.info("sweep.resume: this job already finished in %s; skipping it", done)
             return read_status(done)["best_val_ppl"]
     (run_dir / ERROR_FILE).unlink(missing_ok=True)  # from an earlier failed try in this dir
+    if multirun:
+        _share_machine(hydra_cfg)
     try:
         metrics = train(cfg, run_dir)
     except KeyboardInterrupt as err:
