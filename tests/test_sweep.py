@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, run_cli, tiny_overrides
 from lmx.report import report
-from lmx.sweep import config_hash, read_status
+from lmx.sweep import config_hash, mark_failed, read_status
 
 
 def fake_run(root: Path, name: str, overrides: list[str], metrics: dict | None) -> None:
@@ -113,7 +113,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, c
     sweep = tmp_path / "sweep"
     args = [
         "-m",
-        *tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=20"),
+        *tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=8"),
         "model.nhead=1,2,4",
         f"hydra.sweep.dir={sweep}",
         "sweep.resume=true",
@@ -126,10 +126,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, c
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     deadline = time.time() + 240
-    while read_status(sweep / "0").get("status") != "done":  # job 0 finished...
-        assert proc.poll() is None and time.time() < deadline, "job 0 did not finish"
+    while not (sweep / "1" / "config.yaml").is_file():  # job 0 finished, job 1 started...
+        assert proc.poll() is None and time.time() < deadline, "job 1 did not start"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # ...then Ctrl-C while job 1 runs
+    proc.send_signal(signal.SIGINT)  # ...then Ctrl-C while job 1 trains
     assert proc.wait(timeout=60) != 0
     assert read_status(sweep / "1").get("status") != "done"
     first = (sweep / "0" / "metrics.json").read_text()
@@ -177,3 +177,15 @@ def test_joblib_launcher_splits_threads_between_jobs(corpus_dir, cache_dir, tmp_
         assert read_status(sweep / job)["status"] == "done"
         log = (sweep / job / "train.log").read_text()
         assert f"2 concurrent jobs: {max(1, cores // 2)} CPU thread(s) each" in log
+
+
+def test_mark_failed_never_downgrades_a_finished_run(tmp_path):
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "metrics.json").write_text(json.dumps({"status": "done", "test_ppl": 5.0}))
+    mark_failed(finished, KeyboardInterrupt())
+    assert read_status(finished) == {"status": "done", "test_ppl": 5.0}
+    mark_failed(tmp_path / "broken", RuntimeError("boom\n  second line"))
+    status = read_status(tmp_path / "broken")
+    assert status == {"status": "failed", "error": "RuntimeError: boom second line"}
+    assert "RuntimeError: boom" in (tmp_path / "broken" / "error.txt").read_text()

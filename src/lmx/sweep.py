@@ -54,6 +54,8 @@ def mark_failed(run_dir: Path, err: BaseException) -> None:
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     (run_dir / ERROR_FILE).write_text(text)
     status = read_status(run_dir)
+    if status.get("status") == "done":
+        return  # the results were complete before the error (e.g. Ctrl-C while closing up)
     one_line = " ".join(f"{type(err).__name__}: {err}".split())  # for tables and summaries
     status.update(status="failed", error=one_line)
     (run_dir / STATUS_FILE).write_text(json.dumps(status, indent=2))
