@@ -128,15 +128,10 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         "error",
     ]
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")  # no history
         writer.writeheader()
         for r in rows:
-            writer.writerow(
-                {
-                    **{k: r[k] for k in fields if k in r},
-                    **{k: r["overrides"].get(k, "") for k in keys},
-                }
-            )
+            writer.writerow({**r, **r["overrides"]})
 
 
 def plot(path: Path, rows: list[dict[str, Any]]) -> bool:
