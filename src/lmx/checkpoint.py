@@ -6,35 +6,18 @@ containers), vocab_size.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmx.errors import CheckpointError
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(file) on a temp file beside `path`, fsync it, then rename it over `path`.
-
-    A crash mid-write leaves the previous file intact: readers see the old or the new one.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from err
+from lmx.files import atomic_write
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))  # WriteError names the path
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

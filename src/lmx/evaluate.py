@@ -18,24 +18,22 @@ USAGE = """usage: python -m lmx.evaluate ckpt=PATH [split=test] [KEY=VALUE ...]
   KEY=VALUE  overrides of the run's saved config, e.g. data.local_dir=PATH, device.type=cpu,
              trainer.limit_eval_batches=null"""
 
-SPLITS = ("train", "valid", "test")
-
 
 def evaluate_checkpoint(
     path: str | Path, split: str = "test", overrides: list[str] | None = None
 ) -> dict[str, Any]:
     from lmx.batching import batchify
-    from lmx.corpus import encode_split
+    from lmx.corpus import SPLITS, encode_split
     from lmx.device import resolve_device
     from lmx.pretrained import load_trained
     from lmx.trainer import evaluate, ppl
 
     if split not in SPLITS:
         raise ConfigError(f"split={split}: expected one of {', '.join(SPLITS)}")
-    probe = load_trained(path, overrides)  # on cpu: the config says which device to use
-    device = resolve_device(probe.cfg.device)
-    trained = probe if device.type == "cpu" else load_trained(path, overrides, device)
+    trained = load_trained(path, overrides)  # on cpu; the saved config names the device
     cfg = trained.cfg
+    device = resolve_device(cfg.device)
+    trained.model.to(device)
     stream = encode_split(cfg.data, trained.tokenizer, split)
     bsz = cfg.data.batch_size if split == "train" else cfg.data.eval_batch_size
     source = batchify(stream, bsz, split)

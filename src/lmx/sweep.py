@@ -17,9 +17,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from lmx.files import METRICS_FILE, write_json
+
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "metrics.json"
+STATUS_FILE = METRICS_FILE
 ERROR_FILE = "error.txt"
 
 
@@ -58,7 +60,7 @@ def mark_failed(run_dir: Path, err: BaseException) -> None:
         return  # the results were complete before the error (e.g. Ctrl-C while closing up)
     one_line = " ".join(f"{type(err).__name__}: {err}".split())  # for tables and summaries
     status.update(status="failed", error=one_line)
-    (run_dir / STATUS_FILE).write_text(json.dumps(status, indent=2))
+    write_json(run_dir / STATUS_FILE, status)
 
 
 class SweepSummary(Callback):

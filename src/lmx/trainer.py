@@ -6,7 +6,6 @@ exp(mean token cross-entropy over the split), as in the tutorial.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -20,9 +19,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lmx.batching import batch_starts, get_batch
-from lmx.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from lmx.checkpoint import load_checkpoint, save_checkpoint
 from lmx.config import Interval, Precision, TrainerConfig
 from lmx.device import autocast
+from lmx.files import METRICS_FILE, write_json
 from lmx.tb_logger import TensorBoard
 
 log = logging.getLogger(__name__)
@@ -169,11 +169,6 @@ def _checkpoint(run: Run, epoch: int, step: int, best_val_loss: float) -> dict[s
     }
 
 
-def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
-    text = json.dumps(metrics, indent=2).encode()
-    atomic_write(run_dir / "metrics.json", lambda f: f.write(text))
-
-
 def fit(run: Run, cfg: TrainerConfig) -> dict[str, Any]:
     """Train for cfg.epochs, then test the best checkpoint. Returns the run summary."""
     ckpt_dir = run.run_dir / "checkpoints"
@@ -238,7 +233,9 @@ def fit(run: Run, cfg: TrainerConfig) -> dict[str, Any]:
             train_tokens_per_s=train_tokens / train_seconds,
             wall_time_s=time.perf_counter() - wall_start,
         )
-        write_metrics(run.run_dir, metrics)  # after every epoch: nothing lost on a crash
+        write_json(
+            run.run_dir / METRICS_FILE, metrics
+        )  # after every epoch: nothing lost on a crash
 
     if best_epoch is None:  # epochs=0: the untrained model is the best there is
         best_val_loss = evaluate(run.model, run.splits["valid"], **eval_args)
@@ -270,7 +267,7 @@ def fit(run: Run, cfg: TrainerConfig) -> dict[str, Any]:
         test_ppl=ppl(test_loss),
         wall_time_s=time.perf_counter() - wall_start,
     )
-    write_metrics(run.run_dir, metrics)
+    write_json(run.run_dir / METRICS_FILE, metrics)
     run.tb.scalars({"test/loss": test_loss, "test/ppl": ppl(test_loss)}, step)
     run.tb.hparams(
         run.checkpoint_meta["config"],
