@@ -66,6 +66,11 @@ class TransformerConfig:
     dropout: float = 0.2
     tie_weights: bool = False  # share embedding and decoder weights
     max_len: int = 5000  # longest sequence the positional table covers
+    norm_first: bool = False  # pre-norm blocks plus a final LayerNorm (tutorial: post-norm)
+    activation: str = "relu"  # feed-forward activation: relu or gelu
+    attn_dropout: float | None = None  # dropout on attention weights; None: same as dropout
+    # Loss through lmx.losses.linear_cross_entropy: same value, no fp32 logits (faster).
+    fused_loss: bool = True
 
 
 # ---------------------------------------------------------------------------- data
@@ -111,6 +116,7 @@ class AdamWConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.01
+    fused: bool | None = None  # one fused kernel for the update (CPU and CUDA); None: torch picks
 
 
 # ---------------------------------------------------------------------------- scheduler
@@ -211,6 +217,14 @@ def validate(cfg: DictConfig) -> None:
     check(m.d_hid >= 1, f"model.d_hid={m.d_hid} must be >= 1")
     check(m.nlayers >= 1, f"model.nlayers={m.nlayers} must be >= 1")
     check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
+    check(
+        m.attn_dropout is None or 0.0 <= m.attn_dropout < 1.0,
+        f"model.attn_dropout={m.attn_dropout} must be in [0, 1) or null",
+    )
+    check(
+        m.activation in ("relu", "gelu"),
+        f"model.activation={m.activation!r} must be 'relu' or 'gelu'",
+    )
 
     d = cfg.data
     for key in ("batch_size", "eval_batch_size", "bptt"):

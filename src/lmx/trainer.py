@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -55,11 +54,6 @@ def num_steps(source: torch.Tensor, bptt: int, limit: int | None) -> int:
     return n if limit is None else min(n, limit)
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    # logits [B, T, V] (any dtype; the loss is taken in fp32), targets [B, T]
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
-
-
 @torch.inference_mode()
 def evaluate(
     model: torch.nn.Module,
@@ -76,8 +70,8 @@ def evaluate(
         data, targets = get_batch(source, i, bptt)
         data, targets = data.to(device), targets.to(device)
         with autocast(device, precision):
-            logits = model(data)
-        total += lm_loss(logits, targets, reduction="sum").item()
+            loss = model(data, targets)  # mean over the step's tokens
+        total += loss.item() * targets.numel()
         count += targets.numel()
     return total / count
 
@@ -102,8 +96,7 @@ def train_epoch(run: Run, cfg: TrainerConfig, epoch: int, step: int) -> tuple[fl
             data, targets = get_batch(source, i, run.bptt)
             data, targets = data.to(run.device), targets.to(run.device)
             with autocast(run.device, run.precision):
-                logits = model(data)
-            loss = lm_loss(logits, targets)
+                loss = model(data, targets)  # mean cross-entropy over the step's tokens
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf

@@ -1,0 +1,80 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmx import losses
+from lmx.losses import linear_cross_entropy
+from lmx.model import TransformerLM
+
+
+def _inputs(n=150, d=8, v=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=g, requires_grad=True)
+    weight = torch.randn(v, d, generator=g, requires_grad=True)
+    bias = torch.randn(v, generator=g, requires_grad=True)
+    targets = torch.randint(0, v, (n,), generator=g)
+    return hidden, weight, bias, targets
+
+
+def _grads(loss, *tensors):
+    return torch.autograd.grad(loss, tensors)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_matches_cross_entropy_of_linear_in_fp32(reduction, monkeypatch):
+    monkeypatch.setattr(losses, "CHUNK_ROWS", 16)  # several chunks and a ragged last one
+    h, w, b, t = _inputs()
+    ours = linear_cross_entropy(h, w, b, t, reduction)
+    ref = F.cross_entropy(F.linear(h, w, b), t, reduction=reduction)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    for g_ours, g_ref in zip(_grads(ours, h, w, b), _grads(ref, h, w, b), strict=True):
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    h, w, b, t = _inputs(n=64, d=32, v=300)
+    ref = F.cross_entropy(F.linear(h, w, b), t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_cross_entropy(h, w, b, t)
+    assert ours.dtype == torch.float32
+    assert abs(ours.item() - ref.item()) / ref.item() < 2e-2
+    g_ours, g_ref = _grads(ours, h)[0], _grads(ref, h)[0]
+    assert g_ours.dtype == h.dtype
+    assert torch.nn.functional.cosine_similarity(g_ours.flatten(), g_ref.flatten(), dim=0) > 0.99
+
+
+def test_per_token_losses_and_no_grad_path():
+    h, w, b, t = _inputs(n=12)
+    with torch.no_grad():
+        ours = linear_cross_entropy(h.view(3, 4, -1), w, b, t.view(3, 4), reduction="none")
+    ref = F.cross_entropy(F.linear(h, w, b), t, reduction="none").view(3, 4)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_target_with_underflowing_probability_keeps_its_exact_loss():
+    hidden = torch.tensor([[1.0]])
+    weight = torch.tensor([[200.0], [0.0]])  # logit gap 200: p(target=1) = e^-200 underflows
+    loss = linear_cross_entropy(hidden, weight, None, torch.tensor([1]))
+    assert loss.item() == pytest.approx(200.0, rel=1e-6)
+
+
+def test_weighted_token_losses_are_refused_rather_than_wrong():
+    h, w, b, t = _inputs(n=4)
+    per_token = linear_cross_entropy(h, w, b, t, reduction="none")
+    with pytest.raises(NotImplementedError, match="sum or mean"):
+        (per_token * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+
+
+def test_fused_loss_gives_the_model_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = TransformerLM(60, d_model=16, nhead=2, d_hid=16, nlayers=1, tie_weights=True).eval()
+    src, tgt = torch.randint(0, 60, (2, 7)), torch.randint(0, 60, (2, 7))
+    model.fused_loss = True
+    fused = model(src, tgt)
+    g_fused = _grads(fused, *model.parameters())
+    model.fused_loss = False
+    plain = model(src, tgt)
+    g_plain = _grads(plain, *model.parameters())
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    for a, c in zip(g_fused, g_plain, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
