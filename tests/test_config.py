@@ -13,6 +13,7 @@ from conftest import compose_cfg, run_cli
 from lmx.config import validate
 from lmx.errors import ConfigError
 from lmx.paths import config_dir
+from lmx.preflight import overrides_of
 
 
 def shipped_options() -> list[tuple[str, str]]:
@@ -142,9 +143,11 @@ def test_all_problems_reported_together(tmp_path):
 @pytest.mark.parametrize(
     "override,expected,code",
     [
-        ("model.nhed=4", "Key 'nhed' not in 'TransformerConfig'", 1),
+        ("model.nhed=4", "model.nhed: no such config key; did you mean model.nhead?", 2),
         ("model.nhead=3", "not divisible by model.nhead=3", 2),
         ("data.local_dir=/no/such/wikitext", "/no/such/wikitext", 2),
+        ("optim=adamx", "optim=adamx: no such option; did you mean adamw?", 2),
+        ("model.nhead=[1,", "cannot parse the command line", 2),
     ],
 )
 def test_cli_errors_are_one_message_without_traceback(tmp_path, override, expected, code):
@@ -167,3 +170,52 @@ def test_cli_help_lists_groups_and_cfg_prints_config():
         assert line in help_text
     job = run_cli("model.nhead=4", "--cfg", "job").stdout
     assert "nhead: 4" in job and "_target_: torch.optim.SGD" in job
+
+
+def test_the_command_line_is_checked_whole_before_any_work(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run_cli(
+        "-m",
+        "model.nhed=4",  # unknown key
+        "lr=0.1",  # a leaf under no parent
+        "model.nlayers=two",  # wrong type
+        "model.dropout=0.1,1.5",  # the sweep's second value is out of range
+        "optim.lr=-1",
+        "data.eval_batch_size=0",
+        "trainer.epochs=-1",
+        "+model.d_model=8",  # adding a key that exists
+        "~trainer.nothing",
+        f"hydra.sweep.dir={blocker / 'sweep'}",
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "lmx: invalid config:"
+    for expected in (
+        "  - model.nhed: no such config key; did you mean model.nhead?",
+        "  - lr: no such config key; did you mean optim.lr?",
+        "  - model.nlayers=two: Value 'two' of type 'str' could not be converted to Integer",
+        "  - model.dropout=1.5 must be in [0, 1)",
+        "  - optim.lr=-1.0 must be > 0",
+        "  - data.eval_batch_size=0 must be >= 1",
+        "  - trainer.epochs=-1 must be >= 0",
+        "  - +model.d_model: model.d_model is already in the config; set it with model.d_model=...",
+        "  - ~trainer.nothing: there is no trainer.nothing to delete",
+        f"  - hydra.sweep.dir={blocker / 'sweep'}: {blocker} is a file, so the run dir cannot "
+        "be created",
+    ):
+        assert any(line.startswith(expected) for line in lines), expected
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["-m", "a=1", "--cfg", "job", "b=2"], ["a=1", "b=2"]),
+        (["--info", "defaults", "a=1"], ["a=1"]),
+        (["--package", "model", "a=1"], ["a=1"]),
+        (["--help"], None),
+        (["--config-name", "other", "a=1"], None),
+    ],
+)
+def test_which_arguments_the_check_reads(argv, expected):
+    assert overrides_of(argv) == expected

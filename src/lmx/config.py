@@ -50,6 +50,11 @@ class Precision(Enum):
     fp16 = "fp16"
 
 
+class NonFinite(Enum):
+    stop = "stop"  # stop the run with a message naming the step
+    skip = "skip"  # skip the batch (no update) and count it in metrics.json
+
+
 class Interval(Enum):
     epoch = "epoch"  # scheduler.step() once after each epoch (the tutorial's StepLR)
     step = "step"  # scheduler.step() after every optimizer step (warm-up, cosine)
@@ -166,6 +171,11 @@ class TrainerConfig:
     limit_eval_batches: int | None = None
     progress: bool = True  # progress bar (shown on a terminal only)
     tensorboard: bool = True
+    # "auto": continue from this run dir's newest checkpoint if there is one (else start);
+    # a path: continue from that checkpoint file or run dir. null: always start fresh.
+    resume: str | None = None
+    checkpoint_every_steps: int | None = 500  # also write last.pt every N steps; null: epochs only
+    on_nonfinite: NonFinite = NonFinite.stop  # what an inf/nan loss or gradient does
 
 
 @dataclass
@@ -198,7 +208,14 @@ def register_configs() -> None:
 
 # ---------------------------------------------------------------------------- validation
 def validate(cfg: DictConfig) -> None:
-    """Check the rules that types cannot express; report every problem at once."""
+    """Raise one ConfigError listing every problem that config_problems finds."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    """The rules that types cannot express: ranges, cross-field rules, paths that must exist."""
     problems: list[str] = []
 
     def check(ok: bool, message: str) -> None:
@@ -250,8 +267,6 @@ def validate(cfg: DictConfig) -> None:
     check(t.epochs >= 0, f"trainer.epochs={t.epochs} must be >= 0")
     check(t.log_interval >= 1, f"trainer.log_interval={t.log_interval} must be >= 1")
     check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip={t.grad_clip} must be > 0")
-    for key in ("limit_train_batches", "limit_eval_batches"):
+    for key in ("limit_train_batches", "limit_eval_batches", "checkpoint_every_steps"):
         check(t[key] is None or t[key] >= 1, f"trainer.{key}={t[key]} must be >= 1 or null")
-
-    if problems:
-        raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+    return problems

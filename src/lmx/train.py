@@ -22,6 +22,7 @@ from lmx.cli import debug, exit_code
 from lmx.config import register_configs, validate
 from lmx.errors import LmxError
 from lmx.paths import config_dir
+from lmx.stop_signals import Interrupted
 from lmx.sweep import ERROR_FILE, config_hash, find_finished, mark_failed, read_status
 
 log = logging.getLogger("lmx.train")
@@ -77,7 +78,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         cfg.scheduler, optimizer, steps_per_epoch, cfg.trainer.epochs
     )
 
-    tb = TensorBoard(run_dir / "tensorboard", enabled=cfg.trainer.tensorboard)
+    meta = {
+        "config": resolved,
+        "vocab_size": corpus.vocab_size,
+        "tokenizer": corpus.tokenizer.to_str(),  # the checkpoint alone can evaluate
+    }
+    resume_from = _load_resume_state(cfg, run_dir, meta, model, optimizer, scheduler, device)
+    # purge_step: TensorBoard drops the events an earlier try logged after the checkpoint.
+    purge = resume_from["progress"]["step"] + 1 if resume_from else None
+    tb = TensorBoard(run_dir / "tensorboard", enabled=cfg.trainer.tensorboard, purge_step=purge)
     try:
         run = Run(
             model=model,
@@ -91,15 +100,41 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             precision=cfg.device.precision,
             run_dir=run_dir,
             tb=tb,
-            checkpoint_meta={
-                "config": resolved,
-                "vocab_size": corpus.vocab_size,
-                "tokenizer": corpus.tokenizer.to_str(),  # the checkpoint alone can evaluate
-            },
+            checkpoint_meta=meta,
         )
-        return fit(run, cfg.trainer)
+        return fit(run, cfg.trainer, resume_from)
     finally:
         tb.close()
+
+
+def _load_resume_state(cfg, run_dir, meta, model, optimizer, scheduler, device):
+    """trainer.resume: load a checkpoint's states into the built objects; None: fresh start."""
+    if cfg.trainer.resume is None:
+        return None
+    from lmx.checkpoint import load_checkpoint
+    from lmx.errors import CheckpointError
+    from lmx.resume import check_compatible, find_resume_checkpoint, set_rng_state
+
+    path = find_resume_checkpoint(cfg.trainer.resume, run_dir)
+    if path is None:
+        log.info("trainer.resume=auto: no checkpoint in %s yet; starting fresh", run_dir)
+        return None
+    ckpt = load_checkpoint(path, map_location=device)
+    if "progress" not in ckpt:
+        raise CheckpointError(f"cannot resume from {path}: it has no training progress in it")
+    check_compatible(path, ckpt, {**meta["config"], "vocab_size": meta["vocab_size"]})
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"cannot resume from {path}: {err}") from err
+    set_rng_state(ckpt["rng"])  # last: building the model above drew from the RNGs
+    p = ckpt["progress"]
+    log.info(
+        "resuming from %s: epoch %d, batch %d, step %d", path, p["epoch"], p["batch"], p["step"]
+    )
+    return ckpt
 
 
 def _share_machine(hydra_cfg: DictConfig) -> None:
@@ -137,7 +172,11 @@ def _hydra_main(cfg: DictConfig) -> float:
         _share_machine(hydra_cfg)
     try:
         metrics = train(cfg, run_dir)
-    except KeyboardInterrupt as err:
+    except Interrupted as err:  # SIGINT/SIGTERM: saved a checkpoint, then stopped
+        mark_failed(run_dir, err)
+        log.error("lmx: %s", err)
+        sys.exit(128 + err.signum)
+    except KeyboardInterrupt as err:  # a second Ctrl-C, or one outside the training loop
         mark_failed(run_dir, err)
         log.error("lmx: interrupted; outputs so far are in %s", run_dir)
         sys.exit(130)
@@ -156,6 +195,15 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    from lmx.cli import fail
+    from lmx.preflight import check_command_line
+
+    try:
+        check_command_line(sys.argv[1:])  # every bad override in one message, before Hydra
+    except LmxError as err:
+        if debug():
+            raise
+        fail(err)
     _hydra_main()
 
 

@@ -2,14 +2,20 @@
 
 At the end the best checkpoint is loaded back and evaluated on test. Perplexity is
 exp(mean token cross-entropy over the split), as in the tutorial.
+
+Everything the loop carries from step to step lives in `Progress`, which every checkpoint
+stores with the model, optimizer, scheduler and RNG states. A run resumed from any checkpoint
+(end of epoch, every `checkpoint_every_steps`, or on SIGINT/SIGTERM) therefore continues
+exactly where it stopped: same batches, same dropout masks, same numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +25,19 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lmx.batching import batch_starts, get_batch
 from lmx.checkpoint import load_checkpoint, save_checkpoint
-from lmx.config import Interval, Precision, TrainerConfig
+from lmx.config import Interval, NonFinite, Precision, TrainerConfig
 from lmx.device import autocast
+from lmx.errors import LmxError
 from lmx.files import METRICS_FILE, write_json
+from lmx.resume import rng_state
+from lmx.stop_signals import Interrupted, StopSignals
 from lmx.tb_logger import TensorBoard
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(LmxError):
+    """The loss or gradient norm became inf/nan and trainer.on_nonfinite=stop."""
 
 
 @dataclass
@@ -43,6 +56,30 @@ class Run:
     run_dir: Path
     tb: TensorBoard
     checkpoint_meta: dict[str, Any]  # config and vocab_size, stored in every checkpoint
+
+
+def _new_window() -> dict[str, float]:
+    return dict(loss=0.0, norm=0.0, tokens=0, batches=0)
+
+
+@dataclass
+class Progress:
+    """Where the loop stands; saved in every checkpoint (plain values only)."""
+
+    epoch: int = 1  # the epoch in progress (1-based)
+    batch: int = 0  # batches of that epoch already done
+    step: int = 0  # optimizer steps so far (batches, skipped ones included): TB's x-axis
+    best_val_loss: float = math.inf
+    best_epoch: int | None = None
+    epoch_loss: float = 0.0  # sum over this epoch's batches of loss * tokens
+    epoch_tokens: int = 0
+    epoch_seconds: float = 0.0
+    window: dict[str, float] = field(default_factory=_new_window)  # since the last log line
+    train_tokens: int = 0  # over finished epochs, for tokens/s
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0  # before this process started (earlier tries of the run)
+    skipped_batches: int = 0  # non-finite batches skipped (trainer.on_nonfinite=skip)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def ppl(loss: float) -> float:
@@ -76,194 +113,264 @@ def evaluate(
     return total / count
 
 
-def train_epoch(run: Run, cfg: TrainerConfig, epoch: int, step: int) -> tuple[float, int, float]:
-    """One pass over the training split. Returns (mean loss, tokens seen, seconds)."""
-    model, source = run.model, run.splits["train"]
-    model.train()
-    n_steps = num_steps(source, run.bptt, cfg.limit_train_batches)
-    epoch_loss, epoch_tokens, start = 0.0, 0, time.perf_counter()
-    window = dict(loss=0.0, norm=0.0, tokens=0, batches=0)
-    window_start = time.perf_counter()
-    bar = tqdm(
-        total=n_steps,
-        desc=f"epoch {epoch}",
-        unit="batch",
-        disable=None if cfg.progress else True,
-        leave=False,
-    )
-    with logging_redirect_tqdm():
-        for batch, i in enumerate(batch_starts(source, run.bptt)[:n_steps], start=1):
-            data, targets = get_batch(source, i, run.bptt)
-            data, targets = data.to(run.device), targets.to(run.device)
-            with autocast(run.device, run.precision):
-                loss = model(data, targets)  # mean cross-entropy over the step's tokens
+class Trainer:
+    """One run's loop; `fit` trains, checkpoints and tests. See the module docstring."""
+
+    def __init__(self, run: Run, cfg: TrainerConfig, resume_from: dict[str, Any] | None = None):
+        self.run, self.cfg = run, cfg
+        self.ckpt_dir = run.run_dir / "checkpoints"
+        self.best_path, self.last_path = self.ckpt_dir / "best.pt", self.ckpt_dir / "last.pt"
+        self.steps_per_epoch = num_steps(run.splits["train"], run.bptt, cfg.limit_train_batches)
+        self.progress = Progress()
+        if resume_from is not None:
+            self.progress = Progress(**resume_from["progress"])
+        self.wall_start = time.perf_counter()
+        self.stop = StopSignals()
+
+    # ------------------------------------------------------------------ checkpoints, metrics
+    def _state(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "model": self.run.model.state_dict(),
+            "optimizer": self.run.optimizer.state_dict(),
+            "scheduler": self.run.scheduler.state_dict(),
+            "progress": dataclasses.asdict(p),
+            "rng": rng_state(),
+            # Summary keys for readers that do not care about resuming:
+            "epoch": p.epoch - 1,  # epochs completed
+            "step": p.step,
+            "best_val_loss": p.best_val_loss,
+            **self.run.checkpoint_meta,
+        }
+
+    def _wall_seconds(self) -> float:
+        return self.progress.wall_seconds + time.perf_counter() - self.wall_start
+
+    def _save_last(self) -> None:
+        self.progress.wall_seconds = self._wall_seconds()
+        self.wall_start = time.perf_counter()
+        save_checkpoint(self.last_path, self._state())
+
+    def _metrics(self, status: str) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "status": status,
+            "vocab_size": self.run.checkpoint_meta["vocab_size"],
+            "train_tokens": self.run.train_tokens,
+            "epochs": len(p.history),
+            "steps": p.step,
+            "history": p.history,
+            "best_val_loss": p.best_val_loss,
+            "best_val_ppl": ppl(p.best_val_loss),
+            "train_tokens_per_s": p.train_tokens / p.train_seconds if p.train_seconds else None,
+            "skipped_batches": p.skipped_batches,
+            "wall_time_s": self._wall_seconds(),
+        }
+
+    # ------------------------------------------------------------------ one step
+    def _nonfinite(self, what: str, value: float) -> bool:
+        """True: skip this batch. Raises when trainer.on_nonfinite=stop."""
+        p = self.progress
+        where = f"step {p.step + 1} (epoch {p.epoch}, batch {p.batch + 1})"
+        if self.cfg.on_nonfinite == NonFinite.skip:
+            p.skipped_batches += 1
+            log.warning("non-finite %s (%s) at %s: batch skipped", what, value, where)
+            return True
+        best = f"{self.best_path} (epoch {p.best_epoch})" if p.best_epoch else "no best.pt yet"
+        raise NonFiniteLoss(
+            f"non-finite {what} ({value}) at {where}; training stopped. Best checkpoint: "
+            f"{best}. Lower optim.lr or tighten trainer.grad_clip, or set "
+            "trainer.on_nonfinite=skip to skip such batches."
+        )
+
+    def _train_step(self, data: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+        """Forward, backward, clip, update. Returns (loss, grad norm); nan when skipped."""
+        run = self.run
+        with autocast(run.device, run.precision):
+            loss = run.model(data, targets)  # mean cross-entropy over the step's tokens
+        loss_value = loss.item()
+        run.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(loss_value) and self._nonfinite("loss", loss_value):
+            return math.nan, math.nan
+        loss.backward()
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm).item()
+        if not math.isfinite(norm) and self._nonfinite("gradient norm", norm):
             run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            run.optimizer.step()
-            if run.interval == Interval.step:
-                run.scheduler.step()
-            step += 1
+            return math.nan, math.nan
+        run.optimizer.step()
+        return loss_value, norm
 
-            loss_value, tokens = loss.item(), targets.numel()
-            epoch_loss += loss_value * tokens
-            epoch_tokens += tokens
-            window["loss"] += loss_value
-            window["norm"] += grad_norm.item()
-            window["tokens"] += tokens
-            window["batches"] += 1
-            bar.update()
-            bar.set_postfix(
-                loss=f"{loss_value:.2f}", lr=f"{run.optimizer.param_groups[0]['lr']:.3g}"
-            )
+    # ------------------------------------------------------------------ one epoch
+    def _log_window(self, n_steps: int) -> None:
+        p, w = self.progress, self.progress.window
+        seconds = time.perf_counter() - self.window_start
+        n = max(w["batches"], 1)
+        lr = self.run.optimizer.param_groups[0]["lr"]
+        mean_loss = w["loss"] / n
+        log.info(
+            "| epoch %3d | %5d/%5d batches | lr %.3g | ms/batch %6.1f | loss %5.2f | ppl %8.2f",
+            p.epoch,
+            p.batch,
+            n_steps,
+            lr,
+            1000 * seconds / n,
+            mean_loss,
+            ppl(mean_loss),
+        )
+        self.run.tb.scalars(
+            {
+                "train/loss": mean_loss,
+                "train/ppl": ppl(mean_loss),
+                "train/lr": lr,
+                "train/grad_norm": w["norm"] / n,
+                "train/tokens_per_s": w["tokens"] / seconds,
+            },
+            p.step,
+        )
+        p.window = _new_window()
+        self.window_start = time.perf_counter()
 
-            if batch % cfg.log_interval == 0 or batch == n_steps:
-                seconds = time.perf_counter() - window_start
-                n = window["batches"]
-                lr = run.optimizer.param_groups[0]["lr"]
-                mean_loss = window["loss"] / n
-                log.info(
-                    "| epoch %3d | %5d/%5d batches | lr %.3g | ms/batch %6.1f "
-                    "| loss %5.2f | ppl %8.2f",
-                    epoch,
-                    batch,
-                    n_steps,
-                    lr,
-                    1000 * seconds / n,
-                    mean_loss,
-                    ppl(mean_loss),
-                )
-                run.tb.scalars(
-                    {
-                        "train/loss": mean_loss,
-                        "train/ppl": ppl(mean_loss),
-                        "train/lr": lr,
-                        "train/grad_norm": window["norm"] / n,
-                        "train/tokens_per_s": window["tokens"] / seconds,
-                    },
-                    step,
-                )
-                window = dict(loss=0.0, norm=0.0, tokens=0, batches=0)
-                window_start = time.perf_counter()
-    bar.close()
-    return epoch_loss / max(epoch_tokens, 1), epoch_tokens, time.perf_counter() - start
+    def train_epoch(self) -> None:
+        """The rest of the current epoch's batches (all of them, unless resuming mid-epoch)."""
+        run, cfg, p = self.run, self.cfg, self.progress
+        run.model.train()
+        source, n_steps = run.splits["train"], self.steps_per_epoch
+        bar = tqdm(
+            total=n_steps,
+            initial=p.batch,
+            desc=f"epoch {p.epoch}",
+            unit="batch",
+            disable=None if cfg.progress else True,
+            leave=False,
+        )
+        self.window_start = time.perf_counter()
+        with logging_redirect_tqdm():
+            for i in batch_starts(source, run.bptt)[p.batch : n_steps]:
+                start = time.perf_counter()
+                data, targets = get_batch(source, i, run.bptt)
+                data, targets = data.to(run.device), targets.to(run.device)
+                loss, norm = self._train_step(data, targets)
+                if run.interval == Interval.step:
+                    run.scheduler.step()
+                p.step += 1
+                p.batch += 1
+                if math.isfinite(loss):
+                    tokens = targets.numel()
+                    p.epoch_loss += loss * tokens
+                    p.epoch_tokens += tokens
+                    p.window["loss"] += loss
+                    p.window["norm"] += norm
+                    p.window["tokens"] += tokens
+                    p.window["batches"] += 1
+                p.epoch_seconds += time.perf_counter() - start
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.2f}", lr=f"{run.optimizer.param_groups[0]['lr']:.3g}")
+                if p.batch % cfg.log_interval == 0 or p.batch == n_steps:
+                    self._log_window(n_steps)
+                if self.stop.requested is not None:
+                    bar.close()
+                    self._interrupt()
+                every = cfg.checkpoint_every_steps
+                if every and p.step % every == 0 and p.batch < n_steps:
+                    self._save_last()  # the epoch's end saves anyway
+        bar.close()
 
+    def _interrupt(self) -> None:
+        self._save_last()
+        signum = self.stop.requested
+        name = "SIGINT" if signum == 2 else "SIGTERM" if signum == 15 else f"signal {signum}"
+        run_dir = self.run.run_dir
+        raise Interrupted(
+            f"{name}: stopped after step {self.progress.step} (epoch {self.progress.epoch}, "
+            f"batch {self.progress.batch}) and saved {self.last_path}. Continue with "
+            f"trainer.resume=auto hydra.run.dir={run_dir}",
+            signum,
+        )
 
-def _checkpoint(run: Run, epoch: int, step: int, best_val_loss: float) -> dict[str, Any]:
-    return {
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "best_val_loss": best_val_loss,
-        **run.checkpoint_meta,
-    }
-
-
-def fit(run: Run, cfg: TrainerConfig) -> dict[str, Any]:
-    """Train for cfg.epochs, then test the best checkpoint. Returns the run summary."""
-    ckpt_dir = run.run_dir / "checkpoints"
-    best_path, last_path = ckpt_dir / "best.pt", ckpt_dir / "last.pt"
-    eval_args = dict(
-        bptt=run.bptt, device=run.device, precision=run.precision, limit=cfg.limit_eval_batches
-    )
-    metrics: dict[str, Any] = {
-        "status": "running",
-        "vocab_size": run.checkpoint_meta["vocab_size"],
-        "train_tokens": run.train_tokens,
-        "epochs": 0,
-        "history": [],
-    }
-    best_val_loss, best_epoch = math.inf, None
-    step, train_tokens, train_seconds = 0, 0, 0.0
-    wall_start = time.perf_counter()
-
-    for epoch in range(1, cfg.epochs + 1):
-        epoch_start = time.perf_counter()
-        train_loss, tokens, seconds = train_epoch(run, cfg, epoch, step)
-        step += num_steps(run.splits["train"], run.bptt, cfg.limit_train_batches)
-        train_tokens, train_seconds = train_tokens + tokens, train_seconds + seconds
+    # ------------------------------------------------------------------ the run
+    def _end_epoch(self, eval_args: dict[str, Any]) -> None:
+        run, p = self.run, self.progress
         val_loss = evaluate(run.model, run.splits["valid"], **eval_args)
         lr = run.optimizer.param_groups[0]["lr"]
         if run.interval == Interval.epoch:
             run.scheduler.step()
-
         log.info("-" * 89)
         log.info(
             "| end of epoch %3d | time: %6.1fs | valid loss %5.2f | valid ppl %8.2f",
-            epoch,
-            time.perf_counter() - epoch_start,
+            p.epoch,
+            p.epoch_seconds,
             val_loss,
             ppl(val_loss),
         )
         log.info("-" * 89)
-        run.tb.scalars({"val/loss": val_loss, "val/ppl": ppl(val_loss)}, step)
+        run.tb.scalars({"val/loss": val_loss, "val/ppl": ppl(val_loss)}, p.step)
         run.tb.flush()
-
-        if val_loss < best_val_loss:
-            best_val_loss, best_epoch = val_loss, epoch
-            save_checkpoint(best_path, _checkpoint(run, epoch, step, best_val_loss))
-        save_checkpoint(last_path, _checkpoint(run, epoch, step, best_val_loss))
-
-        metrics["history"].append(
+        p.history.append(
             {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": train_loss,
+                "epoch": p.epoch,
+                "step": p.step,
+                "train_loss": p.epoch_loss / max(p.epoch_tokens, 1),
                 "val_loss": val_loss,
                 "val_ppl": ppl(val_loss),
                 "lr": lr,
-                "train_seconds": seconds,
+                "train_seconds": p.epoch_seconds,
             }
         )
-        metrics.update(
-            epochs=epoch,
-            steps=step,
-            best_val_loss=best_val_loss,
-            best_val_ppl=ppl(best_val_loss),
-            train_tokens_per_s=train_tokens / train_seconds,
-            wall_time_s=time.perf_counter() - wall_start,
+        p.train_tokens += p.epoch_tokens
+        p.train_seconds += p.epoch_seconds
+        improved = val_loss < p.best_val_loss
+        if improved:
+            p.best_val_loss, p.best_epoch = val_loss, p.epoch
+        # The next epoch's state, so that a resume from here starts it.
+        p.epoch, p.batch = p.epoch + 1, 0
+        p.epoch_loss, p.epoch_tokens, p.epoch_seconds = 0.0, 0, 0.0
+        if improved:
+            save_checkpoint(self.best_path, self._state())
+        self._save_last()
+        write_json(run.run_dir / METRICS_FILE, self._metrics("running"))  # nothing lost
+
+    def fit(self) -> dict[str, Any]:
+        """Train to cfg.epochs, then test the best checkpoint. Returns the run summary."""
+        run, cfg, p = self.run, self.cfg, self.progress
+        eval_args = dict(
+            bptt=run.bptt, device=run.device, precision=run.precision, limit=cfg.limit_eval_batches
         )
-        write_json(
-            run.run_dir / METRICS_FILE, metrics
-        )  # after every epoch: nothing lost on a crash
+        with self.stop:
+            while p.epoch <= cfg.epochs:
+                self.train_epoch()
+                self._end_epoch(eval_args)
 
-    if best_epoch is None:  # epochs=0: the untrained model is the best there is
-        best_val_loss = evaluate(run.model, run.splits["valid"], **eval_args)
-        save_checkpoint(best_path, _checkpoint(run, 0, 0, best_val_loss))
-        save_checkpoint(last_path, _checkpoint(run, 0, 0, best_val_loss))
-        metrics.update(
-            best_val_loss=best_val_loss,
-            best_val_ppl=ppl(best_val_loss),
-            steps=0,
-            train_tokens_per_s=None,
+        if p.best_epoch is None:  # epochs=0: the untrained model is the best there is
+            p.best_val_loss = evaluate(run.model, run.splits["valid"], **eval_args)
+            p.best_epoch = 0
+            save_checkpoint(self.best_path, self._state())
+            save_checkpoint(self.last_path, self._state())
+
+        best = load_checkpoint(self.best_path, map_location=run.device)
+        run.model.load_state_dict(best["model"])
+        test_loss = evaluate(run.model, run.splits["test"], **eval_args)
+        log.info("=" * 89)
+        log.info(
+            "| End of training | best epoch %d | test loss %5.2f | test ppl %8.2f",
+            p.best_epoch,
+            test_loss,
+            ppl(test_loss),
         )
+        log.info("=" * 89)
+        metrics = self._metrics("done")
+        metrics.update(best_epoch=p.best_epoch, test_loss=test_loss, test_ppl=ppl(test_loss))
+        write_json(run.run_dir / METRICS_FILE, metrics)
+        run.tb.scalars({"test/loss": test_loss, "test/ppl": ppl(test_loss)}, p.step)
+        run.tb.hparams(
+            run.checkpoint_meta["config"],
+            {
+                "hparam/best_val_ppl": metrics["best_val_ppl"],
+                "hparam/test_ppl": metrics["test_ppl"],
+            },
+        )
+        return metrics
 
-    best = load_checkpoint(best_path, map_location=run.device)
-    run.model.load_state_dict(best["model"])
-    test_loss = evaluate(run.model, run.splits["test"], **eval_args)
-    log.info("=" * 89)
-    log.info(
-        "| End of training | best epoch %d | test loss %5.2f | test ppl %8.2f",
-        best["epoch"],
-        test_loss,
-        ppl(test_loss),
-    )
-    log.info("=" * 89)
 
-    metrics.update(
-        status="done",
-        best_epoch=best["epoch"],
-        test_loss=test_loss,
-        test_ppl=ppl(test_loss),
-        wall_time_s=time.perf_counter() - wall_start,
-    )
-    write_json(run.run_dir / METRICS_FILE, metrics)
-    run.tb.scalars({"test/loss": test_loss, "test/ppl": ppl(test_loss)}, step)
-    run.tb.hparams(
-        run.checkpoint_meta["config"],
-        {"hparam/best_val_ppl": metrics["best_val_ppl"], "hparam/test_ppl": metrics["test_ppl"]},
-    )
-    return metrics
+def fit(run: Run, cfg: TrainerConfig, resume_from: dict[str, Any] | None = None) -> dict[str, Any]:
+    return Trainer(run, cfg, resume_from).fit()

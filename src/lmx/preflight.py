@@ -1,0 +1,224 @@
+"""Check a `python -m lmx.train` command line before Hydra runs it; report every problem at once.
+
+Hydra stops at the first bad override with "Key 'nhed' not in 'TransformerConfig'" and a
+traceback hint. Here the config is composed once from the group choices (optim=adamw,
+experiment=smoke, ...), and then every key=value override is tried on it, every value of a
+sweep included. The result is one message listing each unknown key (with a "did you mean"),
+each wrongly typed value, each out-of-range value, and an output dir that cannot be created.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lmx.config import config_problems
+from lmx.errors import ConfigError
+from lmx.paths import config_dir
+
+# Hydra flags that end the command before any config work, or change which config is used.
+_SKIP = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion"}
+_OTHER_CONFIG = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
+_TAKES_VALUE = {"-c", "--cfg", "-p", "--package", "--experimental-rerun", "-i", "--info"}
+_CFG_CHOICES = {"job", "hydra", "all"}
+_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def overrides_of(argv: list[str]) -> list[str] | None:
+    """The key=value arguments of a Hydra command line; None: nothing for us to check."""
+    out, skip_next = [], False
+    for i, arg in enumerate(argv):
+        if skip_next:
+            skip_next = False
+            continue
+        head = arg.split("=", 1)[0]
+        if head in _SKIP or head in _OTHER_CONFIG:
+            return None
+        if head in _TAKES_VALUE:
+            following = argv[i + 1] if i + 1 < len(argv) else ""
+            choices = _INFO_CHOICES if head in ("-i", "--info") else _CFG_CHOICES
+            skip_next = "=" not in arg and (following in choices or head in ("-p", "--package"))
+            continue
+        if not arg.startswith("-"):
+            out.append(arg)
+    return out
+
+
+def _is_group(key: str) -> bool:
+    return "/" in key or (config_dir() / key.replace(".", "/")).is_dir()
+
+
+def _all_keys(cfg: DictConfig) -> list[str]:
+    keys: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        for key in node.keys() if isinstance(node, DictConfig) else ():
+            full = f"{prefix}{key}"
+            keys.append(full)
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_missing():
+                walk(child, f"{full}.")
+
+    walk(cfg, "")
+    return keys
+
+
+def did_you_mean(key: str, cfg: DictConfig) -> str:
+    keys = _all_keys(cfg)
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not match:  # a right leaf under the wrong (or no) parent: lr -> optim.lr
+        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
+        leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(leaves), n=1, cutoff=0.75)
+        match = [leaves[leaf[0]]] if leaf else []
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def _group_options(group: str) -> list[str]:
+    folder = config_dir() / group.replace(".", "/")
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _check_choice(group: str, choice, problems: list[str]) -> bool:
+    if choice is None:
+        return True  # group=null: no option from that group
+    options = _group_options(group)
+    if str(choice) in options:
+        return True
+    close = difflib.get_close_matches(str(choice), options, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    problems.append(f"{group}={choice}: no such option{hint} (options: {', '.join(options)})")
+    return False
+
+
+def _values(override, parser) -> list | None:
+    """Each value an override takes (a sweep's every element); None: not enumerable."""
+    if not override.is_sweep_override():
+        return [override.value()]
+    try:
+        strings = list(override.sweep_string_iterator())
+    except Exception:  # interval(...) and other sweeper-side distributions
+        return None
+    key = override.key_or_group
+    return [parser.parse_override(f"{key}={s}").value() for s in strings]
+
+
+def _check_output_dir(key: str, value: str, problems: list[str]) -> None:
+    if "${" in value:
+        return  # interpolated (the default outputs/${now:...}); checked through its parent
+    path = Path(value).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        problems.append(f"{key}={value}: {existing} is a file, so the run dir cannot be created")
+    elif not os.access(existing, os.W_OK):
+        problems.append(f"{key}={value}: {existing} is not writable")
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Raise one ConfigError listing every problem in the overrides of `argv`."""
+    overrides = overrides_of(argv)
+    if overrides is None:
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except HydraException as err:
+        raise ConfigError(f"cannot parse the command line: {err}") from None
+
+    problems: list[str] = []
+    hydra_keys = [o for o in parsed if o.key_or_group.startswith("hydra")]
+    groups = [o for o in parsed if o not in hydra_keys and _is_group(o.key_or_group)]
+    values = [o for o in parsed if o not in hydra_keys and o not in groups]
+
+    for o in hydra_keys:
+        if o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") and not o.is_sweep_override():
+            _check_output_dir(o.key_or_group, str(o.value()), problems)
+    if not any(o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") for o in hydra_keys):
+        _check_output_dir("the output dir", str(Path.cwd()), problems)
+
+    # Compose from the group choices, each sweep over a group at its first choice.
+    first_choices = []
+    for o in groups:
+        choices = _values(o, parser)
+        prefix = o.input_line.split("=", 1)[0]
+        if choices is None:
+            first_choices.append(o.input_line)
+            continue
+        valid = [c for c in choices if _check_choice(o.key_or_group, c, problems)]
+        if valid:
+            first_choices.append(f"{prefix}={_show(valid[0])}")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        try:
+            base = compose(config_name="train", overrides=first_choices)
+        except HydraException as err:
+            reason = str(err).strip().split("\nConfig search path")[0]
+            raise ConfigError(
+                "invalid config:\n" + "\n".join(f"  - {p}" for p in [*problems, reason])
+            ) from None
+
+    # Every key=value on the composed config: the key must exist, the value must fit its type.
+    first = base.copy()
+    alternatives: list[list[tuple[str, object]]] = []
+    for o in values:
+        key = o.key_or_group
+        exists = OmegaConf.select(base, key, default="<absent>") != "<absent>"
+        if o.is_delete():
+            if not exists:
+                problems.append(f"~{key}: there is no {key} to delete{did_you_mean(key, base)}")
+            continue
+        if o.is_force_add():
+            continue
+        if o.is_add():
+            if exists:
+                problems.append(f"+{key}: {key} is already in the config; set it with {key}=...")
+            continue
+        if not exists:
+            problems.append(f"{key}: no such config key{did_you_mean(key, base)}")
+            continue
+        options = _values(o, parser)
+        if options is None:
+            continue
+        fits = []
+        for value in options:
+            trial = base.copy()
+            try:
+                OmegaConf.update(trial, key, value, merge=True)
+                fits.append((key, value))
+            except OmegaConfBaseException as err:
+                reason = str(err).splitlines()[0]
+                problems.append(f"{key}={_show(value)}: {reason}")
+        if fits:
+            OmegaConf.update(first, *fits[0], merge=True)
+            alternatives.append(fits[1:])
+
+    # Ranges and cross-field rules, for the first job and for each other value of a sweep
+    # (the values that failed above are left out, so their problems are not reported twice).
+    seen = set(problems)
+    for key, value in [(None, None), *itertools.chain(*alternatives)]:
+        trial = first
+        if key is not None:
+            trial = first.copy()
+            OmegaConf.update(trial, key, value, merge=True)
+        try:
+            found = config_problems(trial)
+        except OmegaConfBaseException as err:  # e.g. a missing mandatory value
+            found = [str(err).splitlines()[0]]
+        for p in found:
+            if p not in seen:
+                seen.add(p)
+                problems.append(p)
+
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _show(value) -> str:
+    return "null" if value is None else str(value)

@@ -1,0 +1,48 @@
+"""SIGINT / SIGTERM during training: finish the current step, save, then stop.
+
+The first signal only sets a flag that the loop checks between steps, so the checkpoint it
+writes is a consistent state. A second Ctrl-C falls through to Python's default and stops at
+once (the last periodic checkpoint is still there).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+from lmx.errors import LmxError
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(LmxError):
+    """Training stopped on a signal after saving; the exit status is 128 + the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopSignals:
+    """Context manager: `requested` is the first signal number received, or None."""
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = signum
+        for sig, handler in self._previous.items():  # a second signal acts at once
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers live there only
+            for sig in _SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

@@ -1,0 +1,145 @@
+"""Bad things during a run: non-finite losses, signals, disk errors. Each gives one clear
+message naming the step, signal or file, and leaves the last good checkpoints intact."""
+
+from __future__ import annotations
+
+import errno
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, compose_cfg, run_cli, tiny_overrides
+from lmx import checkpoint
+from lmx.checkpoint import load_checkpoint
+from lmx.files import WriteError
+from lmx.model import TransformerLM
+from lmx.train import train
+from lmx.trainer import NonFiniteLoss
+
+
+def _nan_at(monkeypatch, steps: set[int]):
+    """The model's training loss becomes nan on the given (1-based) training calls."""
+    forward, calls = TransformerLM.forward, []
+
+    def forward_with_nan(self, src, targets=None):
+        out = forward(self, src, targets)
+        if self.training:
+            calls.append(1)
+            if len(calls) in steps:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(TransformerLM, "forward", forward_with_nan)
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_best(
+    corpus_dir, cache_dir, tmp_path, monkeypatch
+):
+    cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, "trainer.limit_train_batches=5"))
+    _nan_at(monkeypatch, {7})  # epoch 2, batch 2
+    with pytest.raises(NonFiniteLoss) as err:
+        train(cfg, tmp_path / "run")
+    message = str(err.value)
+    assert "non-finite loss (nan) at step 7 (epoch 2, batch 2)" in message
+    assert "trainer.on_nonfinite=skip" in message and "best.pt (epoch 1)" in message
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in best["model"].values())
+
+
+def test_nonfinite_batches_can_be_skipped_and_counted(corpus_dir, cache_dir, tmp_path, monkeypatch):
+    cfg = compose_cfg(
+        tiny_overrides(
+            corpus_dir, cache_dir, "trainer.limit_train_batches=5", "trainer.on_nonfinite=skip"
+        )
+    )
+    _nan_at(monkeypatch, {2, 8})
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["status"] == "done" and metrics["skipped_batches"] == 2
+    assert metrics["steps"] == 10
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+
+
+def test_diverging_run_from_the_command_line(corpus_dir, cache_dir, tmp_path):
+    proc = run_cli(
+        *tiny_overrides(corpus_dir, cache_dir, "optim.lr=1e30", "trainer.grad_clip=null"),
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert "non-finite" in output and "at step" in output
+    assert "Traceback" not in output
+
+
+def test_sigterm_saves_and_exits_nonzero_then_resumes(corpus_dir, cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [
+        *tiny_overrides(
+            corpus_dir, cache_dir, "trainer.epochs=30", "trainer.checkpoint_every_steps=10"
+        ),
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmx.train", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**_python_env(), "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "last.pt").is_file():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before a save"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "SIGTERM: stopped after step" in output and "trainer.resume=auto" in output
+    assert "Traceback" not in output
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+    step = load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]["step"]
+    assert step > 0
+
+    proc = run_cli(*args[:-1], "trainer.epochs=30", "trainer.resume=auto", args[-1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"step {step}" in (run_dir / "train.log").read_text()
+
+
+def _python_env():
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("LMX_DEBUG", "HYDRA_FULL_ERROR")}
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_previous_best(
+    corpus_dir, cache_dir, tmp_path, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1")), run_dir)
+    best = run_dir / "checkpoints" / "best.pt"
+    before = best.read_bytes()
+
+    def no_space(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", no_space)
+    with pytest.raises(WriteError, match=r"cannot write .*best.pt: No space left on device"):
+        checkpoint.save_checkpoint(best, {"model": {}})
+    assert best.read_bytes() == before  # untouched, and no temp file left beside it
+    assert sorted(p.name for p in best.parent.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_an_unwritable_output_dir_is_named(corpus_dir, cache_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = run_cli(*tiny_overrides(corpus_dir, cache_dir), f"hydra.run.dir={blocker / 'run'}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert str(blocker) in output and "Traceback" not in output
