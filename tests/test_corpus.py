@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 import lmx.corpus
@@ -96,3 +99,64 @@ def test_unreachable_hub_points_to_local_dir(cache_dir, monkeypatch):
         load_corpus(cfg)
     message = str(info.value)
     assert "not reachable" in message and "data.local_dir=" in message
+
+
+def test_bytes_that_are_not_utf8_name_the_file_and_line(corpus_dir, cache_dir):
+    path = corpus_dir / "train.txt"
+    lines = path.read_bytes().split(b"\n")
+    lines[6] = b" caf\xe9 latin-1 bytes "
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError) as info:
+        load_corpus(data_cfg(corpus_dir, cache_dir))
+    assert f"{path}, line 7, column 5: byte 0xe9 is not valid UTF-8" in str(info.value)
+
+
+def test_a_split_file_that_cannot_be_read_is_named(corpus_dir, cache_dir, monkeypatch):
+    original = lmx.corpus.Path.read_bytes
+
+    def refuse_valid(self):
+        if self.name == "valid.txt" and self.parent == corpus_dir:
+            raise PermissionError(13, "Permission denied")
+        return original(self)
+
+    monkeypatch.setattr(lmx.corpus.Path, "read_bytes", refuse_valid)
+    with pytest.raises(DataError, match=f"cannot read {corpus_dir / 'valid.txt'}: Permission"):
+        lmx.corpus._read_local(lmx.corpus._local_files(str(corpus_dir)), cache_dir)
+
+
+def _entry(cache_dir):
+    (entry,) = cache_dir.glob("wikitext2-*")
+    return entry
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda e: (e / "train.npy").write_bytes((e / "train.npy").read_bytes()[:100]),  # cut
+        lambda e: (e / "valid.npy").write_bytes(b"garbage"),
+        lambda e: (e / "test.npy").unlink(),
+        lambda e: (e / "meta.json").write_text("{not json"),
+        # another lmx version: same place, other format
+        lambda e: (e / "meta.json").write_text('{"fingerprint": {"format": 0}}'),
+    ],
+)
+def test_a_damaged_or_foreign_cache_entry_is_rebuilt(corpus_dir, cache_dir, damage, caplog):
+    caplog.set_level(logging.INFO, logger="lmx.corpus")
+    cfg = data_cfg(corpus_dir, cache_dir)
+    good = load_corpus(cfg).splits
+    damage(_entry(cache_dir))
+    rebuilt = load_corpus(cfg).splits
+    assert all(torch.equal(good[s], rebuilt[s]) for s in good)
+    assert "unusable" in caplog.text and "rebuilding" in caplog.text
+    caplog.clear()
+    load_corpus(cfg)  # and the rebuilt entry is a good one
+    assert "using cached tokens" in caplog.text
+
+
+def test_a_split_too_small_for_one_step_is_named(corpus_dir, cache_dir, tmp_path):
+    from conftest import compose_cfg, tiny_overrides
+    from lmx.train import train
+
+    cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, "data.bptt=400"))
+    with pytest.raises(DataError, match="the valid split has .* tokens: too few for one batch"):
+        train(cfg, tmp_path / "run")

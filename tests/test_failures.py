@@ -16,6 +16,7 @@ import torch
 from conftest import REPO, compose_cfg, run_cli, tiny_overrides
 from lmx import checkpoint
 from lmx.checkpoint import load_checkpoint
+from lmx.errors import CheckpointError
 from lmx.files import WriteError
 from lmx.model import TransformerLM
 from lmx.train import train
@@ -143,3 +144,37 @@ def test_an_unwritable_output_dir_is_named(corpus_dir, cache_dir, tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert str(blocker) in output and "Traceback" not in output
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_carries_code_is_refused_and_the_code_never_runs(tmp_path):
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCode(marker)}, evil)
+    with pytest.raises(CheckpointError, match=f"cannot load checkpoint {evil}"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_is_named_when_resuming(corpus_dir, cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1")
+    assert run_cli(*args, f"hydra.run.dir={run_dir}").returncode == 0
+    last = run_dir / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    (run_dir / "checkpoints" / "best.pt").unlink()
+    proc = run_cli(*args, "trainer.resume=auto", f"hydra.run.dir={run_dir}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert f"cannot load checkpoint {last}" in output and "Traceback" not in output

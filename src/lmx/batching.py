@@ -12,13 +12,16 @@ import torch
 from lmx.errors import DataError
 
 
-def batchify(stream: torch.Tensor, bsz: int, name: str = "split") -> torch.Tensor:
-    """[N] -> [bsz, N // bsz]; the N % bsz trailing tokens are dropped, as in the tutorial."""
+def batchify(stream: torch.Tensor, bsz: int, name: str = "split", bptt: int = 1) -> torch.Tensor:
+    """[N] -> [bsz, N // bsz]; the N % bsz trailing tokens are dropped, as in the tutorial.
+
+    The split must fill at least one whole step: bsz rows of bptt inputs plus one target.
+    """
     length = stream.size(0) // bsz
-    if length < 2:
+    if length < bptt + 1:
         raise DataError(
-            f"the {name} split has {stream.size(0)} tokens: too few for batch size {bsz} "
-            "(each row needs at least 2 tokens, an input and its target)"
+            f"the {name} split has {stream.size(0)} tokens: too few for one batch of {bsz} rows "
+            f"x (bptt {bptt} + 1) = {bsz * (bptt + 1)} tokens; lower the batch size or data.bptt"
         )
     return stream[: length * bsz].view(bsz, length)
 

@@ -61,18 +61,45 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     root = _cache_root(cfg)
     entry = root / f"{cfg.name}-{key}"
 
-    if not (entry / "meta.json").is_file():
+    splits = _load_entry(entry, fingerprint) if (entry / "meta.json").is_file() else None
+    if splits is None:
         log.info("data: reading and tokenizing (first run with these settings)")
         start = time.perf_counter()
         texts = _read_texts(cfg, root)
         _build_entry(texts, cfg, fingerprint, entry)
         log.info("data: tokenized in %.1f s, cached at %s", time.perf_counter() - start, entry)
+        splits = _load_entry(entry, fingerprint, rebuild_on_error=False)
     else:
         log.info("data: using cached tokens at %s", entry)
-
     tokenizer_path = entry / "tokenizer.json"
-    splits = {s: torch.from_numpy(np.load(entry / f"{s}.npy")) for s in SPLITS}
     return Corpus(Tokenizer.from_file(str(tokenizer_path)), tokenizer_path, splits)
+
+
+def _load_entry(entry: Path, fingerprint: dict, rebuild_on_error: bool = True):
+    """The cached streams, checked against meta.json. A damaged entry, or one that another
+    lmx version wrote, is removed (None: rebuild it); a fresh one must load."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        if meta.get("fingerprint") != fingerprint:
+            raise ValueError("it was written with other settings or by another lmx version")
+        splits = {s: torch.from_numpy(np.load(entry / f"{s}.npy")) for s in SPLITS}
+        vocab = Tokenizer.from_file(str(entry / "tokenizer.json")).get_vocab_size()
+        for s, stream in splits.items():
+            if stream.dtype != torch.int64 or stream.dim() != 1:
+                raise ValueError(f"{s}.npy is not a 1-D int64 array")
+            if len(stream) != meta["tokens"][s]:
+                raise ValueError(
+                    f"{s}.npy has {len(stream)} tokens, meta.json says {meta['tokens'][s]}"
+                )
+            if len(stream) and (int(stream.min()) < 0 or int(stream.max()) >= vocab):
+                raise ValueError(f"{s}.npy has ids outside the vocabulary of {vocab}")
+        return splits
+    except Exception as err:  # any damage: unreadable, truncated, wrong shape or ids
+        if not rebuild_on_error:
+            raise DataError(f"the token cache at {entry} cannot be read back: {err}") from err
+        log.warning("data: the token cache at %s is unusable (%s); rebuilding it", entry, err)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
 
 
 def encode_split(cfg: DataConfig, tokenizer: Tokenizer, split: str) -> torch.Tensor:
@@ -112,8 +139,28 @@ def _files_fingerprint(files: dict[str, Path]) -> dict[str, str]:
     return {s: hashlib.sha256(p.read_bytes()).hexdigest() for s, p in files.items()}
 
 
+def _check_readable_utf8(path: Path) -> None:
+    """datasets reports bad bytes without naming the file or line; say both."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from err
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(
+            f"{path}, line {line}, column {column}: byte 0x{data[err.start]:02x} is not valid "
+            "UTF-8 (the WikiText files are UTF-8 text)"
+        ) from None
+
+
 def _read_local(files: dict[str, Path], cache_root: Path) -> dict[str, list[str]]:
     import datasets  # heavy import, only when there is work to do
+
+    for path in files.values():
+        _check_readable_utf8(path)
 
     datasets.disable_progress_bars()  # a few seconds of work; one log line says it
 

@@ -36,7 +36,7 @@ def evaluate_checkpoint(
     trained.model.to(device)
     stream = encode_split(cfg.data, trained.tokenizer, split)
     bsz = cfg.data.batch_size if split == "train" else cfg.data.eval_batch_size
-    source = batchify(stream, bsz, split)
+    source = batchify(stream, bsz, split, cfg.data.bptt)
     loss = evaluate(
         trained.model,
         source,

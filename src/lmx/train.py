@@ -64,9 +64,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     d = cfg.data
     splits = {
-        "train": batchify(corpus.splits["train"], d.batch_size, "train"),
-        "valid": batchify(corpus.splits["valid"], d.eval_batch_size, "valid"),
-        "test": batchify(corpus.splits["test"], d.eval_batch_size, "test"),
+        "train": batchify(corpus.splits["train"], d.batch_size, "train", d.bptt),
+        "valid": batchify(corpus.splits["valid"], d.eval_batch_size, "valid", d.bptt),
+        "test": batchify(corpus.splits["test"], d.eval_batch_size, "test", d.bptt),
     }
     seed_everything(cfg.trainer.seed)
     model = instantiate(cfg.model, ntoken=corpus.vocab_size).to(device)
