@@ -159,6 +159,7 @@ class ConstantLRConfig:
 class DeviceConfig:
     type: DeviceType = DeviceType.auto
     precision: Precision = Precision.fp32  # autocast dtype for forward passes
+    compile: bool = False  # torch.compile the model (the first steps pay for compiling)
 
 
 @dataclass
@@ -169,7 +170,12 @@ class TrainerConfig:
     seed: int = 0
     limit_train_batches: int | None = None  # None: the whole split
     limit_eval_batches: int | None = None
+    # Evaluation stacks bptt windows into forwards of up to this many tokens: same numbers,
+    # fewer and larger matmuls. 1: one window per forward, as in the tutorial.
+    eval_tokens_per_forward: int = 4096
     progress: bool = True  # progress bar (shown on a terminal only)
+    # train_tokens_per_s leaves out this many first steps of each process (warm-up, compile)
+    throughput_warmup_steps: int = 5
     tensorboard: bool = True
     # "auto": continue from this run dir's newest checkpoint if there is one (else start);
     # a path: continue from that checkpoint file or run dir. null: always start fresh.
@@ -266,6 +272,14 @@ def config_problems(cfg: DictConfig) -> list[str]:
     t = cfg.trainer
     check(t.epochs >= 0, f"trainer.epochs={t.epochs} must be >= 0")
     check(t.log_interval >= 1, f"trainer.log_interval={t.log_interval} must be >= 1")
+    check(
+        t.throughput_warmup_steps >= 0,
+        f"trainer.throughput_warmup_steps={t.throughput_warmup_steps} must be >= 0",
+    )
+    check(
+        t.eval_tokens_per_forward >= 1,
+        f"trainer.eval_tokens_per_forward={t.eval_tokens_per_forward} must be >= 1",
+    )
     check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip={t.grad_clip} must be > 0")
     for key in ("limit_train_batches", "limit_eval_batches", "checkpoint_every_steps"):
         check(t[key] is None or t[key] >= 1, f"trainer.{key}={t[key]} must be >= 1 or null")

@@ -82,7 +82,8 @@ def _load_entry(entry: Path, fingerprint: dict, rebuild_on_error: bool = True):
         meta = json.loads((entry / "meta.json").read_text())
         if meta.get("fingerprint") != fingerprint:
             raise ValueError("it was written with other settings or by another lmx version")
-        splits = {s: torch.from_numpy(np.load(entry / f"{s}.npy")) for s in SPLITS}
+        # Memory-mapped, copy-on-write: pages are read on first touch, nothing is copied.
+        splits = {s: torch.from_numpy(np.load(entry / f"{s}.npy", mmap_mode="c")) for s in SPLITS}
         vocab = Tokenizer.from_file(str(entry / "tokenizer.json")).get_vocab_size()
         for s, stream in splits.items():
             if stream.dtype != torch.int64 or stream.dim() != 1:

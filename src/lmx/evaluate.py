@@ -44,6 +44,7 @@ def evaluate_checkpoint(
         device,
         cfg.device.precision,
         limit=cfg.trainer.limit_eval_batches,
+        tokens_per_forward=cfg.trainer.eval_tokens_per_forward,
     )
     return {
         "split": split,

@@ -20,14 +20,14 @@ CHUNK_ROWS = 64
 _TINY = 1e-30  # below this p(target) loses precision in fp32; such rows use logsumexp
 
 
-def _token_losses(chunk: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor):
+def _token_losses(logits: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor):
     """-log p(target) per row; rows where p(target) underflowed are redone with logsumexp."""
-    rows = torch.arange(chunk.size(0), device=chunk.device)
+    rows = torch.arange(logits.size(0), device=logits.device)
     p_target = probs[rows, targets]
     losses = -torch.log(p_target)
     tiny = p_target < _TINY
     if tiny.any():
-        x = chunk[tiny].float()
+        x = logits[tiny].float()
         losses[tiny] = torch.logsumexp(x, dim=1) - x.gather(1, targets[tiny, None]).squeeze(1)
     return losses, rows
 
@@ -38,25 +38,33 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # hidden [N, D], weight [V, D], bias [V] or None, targets [N] -> losses [N] (fp32)
         n = hidden.size(0)
         h, w = hidden.to(dtype), weight.to(dtype)
-        logits = h @ w.t() if bias is None else torch.addmm(bias.to(dtype), h, w.t())  # [N, V]
+        logits = h @ w.t()  # [N, V]; the bias is added per chunk, in fp32
         losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
         want_grad = any(ctx.needs_input_grad[:3])
+        bias32 = bias.float() if bias is not None else None
+        grad_bias = torch.zeros_like(bias32) if bias is not None and want_grad else None
         for start in range(0, n, CHUNK_ROWS):
             end = min(start + CHUNK_ROWS, n)
             chunk, t = logits[start:end], targets[start:end]
-            probs = torch.softmax(chunk, dim=1, dtype=torch.float32)  # [c, V]
-            losses[start:end], rows = _token_losses(chunk, probs, t)
+            if bias32 is None:
+                scores = chunk
+                probs = torch.softmax(chunk, dim=1, dtype=torch.float32)  # [c, V]
+            else:
+                # .float() aliases an fp32 chunk, which is overwritten below anyway
+                scores = chunk.float().add_(bias32)
+                probs = torch.softmax(scores, dim=1)
+            losses[start:end], rows = _token_losses(scores, probs, t)
             if want_grad:
                 probs[rows, t] -= 1.0  # d(sum of losses)/d logits = softmax - one_hot
+                if grad_bias is not None:
+                    grad_bias += probs.sum(0)  # while the chunk is in cache
                 chunk.copy_(probs)
         if want_grad:
             grad_logits = logits  # [N, V], now d(sum of losses)/d logits
             ctx.save_for_backward(
                 grad_logits @ w if ctx.needs_input_grad[0] else None,  # [N, D]
                 (grad_logits.t() @ h).to(weight.dtype) if ctx.needs_input_grad[1] else None,
-                grad_logits.sum(0, dtype=torch.float32).to(bias.dtype)
-                if bias is not None and ctx.needs_input_grad[2]
-                else None,
+                grad_bias.to(bias.dtype) if grad_bias is not None else None,
             )
             ctx.input_dtypes = (hidden.dtype,)
         return losses
