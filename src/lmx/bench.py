@@ -1,0 +1,291 @@
+"""`python -m lmx.bench`: lmx side by side with the tutorial's own loop, on this machine.
+
+    python -m lmx.bench data.local_dir=../shared/data/wikitext-2 [steps=300] [out=PATH]
+
+Measures, each setting in a fresh process (so peak memory is its own):
+  (a) steady-state training tokens/s (the first `warmup` steps left out), eval tokens/s on
+      the whole validation split, and validation perplexity after the same `steps` steps,
+      for the tutorial's loop (lmx.tutorial_reference), lmx fp32 (experiment=seed_tutorial)
+      and lmx experiment=seed_fast; all on the same token ids and batches;
+  (b) data preparation: cold (empty cache) and cached;
+  (c) startup: `--help`, `--cfg job`, a config error, and the command to the first step;
+  (d) peak memory (max RSS; on CUDA also the allocator's peak).
+Prints a table and writes JSON (default outputs/bench.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lmx.cli import fail, parse_args, run
+from lmx.errors import ConfigError
+
+USAGE = __doc__.split("\n\n")[1].strip()
+SETTINGS = {  # name -> lmx overrides (None: the tutorial's own loop)
+    "tutorial_loop": None,
+    "lmx_fp32": ["experiment=seed_tutorial"],
+    "lmx_seed_fast": ["experiment=seed_fast"],
+}
+RESULT_TAG = "LMX_BENCH_RESULT "
+
+
+# ---------------------------------------------------------------------------- workers
+def _peak_memory() -> dict[str, float]:
+    import torch
+
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def _flops_per_token(d: int, d_hid: int, nlayers: int, ntoken: int, bptt: int) -> float:
+    """6 x matmul weights (forward + backward) plus the attention products (12 T d a layer)."""
+    weights = nlayers * (4 * d * d + 2 * d * d_hid) + d * ntoken
+    return 6 * weights + 12 * nlayers * bptt * d
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from lmx.config import register_configs
+    from lmx.paths import config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def work_tutorial(data_dir: str, steps: int, warmup: int) -> dict:
+    import torch
+
+    from lmx import tutorial_reference as ref
+    from lmx.corpus import load_corpus
+
+    cfg = _compose([f"data.local_dir={data_dir}"])
+    corpus = load_corpus(cfg.data)  # the same ids as lmx trains on
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    ntokens = corpus.vocab_size
+    model = ref.TransformerModel(ntokens, 200, 2, 200, 2, 0.2).to(device)
+    train = ref.batchify(corpus.splits["train"], 20).to(device)
+    valid = ref.batchify(corpus.splits["valid"], 10).to(device)
+    tokens, seconds = ref.train_steps(model, train, 35, ntokens, steps, warmup=warmup)
+    start = time.perf_counter()
+    val_loss = ref.evaluate(model, valid, 35, ntokens)
+    eval_seconds = time.perf_counter() - start
+    return {
+        "train_tokens_per_s": tokens / seconds,
+        "eval_tokens_per_s": (valid.numel() - valid.size(1)) / eval_seconds,
+        "val_loss": val_loss,
+        "flops_per_token": _flops_per_token(200, 200, 2, ntokens, 35),
+        **_peak_memory(),
+    }
+
+
+def work_lmx(name: str, data_dir: str, steps: int, warmup: int) -> dict:
+    from lmx.batching import batchify
+    from lmx.pretrained import load_trained
+    from lmx.train import train
+    from lmx.trainer import evaluate
+
+    cfg = _compose(
+        [
+            *SETTINGS[name],
+            f"data.local_dir={data_dir}",
+            "trainer.epochs=1",
+            f"trainer.limit_train_batches={steps}",
+            f"trainer.throughput_warmup_steps={warmup}",
+            "trainer.checkpoint_every_steps=null",
+            "trainer.tensorboard=false",
+            "trainer.progress=false",
+        ]
+    )
+    with tempfile.TemporaryDirectory(prefix="lmx-bench-") as tmp:
+        metrics = train(cfg, Path(tmp) / "run")
+        trained = load_trained(Path(tmp) / "run" / "checkpoints" / "best.pt", [])
+    from lmx.corpus import load_corpus
+    from lmx.device import resolve_device
+
+    device = resolve_device(cfg.device)
+    valid = batchify(load_corpus(cfg.data).splits["valid"], cfg.data.eval_batch_size).to(device)
+    model = trained.model.to(device)
+    args = dict(
+        precision=cfg.device.precision, tokens_per_forward=cfg.trainer.eval_tokens_per_forward
+    )
+    evaluate(model, valid, cfg.data.bptt, device, **args, limit=2)  # warm-up
+    start = time.perf_counter()
+    evaluate(model, valid, cfg.data.bptt, device, **args)
+    eval_seconds = time.perf_counter() - start
+    m = cfg.model
+    return {
+        "train_tokens_per_s": metrics["train_tokens_per_s"],
+        "eval_tokens_per_s": (valid.numel() - valid.size(0)) / eval_seconds,
+        "val_loss": metrics["best_val_loss"],
+        "flops_per_token": _flops_per_token(
+            m.d_model, m.d_hid, m.nlayers, metrics["vocab_size"], cfg.data.bptt
+        ),
+        **_peak_memory(),
+    }
+
+
+def work_data(data_dir: str) -> dict:
+    from lmx.corpus import load_corpus
+
+    with tempfile.TemporaryDirectory(prefix="lmx-bench-cache-") as cache:
+        cfg = _compose([f"data.local_dir={data_dir}", f"data.cache_dir={cache}"])
+        start = time.perf_counter()
+        load_corpus(cfg.data)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        load_corpus(cfg.data)
+        cached = time.perf_counter() - start
+    return {"cold_s": cold, "cached_s": cached}
+
+
+# ---------------------------------------------------------------------------- driver
+def _worker(args: list[str]) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmx.bench", *args], capture_output=True, text=True
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    raise RuntimeError(f"bench worker {args[0]} failed:\n{proc.stderr[-3000:]}")
+
+
+def _time_command(args: list[str], until: str | None = None) -> float:
+    """Seconds from starting `python -m lmx.train ARGS` to its exit, or to an output line
+    containing `until` (then the process is stopped)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmx.train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in proc.stdout:
+        if until is not None and until in line:
+            elapsed = time.perf_counter() - start
+            proc.kill()
+            proc.wait()
+            return elapsed
+    proc.wait()
+    if until is not None:
+        raise RuntimeError(f"`lmx.train {' '.join(args)}` never printed {until!r}")
+    return time.perf_counter() - start
+
+
+def _machine() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def bench(data_dir: str, steps: int, warmup: int) -> dict:
+    results: dict = {"machine": _machine(), "steps": steps, "warmup_steps_excluded": warmup}
+    for name in SETTINGS:
+        print(f"measuring {name} ({steps} training steps + the validation split)...", flush=True)
+        results[name] = _worker([f"worker={name}", f"data={data_dir}", f"steps={steps}",
+                                 f"warmup={warmup}"])  # fmt: skip
+    print("measuring data preparation (cold, then cached)...", flush=True)
+    results["data"] = _worker(["worker=data", f"data={data_dir}"])
+    print("measuring startup...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="lmx-bench-run-") as tmp:
+        first_step = [
+            "experiment=seed_fast",
+            f"data.local_dir={data_dir}",
+            "trainer.log_interval=1",
+            "trainer.progress=false",
+            f"hydra.run.dir={tmp}/run",
+        ]
+        results["startup"] = {
+            "help_s": _time_command(["--help"]),
+            "cfg_job_s": _time_command(["--cfg", "job"]),
+            "config_error_s": _time_command(["model.nhed=4"]),
+            "first_step_s": _time_command(first_step, until="batches |"),
+        }
+    return results
+
+
+def _table(r: dict) -> str:
+    base = r["tutorial_loop"]["train_tokens_per_s"]
+    rows = [
+        "| setting | train tokens/s | vs tutorial | eval tokens/s | GFLOP/s (train) "
+        f"| valid ppl after {r['steps']} steps | peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    import math
+
+    for name in SETTINGS:
+        s = r[name]
+        rows.append(
+            f"| {name} | {s['train_tokens_per_s']:,.0f} | {s['train_tokens_per_s'] / base:.2f}x "
+            f"| {s['eval_tokens_per_s']:,.0f} "
+            f"| {s['train_tokens_per_s'] * s['flops_per_token'] / 1e9:,.1f} "
+            f"| {math.exp(s['val_loss']):,.2f} | {s['peak_rss_mb']:,.0f} |"
+        )
+    d, st = r["data"], r["startup"]
+    rows += [
+        "",
+        f"data preparation: cold {d['cold_s']:.2f} s, cached {d['cached_s']:.3f} s",
+        f"startup: --help {st['help_s']:.2f} s, --cfg job {st['cfg_job_s']:.2f} s, config error "
+        f"{st['config_error_s']:.2f} s, command to first training step {st['first_step_s']:.2f} s",
+        f"machine: {r['machine']}",
+    ]
+    return "\n".join(rows)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv, USAGE)
+    worker = args.pop("worker", None)
+    if worker is not None:  # one measurement, in its own process
+        data, steps, warmup = args["data"], int(args.get("steps", 0)), int(args.get("warmup", 0))
+        if worker == "tutorial_loop":
+            result = work_tutorial(data, steps, warmup)
+        elif worker == "data":
+            result = work_data(data)
+        else:
+            result = work_lmx(worker, data, steps, warmup)
+        print(RESULT_TAG + json.dumps(result), flush=True)
+        return
+    data = args.pop("data.local_dir", None)
+    if data is None:
+        fail(ConfigError(f"data.local_dir=PATH is required\n{USAGE}"))
+    steps, warmup = int(args.pop("steps", 300)), int(args.pop("warmup", 5))
+    out = Path(args.pop("out", "outputs/bench.json"))
+    if args:
+        fail(ConfigError(f"unknown arguments: {', '.join(args)}\n{USAGE}"))
+    results = bench(str(Path(data).resolve()), steps, warmup)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(_table(results))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    run(main)

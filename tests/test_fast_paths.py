@@ -1,0 +1,86 @@
+"""The speed levers change speed, not results: each is checked against the plain path."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import compose_cfg, run_module, tiny_overrides
+from lmx.batching import batchify
+from lmx.corpus import load_corpus
+from lmx.model import TransformerLM
+from lmx.train import train
+from lmx.trainer import evaluate
+
+# A small model trained for one epoch of the tiny corpus: a few hundred steps.
+GUARD = ("trainer.epochs=2", "model.d_model=32", "model.d_hid=64", "trainer.log_interval=50")
+
+
+def _val_loss(corpus_dir, cache_dir, run_dir, *extra):
+    cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, *GUARD, *extra))
+    metrics = train(cfg, run_dir)
+    assert metrics["steps"] >= 300
+    return metrics["best_val_loss"]
+
+
+def test_fast_paths_reach_the_fp32_validation_loss(corpus_dir, cache_dir, tmp_path):
+    plain = _val_loss(corpus_dir, cache_dir, tmp_path / "plain", "model.fused_loss=false")
+    fused = _val_loss(corpus_dir, cache_dir, tmp_path / "fused")
+    bf16 = _val_loss(corpus_dir, cache_dir, tmp_path / "bf16", "device.precision=bf16")
+    # The fused loss is the same arithmetic in fp32: only rounding differs.
+    assert fused == pytest.approx(plain, rel=1e-3)
+    # bf16 autocast: the stated tolerance is 2% of the loss after a few hundred steps.
+    assert bf16 == pytest.approx(plain, rel=0.02)
+
+
+def test_stacked_eval_windows_give_the_same_loss(corpus_dir, cache_dir):
+    cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir))
+    valid = batchify(load_corpus(cfg.data).splits["valid"], 3, "valid", 7)  # ragged last window
+    torch.manual_seed(0)
+    model = TransformerLM(200, d_model=16, nhead=2, d_hid=16, nlayers=1)
+    valid = valid.clamp(max=199)
+    one = evaluate(model, valid, 7, torch.device("cpu"), tokens_per_forward=1)
+    for tokens in (50, 10_000):
+        stacked = evaluate(model, valid, 7, torch.device("cpu"), tokens_per_forward=tokens)
+        assert stacked == pytest.approx(one, rel=1e-6)
+    limited = evaluate(model, valid, 7, torch.device("cpu"), limit=3, tokens_per_forward=1)
+    assert evaluate(model, valid, 7, torch.device("cpu"), limit=3, tokens_per_forward=100) == (
+        pytest.approx(limited, rel=1e-6)
+    )
+
+
+def test_throughput_leaves_out_the_warmup_steps(corpus_dir, cache_dir, tmp_path):
+    cfg = compose_cfg(
+        tiny_overrides(
+            corpus_dir,
+            cache_dir,
+            "trainer.limit_train_batches=6",
+            "trainer.throughput_warmup_steps=4",
+        )
+    )
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["throughput_excluded_steps"] == 4 and metrics["train_tokens_per_s"] > 0
+
+
+def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_module(
+        "lmx.bench",
+        f"data.local_dir={corpus_dir}",
+        "steps=6",
+        "warmup=2",
+        f"out={out}",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for name in ("tutorial_loop", "lmx_fp32", "lmx_seed_fast"):
+        result = figures[name]
+        assert result["train_tokens_per_s"] > 0 and result["eval_tokens_per_s"] > 0
+        assert math.isfinite(result["val_loss"]) and result["peak_rss_mb"] > 0
+    assert figures["data"]["cold_s"] > figures["data"]["cached_s"] > 0
+    assert all(v > 0 for v in figures["startup"].values())
+    assert "| tutorial_loop |" in proc.stdout and "1.00x" in proc.stdout
