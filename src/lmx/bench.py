@@ -1,6 +1,7 @@
 """`python -m lmx.bench`: lmx side by side with the tutorial's own loop, on this machine.
 
-    python -m lmx.bench data.local_dir=../shared/data/wikitext-2 [steps=300] [out=PATH]
+    python -m lmx.bench data.local_dir=../shared/data/wikitext-2 [steps=300] [lever_steps=60]
+                        [warmup=5] [out=PATH]
 
 Measures, each setting in a fresh process (so peak memory is its own):
   (a) steady-state training tokens/s (the first `warmup` steps left out), eval tokens/s on
@@ -9,7 +10,8 @@ Measures, each setting in a fresh process (so peak memory is its own):
       and lmx experiment=seed_fast; all on the same token ids and batches;
   (b) data preparation: cold (empty cache) and cached;
   (c) startup: `--help`, `--cfg job`, a config error, and the command to the first step;
-  (d) peak memory (max RSS; on CUDA also the allocator's peak).
+  (d) peak memory (max RSS; on CUDA also the allocator's peak);
+  (e) each speed lever on its own row (lever_steps steps each; 0 skips them).
 Prints a table and writes JSON (default outputs/bench.json).
 """
 
@@ -33,6 +35,18 @@ SETTINGS = {  # name -> lmx overrides (None: the tutorial's own loop)
     "tutorial_loop": None,
     "lmx_fp32": ["experiment=seed_tutorial"],
     "lmx_seed_fast": ["experiment=seed_fast"],
+}
+# The speed levers one at a time, each on top of the previous row (train and eval speed only).
+LEVERS = {
+    "fp32, plain loss, one eval window": [
+        "experiment=seed_tutorial",
+        "model.fused_loss=false",
+        "trainer.eval_tokens_per_forward=1",
+    ],
+    "+ fused decoder loss": ["experiment=seed_tutorial", "trainer.eval_tokens_per_forward=1"],
+    "+ stacked eval windows": ["experiment=seed_tutorial"],
+    "+ bf16 autocast (= seed_fast)": ["experiment=seed_fast"],
+    "+ torch.compile": ["experiment=seed_fast", "device.compile=true"],
 }
 RESULT_TAG = "LMX_BENCH_RESULT "
 
@@ -99,7 +113,7 @@ def work_lmx(name: str, data_dir: str, steps: int, warmup: int) -> dict:
 
     cfg = _compose(
         [
-            *SETTINGS[name],
+            *{**SETTINGS, **LEVERS}[name],
             f"data.local_dir={data_dir}",
             "trainer.epochs=1",
             f"trainer.limit_train_batches={steps}",
@@ -206,12 +220,19 @@ def _machine() -> dict:
     return info
 
 
-def bench(data_dir: str, steps: int, warmup: int) -> dict:
+def bench(data_dir: str, steps: int, warmup: int, lever_steps: int) -> dict:
     results: dict = {"machine": _machine(), "steps": steps, "warmup_steps_excluded": warmup}
     for name in SETTINGS:
         print(f"measuring {name} ({steps} training steps + the validation split)...", flush=True)
         results[name] = _worker([f"worker={name}", f"data={data_dir}", f"steps={steps}",
                                  f"warmup={warmup}"])  # fmt: skip
+    if lever_steps:
+        results["levers"] = {}
+        for name in LEVERS:
+            print(f"measuring lever {name!r} ({lever_steps} steps)...", flush=True)
+            results["levers"][name] = _worker(
+                [f"worker={name}", f"data={data_dir}", f"steps={lever_steps}", f"warmup={warmup}"]
+            )
     print("measuring data preparation (cold, then cached)...", flush=True)
     results["data"] = _worker(["worker=data", f"data={data_dir}"])
     print("measuring startup...", flush=True)
@@ -249,6 +270,15 @@ def _table(r: dict) -> str:
             f"| {s['train_tokens_per_s'] * s['flops_per_token'] / 1e9:,.1f} "
             f"| {math.exp(s['val_loss']):,.2f} | {s['peak_rss_mb']:,.0f} |"
         )
+    if r.get("levers"):
+        rows += [
+            "",
+            "| lever (cumulative) | train tokens/s | eval tokens/s |",
+            "| --- | ---: | ---: |",
+        ]
+        for name, lever in r["levers"].items():
+            train, evals = lever["train_tokens_per_s"], lever["eval_tokens_per_s"]
+            rows.append(f"| {name} | {train:,.0f} | {evals:,.0f} |")
     d, st = r["data"], r["startup"]
     rows += [
         "",
@@ -277,10 +307,11 @@ def main(argv: list[str]) -> None:
     if data is None:
         fail(ConfigError(f"data.local_dir=PATH is required\n{USAGE}"))
     steps, warmup = int(args.pop("steps", 300)), int(args.pop("warmup", 5))
+    lever_steps = int(args.pop("lever_steps", 60))  # 0: skip the per-lever table
     out = Path(args.pop("out", "outputs/bench.json"))
     if args:
         fail(ConfigError(f"unknown arguments: {', '.join(args)}\n{USAGE}"))
-    results = bench(str(Path(data).resolve()), steps, warmup)
+    results = bench(str(Path(data).resolve()), steps, warmup, lever_steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(_table(results))
