@@ -7,20 +7,26 @@ import contextlib
 import torch
 
 from lmx.config import DeviceConfig, DeviceType, Precision
+from lmx.distributed import World
 from lmx.errors import ConfigError
 
 _DTYPES = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
-def resolve_device(cfg: DeviceConfig) -> torch.device:
+def resolve_device(cfg: DeviceConfig, world: World | None = None) -> torch.device:
+    """The configured device; under torchrun each rank takes the GPU of its local rank."""
     if cfg.type == DeviceType.auto:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.type == DeviceType.cuda and not torch.cuda.is_available():
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    elif cfg.type == DeviceType.cuda and not torch.cuda.is_available():
         raise ConfigError(
             "device=cuda was asked for, but torch sees no CUDA device; "
             "use device=auto or device=cpu"
         )
-    return torch.device(cfg.type.value)
+    else:
+        kind = cfg.type.value
+    if kind == "cuda" and world is not None and world.enabled:
+        return torch.device("cuda", world.local_rank)
+    return torch.device(kind)
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:

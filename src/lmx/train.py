@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmx.cli import debug, exit_code
 from lmx.config import register_configs, validate
-from lmx.errors import LmxError
+from lmx.errors import ConfigError, LmxError
 from lmx.paths import config_dir
 from lmx.stop_signals import Interrupted
 from lmx.sweep import ERROR_FILE, config_hash, find_finished, mark_failed, read_status
@@ -39,10 +39,17 @@ def seed_everything(seed: int) -> None:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """One training run into `run_dir`; returns the run summary (metrics.json)."""
-    validate(cfg)  # before any data work
-    from hydra.utils import instantiate
+    """One training run into `run_dir`; returns the run summary (metrics.json).
 
+    Under torchrun every rank calls this; rank 0's run dir is the run's, and only rank 0
+    writes to it.
+    """
+    validate(cfg)  # before any data work
+    import torch
+    from hydra.utils import instantiate
+    from torch.nn.parallel import DistributedDataParallel
+
+    from lmx import distributed
     from lmx.batching import batchify
     from lmx.corpus import load_corpus
     from lmx.device import resolve_device
@@ -50,68 +57,107 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     from lmx.tb_logger import TensorBoard
     from lmx.trainer import Run, fit, num_steps
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    device = resolve_device(cfg.device)
-    corpus = load_corpus(cfg.data)
-    shutil.copy(corpus.tokenizer_path, run_dir / "tokenizer.json")
-    log.info(
-        "data: vocab %d | tokens train %d, valid %d, test %d",
-        corpus.vocab_size,
-        *(len(corpus.splits[s]) for s in ("train", "valid", "test")),
-    )
-
-    d = cfg.data
-    # The streams are small (16 MB for WikiText-2's train split): they move to the device once,
-    # so that a step does no host-to-device copy at all.
-    splits = {
-        "train": batchify(corpus.splits["train"], d.batch_size, "train", d.bptt).to(device),
-        "valid": batchify(corpus.splits["valid"], d.eval_batch_size, "valid", d.bptt).to(device),
-        "test": batchify(corpus.splits["test"], d.eval_batch_size, "test", d.bptt).to(device),
-    }
-    seed_everything(cfg.trainer.seed)
-    model = instantiate(cfg.model, ntoken=corpus.vocab_size).to(device)
-    if cfg.device.compile:
-        model.compile()  # in place: state_dict keys stay those of the plain model
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: %s, %.2fM parameters, on %s", type(model).__name__, n_params / 1e6, device)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
-    steps_per_epoch = num_steps(splits["train"], d.bptt, cfg.trainer.limit_train_batches)
-    scheduler, interval = build_scheduler(
-        cfg.scheduler, optimizer, steps_per_epoch, cfg.trainer.epochs
-    )
-
-    meta = {
-        "config": resolved,
-        "vocab_size": corpus.vocab_size,
-        "tokenizer": corpus.tokenizer.to_str(),  # the checkpoint alone can evaluate
-    }
-    resume_from = _load_resume_state(cfg, run_dir, meta, model, optimizer, scheduler, device)
-    # purge_step: TensorBoard drops the events an earlier try logged after the checkpoint.
-    purge = resume_from["progress"]["step"] + 1 if resume_from else None
-    tb = TensorBoard(run_dir / "tensorboard", enabled=cfg.trainer.tensorboard, purge_step=purge)
+    world = distributed.world_from_env()
+    device = resolve_device(cfg.device, world)
+    distributed.init(world, device)
     try:
-        run = Run(
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            interval=interval,
-            splits=splits,
-            train_tokens=len(corpus.splits["train"]),
-            bptt=d.bptt,
-            device=device,
-            precision=cfg.device.precision,
-            run_dir=run_dir,
-            tb=tb,
-            checkpoint_meta=meta,
+        run_dir = Path(world.broadcast(str(run_dir)))
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        else:
+            logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
+        if not world.is_main:
+            world.barrier()  # rank 0 builds the token cache first; the others then read it
+        corpus = load_corpus(cfg.data)
+        if world.is_main:
+            world.barrier()
+            shutil.copy(corpus.tokenizer_path, run_dir / "tokenizer.json")
+        log.info(
+            "data: vocab %d | tokens train %d, valid %d, test %d",
+            corpus.vocab_size,
+            *(len(corpus.splits[s]) for s in ("train", "valid", "test")),
         )
-        return fit(run, cfg.trainer, resume_from)
+
+        d = cfg.data
+        # The streams are small (16 MB for WikiText-2's train split): they move to the device
+        # once, so that a step does no host-to-device copy. Under torchrun each rank keeps its
+        # own rows.
+        splits = {
+            "train": world.train_rows(batchify(corpus.splits["train"], d.batch_size, "train",
+                                               d.bptt)),
+            "valid": world.eval_rows(batchify(corpus.splits["valid"], d.eval_batch_size, "valid",
+                                              d.bptt)),
+            "test": world.eval_rows(batchify(corpus.splits["test"], d.eval_batch_size, "test",
+                                             d.bptt)),
+        }  # fmt: skip
+        splits = {name: rows.to(device) for name, rows in splits.items()}
+        seed_everything(cfg.trainer.seed)  # the same initial weights on every rank
+        model = instantiate(cfg.model, ntoken=corpus.vocab_size).to(device)
+        if cfg.device.compile:
+            model.compile()  # in place: state_dict keys stay those of the plain model
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info(
+            "model: %s, %.2fM parameters, on %s%s",
+            type(model).__name__,
+            n_params / 1e6,
+            device,
+            f" x {world.world_size} processes" if world.enabled else "",
+        )
+        optimizer = build_optimizer(cfg.optim, model.parameters())
+        steps_per_epoch = num_steps(splits["train"], d.bptt, cfg.trainer.limit_train_batches)
+        scheduler, interval = build_scheduler(
+            cfg.scheduler, optimizer, steps_per_epoch, cfg.trainer.epochs
+        )
+
+        meta = {
+            "config": resolved,
+            "vocab_size": corpus.vocab_size,
+            "tokenizer": corpus.tokenizer.to_str(),  # the checkpoint alone can evaluate
+        }
+        resume_from = _load_resume_state(
+            cfg, run_dir, meta, model, optimizer, scheduler, device, world.rank
+        )
+        if world.enabled:
+            if resume_from is None:  # each rank draws its own dropout masks from here on
+                torch.manual_seed(cfg.trainer.seed + world.rank)
+            ids = [device.index] if device.type == "cuda" else None
+            train_model = DistributedDataParallel(model, device_ids=ids)
+        else:
+            train_model = model
+        # purge_step: TensorBoard drops the events an earlier try logged after the checkpoint.
+        purge = resume_from["progress"]["step"] + 1 if resume_from else None
+        tb = TensorBoard(
+            run_dir / "tensorboard",
+            enabled=cfg.trainer.tensorboard and world.is_main,
+            purge_step=purge,
+        )
+        try:
+            run = Run(
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                interval=interval,
+                splits=splits,
+                train_tokens=len(corpus.splits["train"]),
+                bptt=d.bptt,
+                device=device,
+                precision=cfg.device.precision,
+                run_dir=run_dir,
+                tb=tb,
+                checkpoint_meta=meta,
+                world=world,
+                train_model=train_model,
+            )
+            return fit(run, cfg.trainer, resume_from)
+        finally:
+            tb.close()
     finally:
-        tb.close()
+        distributed.shutdown()
 
 
-def _load_resume_state(cfg, run_dir, meta, model, optimizer, scheduler, device):
+def _load_resume_state(cfg, run_dir, meta, model, optimizer, scheduler, device, rank=0):
     """trainer.resume: load a checkpoint's states into the built objects; None: fresh start."""
     if cfg.trainer.resume is None:
         return None
@@ -133,7 +179,10 @@ def _load_resume_state(cfg, run_dir, meta, model, optimizer, scheduler, device):
         scheduler.load_state_dict(ckpt["scheduler"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(f"cannot resume from {path}: {err}") from err
-    set_rng_state(ckpt["rng"])  # last: building the model above drew from the RNGs
+    # Last, since building the model above drew from the RNGs. Under torchrun each rank
+    # takes its own state (when the world size is unchanged).
+    per_rank = ckpt.get("rng_per_rank")
+    set_rng_state(per_rank[rank] if per_rank and rank < len(per_rank) else ckpt["rng"])
     p = ckpt["progress"]
     log.info(
         "resuming from %s: epoch %d, batch %d, step %d", path, p["epoch"], p["batch"], p["step"]
@@ -198,12 +247,31 @@ def _hydra_main(cfg: DictConfig) -> float:
     return metrics["best_val_ppl"]  # what a sweeper minimizes
 
 
+def _torchrun_argv(argv: list[str]) -> list[str]:
+    """Under torchrun, ranks other than 0 get a throwaway Hydra run dir: the run's own dir is
+    rank 0's (train() broadcasts it), and only rank 0 writes there."""
+    rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise ConfigError("-m (sweeps) cannot run under torchrun; launch one run per torchrun")
+    if rank == 0:
+        return argv
+    import atexit
+    import tempfile
+
+    scratch = Path(tempfile.gettempdir()) / f"lmx-rank{rank}-{os.getpid()}"
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return [*argv, f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+
+
 def main() -> None:
     from lmx.cli import fail
     from lmx.preflight import check_command_line
 
     try:
         check_command_line(sys.argv[1:])  # every bad override in one message, before Hydra
+        sys.argv[1:] = _torchrun_argv(sys.argv[1:])
     except LmxError as err:
         if debug():
             raise

@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from lmx.batching import batch_starts, get_batch
 from lmx.checkpoint import load_checkpoint, save_checkpoint
 from lmx.config import Interval, NonFinite, Precision, TrainerConfig
 from lmx.device import autocast
+from lmx.distributed import World
 from lmx.errors import LmxError
 from lmx.files import METRICS_FILE, write_json
 from lmx.resume import rng_state
@@ -56,6 +59,12 @@ class Run:
     run_dir: Path
     tb: TensorBoard
     checkpoint_meta: dict[str, Any]  # config and vocab_size, stored in every checkpoint
+    world: World = field(default_factory=World)  # torchrun ranks; a world of one by default
+    train_model: torch.nn.Module | None = None  # model wrapped for training (DDP); else model
+
+    def __post_init__(self) -> None:
+        if self.train_model is None:
+            self.train_model = self.model
 
 
 def _new_window() -> dict[str, float]:
@@ -103,12 +112,14 @@ def evaluate(
     precision: Precision = Precision.fp32,
     limit: int | None = None,
     tokens_per_forward: int = 1,
+    reduce: Callable[[list[float]], list[float]] | None = None,
 ) -> float:
     """Mean token cross-entropy over the split (the first `limit` steps of it).
 
     Each bptt window is scored on its own, as in the tutorial; several windows are stacked
     into one forward of up to `tokens_per_forward` tokens. The numbers stay the same (up to
-    float rounding), the matmuls get larger and faster.
+    float rounding), the matmuls get larger and faster. Under torchrun each rank scores its
+    rows and `reduce` sums (loss total, token count) over the ranks.
     """
     model.eval()
     source = source.to(device)
@@ -127,6 +138,8 @@ def evaluate(
             loss = model(data, targets)  # mean over the forward's tokens
         total += loss.item() * targets.numel()
         count += targets.numel()
+    if reduce is not None:
+        total, count = reduce([total, count])
     return total / count
 
 
@@ -144,6 +157,7 @@ class Trainer:
         self.wall_start = time.perf_counter()
         self.warmup_left = cfg.throughput_warmup_steps
         self.stop = StopSignals()
+        self.stop_agreed = False
 
     # ------------------------------------------------------------------ checkpoints, metrics
     def _state(self) -> dict[str, Any]:
@@ -153,7 +167,7 @@ class Trainer:
             "optimizer": self.run.optimizer.state_dict(),
             "scheduler": self.run.scheduler.state_dict(),
             "progress": dataclasses.asdict(p),
-            "rng": rng_state(),
+            "rng": rng_state(),  # rank 0's; every rank's is in rng_per_rank
             # Summary keys for readers that do not care about resuming:
             "epoch": p.epoch - 1,  # epochs completed
             "step": p.step,
@@ -164,10 +178,25 @@ class Trainer:
     def _wall_seconds(self) -> float:
         return self.progress.wall_seconds + time.perf_counter() - self.wall_start
 
+    def _save(self, path: Path) -> None:
+        """Called on every rank: rank 0 writes, with each rank's RNG state."""
+        world = self.run.world
+        rngs = world.gather(rng_state())
+        if world.is_main:
+            state = self._state()
+            if world.enabled:
+                state["rng_per_rank"] = rngs
+            save_checkpoint(path, state)
+        world.barrier()  # nobody reads the file before it is complete
+
     def _save_last(self) -> None:
         self.progress.wall_seconds = self._wall_seconds()
         self.wall_start = time.perf_counter()
-        save_checkpoint(self.last_path, self._state())
+        self._save(self.last_path)
+
+    def _write_metrics(self, metrics: dict[str, Any]) -> None:
+        if self.run.world.is_main:
+            write_json(self.run.run_dir / METRICS_FILE, metrics)
 
     def _metrics(self, status: str) -> dict[str, Any]:
         p = self.progress
@@ -183,6 +212,7 @@ class Trainer:
             "train_tokens_per_s": p.timed_tokens / p.timed_seconds if p.timed_seconds else None,
             "throughput_excluded_steps": p.untimed_steps,
             "skipped_batches": p.skipped_batches,
+            "world_size": self.run.world.world_size,
             "wall_time_s": self._wall_seconds(),
         }
 
@@ -206,8 +236,14 @@ class Trainer:
         """Forward, backward, clip, update. Returns (loss, grad norm); nan when skipped."""
         run = self.run
         with autocast(run.device, run.precision):
-            loss = run.model(data, targets)  # mean cross-entropy over the step's tokens
+            loss = run.train_model(data, targets)  # mean cross-entropy over the step's tokens
         loss_value = loss.item()
+        if run.world.enabled:  # every rank sees the global loss and the same stop decision
+            loss_sum, stops = run.world.sum(
+                [loss_value, self.stop.requested is not None], run.device
+            )
+            loss_value = loss_sum / run.world.world_size
+            self.stop_agreed = stops > 0
         run.optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(loss_value) and self._nonfinite("loss", loss_value):
             return math.nan, math.nan
@@ -253,7 +289,7 @@ class Trainer:
     def train_epoch(self) -> None:
         """The rest of the current epoch's batches (all of them, unless resuming mid-epoch)."""
         run, cfg, p = self.run, self.cfg, self.progress
-        run.model.train()
+        run.train_model.train()
         source, n_steps = run.splits["train"], self.steps_per_epoch
         bar = tqdm(
             total=n_steps,
@@ -275,7 +311,7 @@ class Trainer:
                 p.step += 1
                 p.batch += 1
                 if math.isfinite(loss):
-                    tokens = targets.numel()
+                    tokens = targets.numel() * run.world.world_size  # equal shares
                     p.epoch_loss += loss * tokens
                     p.epoch_tokens += tokens
                     p.window["loss"] += loss
@@ -288,13 +324,13 @@ class Trainer:
                     self.warmup_left -= 1
                     p.untimed_steps += 1
                 else:
-                    p.timed_tokens += targets.numel()
+                    p.timed_tokens += targets.numel() * run.world.world_size
                     p.timed_seconds += seconds
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.2f}", lr=f"{run.optimizer.param_groups[0]['lr']:.3g}")
                 if p.batch % cfg.log_interval == 0 or p.batch == n_steps:
                     self._log_window(n_steps)
-                if self.stop.requested is not None:
+                if self._stop_now():
                     bar.close()
                     self._interrupt()
                 every = cfg.checkpoint_every_steps
@@ -302,9 +338,15 @@ class Trainer:
                     self._save_last()  # the epoch's end saves anyway
         bar.close()
 
+    def _stop_now(self) -> bool:
+        """A signal arrived; under torchrun, on any rank (agreed at the last step)."""
+        if self.run.world.enabled:
+            return self.stop_agreed
+        return self.stop.requested is not None
+
     def _interrupt(self) -> None:
         self._save_last()
-        signum = self.stop.requested
+        signum = self.stop.requested or signal.SIGTERM  # another rank got it
         name = "SIGINT" if signum == 2 else "SIGTERM" if signum == 15 else f"signal {signum}"
         run_dir = self.run.run_dir
         raise Interrupted(
@@ -350,9 +392,9 @@ class Trainer:
         p.epoch, p.batch = p.epoch + 1, 0
         p.epoch_loss, p.epoch_tokens, p.epoch_seconds = 0.0, 0, 0.0
         if improved:
-            save_checkpoint(self.best_path, self._state())
+            self._save(self.best_path)
         self._save_last()
-        write_json(run.run_dir / METRICS_FILE, self._metrics("running"))  # nothing lost
+        self._write_metrics(self._metrics("running"))  # nothing lost
 
     def fit(self) -> dict[str, Any]:
         """Train to cfg.epochs, then test the best checkpoint. Returns the run summary."""
@@ -363,6 +405,7 @@ class Trainer:
             precision=run.precision,
             limit=cfg.limit_eval_batches,
             tokens_per_forward=cfg.eval_tokens_per_forward,
+            reduce=lambda values: run.world.sum(values, run.device),
         )
         with self.stop:
             while p.epoch <= cfg.epochs:
@@ -372,8 +415,8 @@ class Trainer:
         if p.best_epoch is None:  # epochs=0: the untrained model is the best there is
             p.best_val_loss = evaluate(run.model, run.splits["valid"], **eval_args)
             p.best_epoch = 0
-            save_checkpoint(self.best_path, self._state())
-            save_checkpoint(self.last_path, self._state())
+            self._save(self.best_path)
+            self._save(self.last_path)
 
         best = load_checkpoint(self.best_path, map_location=run.device)
         run.model.load_state_dict(best["model"])
@@ -388,7 +431,7 @@ class Trainer:
         log.info("=" * 89)
         metrics = self._metrics("done")
         metrics.update(best_epoch=p.best_epoch, test_loss=test_loss, test_ppl=ppl(test_loss))
-        write_json(run.run_dir / METRICS_FILE, metrics)
+        self._write_metrics(metrics)
         run.tb.scalars({"test/loss": test_loss, "test/ppl": ppl(test_loss)}, p.step)
         run.tb.hparams(
             run.checkpoint_meta["config"],

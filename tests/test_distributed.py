@@ -1,0 +1,99 @@
+"""torchrun with 2 CPU processes (gloo) trains the same model as one process with the same
+global batch, and resumes under DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, run_cli, tiny_overrides
+from lmx.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="no torchrun")
+
+# No dropout: the ranks draw their own masks, so only a dropout-free run can match exactly.
+# A small lr keeps float rounding from growing into visible differences.
+DDP = (
+    "model.dropout=0",
+    "data.batch_size=4",
+    "optim.lr=0.5",
+    "trainer.limit_train_batches=20",
+    "trainer.log_interval=1",
+)
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("LMX_DEBUG", "HYDRA_FULL_ERROR")}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "lmx.train", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def _losses(run_dir):
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("train/loss")]
+
+
+def _metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def assert_equivalent(single, ddp):
+    a, b = _losses(single), _losses(ddp)
+    assert [s for s, _ in a] == [s for s, _ in b]
+    assert [v for _, v in b] == pytest.approx([v for _, v in a], rel=1e-4)
+    ma, mb = _metrics(single), _metrics(ddp)
+    assert (ma["world_size"], mb["world_size"]) == (1, 2)
+    for ha, hb in zip(ma["history"], mb["history"], strict=True):
+        assert hb["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-4)
+        assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-4)
+    assert mb["test_loss"] == pytest.approx(ma["test_loss"], rel=1e-4)
+    pa = load_checkpoint(single / "checkpoints" / "last.pt")["model"]
+    pb = load_checkpoint(ddp / "checkpoints" / "last.pt")["model"]
+    for name in pa:
+        torch.testing.assert_close(pb[name], pa[name], rtol=1e-3, atol=1e-4)
+
+
+def test_two_gloo_processes_match_one_process(corpus_dir, cache_dir, tmp_path):
+    args = tiny_overrides(corpus_dir, cache_dir, *DDP)
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    proc = run_cli(*args, f"hydra.run.dir={single}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = torchrun(*args, f"hydra.run.dir={ddp}")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert_equivalent(single, ddp)
+    # rank 0 alone writes: one run dir, one log, nothing from rank 1 left behind
+    assert "x 2 processes" in (ddp / "train.log").read_text()
+
+
+def test_ddp_resume_continues_the_run(corpus_dir, cache_dir, tmp_path):
+    args = tiny_overrides(corpus_dir, cache_dir, *DDP)
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert run_cli(*args, f"hydra.run.dir={single}").returncode == 0
+    first = torchrun(*args, "trainer.epochs=1", f"hydra.run.dir={ddp}")
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    ckpt = load_checkpoint(ddp / "checkpoints" / "last.pt")
+    assert len(ckpt["rng_per_rank"]) == 2  # every rank's RNG state, written by rank 0
+    second = torchrun(*args, "trainer.resume=auto", f"hydra.run.dir={ddp}")
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    assert "resuming from" in (ddp / "train.log").read_text()
+    assert_equivalent(single, ddp)
+
+
+def test_batch_rows_must_split_evenly(corpus_dir, cache_dir, tmp_path):
+    proc = torchrun(*tiny_overrides(corpus_dir, cache_dir, "data.batch_size=3"),
+                    f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "data.batch_size=3 is not divisible by the 2 processes" in output
