@@ -97,3 +97,33 @@ def test_batch_rows_must_split_evenly(corpus_dir, cache_dir, tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "data.batch_size=3 is not divisible by the 2 processes" in output
+
+
+def test_slurm_launcher_option_composes():
+    from hydra import compose, initialize_config_dir
+
+    from lmx.paths import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1
+
+
+def test_sweep_through_submitit_local_executor(corpus_dir, cache_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        *tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1", "trainer.limit_train_batches=5"),
+        "model.nhead=1,2",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    for job in ("0", "1"):
+        assert _metrics(sweep / job)["status"] == "done"
