@@ -160,6 +160,7 @@ class DeviceConfig:
     type: DeviceType = DeviceType.auto
     precision: Precision = Precision.fp32  # autocast dtype for forward passes
     compile: bool = False  # torch.compile the model (the first steps pay for compiling)
+    threads: int | None = None  # CPU threads for torch; None: torch's default (all cores)
 
 
 @dataclass
@@ -268,6 +269,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
     lr = cfg.optim.get("lr")
     if isinstance(lr, (int, float)):
         check(lr > 0, f"optim.lr={lr} must be > 0")
+
+    threads = cfg.device.threads
+    check(threads is None or threads >= 1, f"device.threads={threads} must be >= 1 or null")
 
     t = cfg.trainer
     check(t.epochs >= 0, f"trainer.epochs={t.epochs} must be >= 0")

@@ -57,6 +57,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     from lmx.tb_logger import TensorBoard
     from lmx.trainer import Run, fit, num_steps
 
+    if cfg.device.threads is not None:
+        torch.set_num_threads(cfg.device.threads)
     world = distributed.world_from_env()
     device = resolve_device(cfg.device, world)
     distributed.init(world, device)
