@@ -30,8 +30,11 @@ def test_fast_paths_reach_the_fp32_validation_loss(corpus_dir, cache_dir, tmp_pa
     plain = _val_loss(corpus_dir, cache_dir, tmp_path / "plain", "model.fused_loss=false")
     fused = _val_loss(corpus_dir, cache_dir, tmp_path / "fused")
     bf16 = _val_loss(corpus_dir, cache_dir, tmp_path / "bf16", "device.precision=bf16")
-    # The fused loss is the same arithmetic in fp32: only rounding differs.
+    sparse = _val_loss(corpus_dir, cache_dir, tmp_path / "sparse", "model.sparse_embedding=true")
+    # The fused loss and the sparse embedding gradient are the same arithmetic in fp32: only
+    # rounding differs.
     assert fused == pytest.approx(plain, rel=1e-3)
+    assert sparse == pytest.approx(plain, rel=1e-3)
     # bf16 autocast: the stated tolerance is 2% of the loss after a few hundred steps.
     assert bf16 == pytest.approx(plain, rel=0.02)
 
@@ -50,6 +53,17 @@ def test_stacked_eval_windows_give_the_same_loss(corpus_dir, cache_dir):
     assert evaluate(model, valid, 7, torch.device("cpu"), limit=3, tokens_per_forward=100) == (
         pytest.approx(limited, rel=1e-6)
     )
+
+
+def test_sparse_embedding_needs_a_sparse_capable_optimizer_and_untied_weights():
+    from lmx.config import config_problems
+
+    problems = config_problems(
+        compose_cfg(["model.sparse_embedding=true", "model.tie_weights=true", "optim=adamw"])
+    )
+    assert "model.sparse_embedding needs model.tie_weights=false" in problems
+    assert any("takes sparse gradients" in p and "torch.optim.AdamW" in p for p in problems)
+    assert config_problems(compose_cfg(["experiment=seed_fast"])) == []
 
 
 def test_throughput_leaves_out_the_warmup_steps(corpus_dir, cache_dir, tmp_path):

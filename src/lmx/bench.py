@@ -45,7 +45,8 @@ LEVERS = {
     ],
     "+ fused decoder loss": ["experiment=seed_tutorial", "trainer.eval_tokens_per_forward=1"],
     "+ stacked eval windows": ["experiment=seed_tutorial"],
-    "+ bf16 autocast (= seed_fast)": ["experiment=seed_fast"],
+    "+ bf16 autocast": ["experiment=seed_tutorial", "device.precision=bf16"],
+    "+ sparse embedding gradient (= seed_fast)": ["experiment=seed_fast"],
     "+ torch.compile": ["experiment=seed_fast", "device.compile=true"],
 }
 RESULT_TAG = "LMX_BENCH_RESULT "

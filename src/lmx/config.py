@@ -76,6 +76,8 @@ class TransformerConfig:
     attn_dropout: float | None = None  # dropout on attention weights; None: same as dropout
     # Loss through lmx.losses.linear_cross_entropy: same value, no fp32 logits (faster).
     fused_loss: bool = True
+    # Sparse embedding gradient (only the batch's rows): faster with SGD; untied weights only.
+    sparse_embedding: bool = False
 
 
 # ---------------------------------------------------------------------------- data
@@ -214,6 +216,9 @@ def register_configs() -> None:
 
 
 # ---------------------------------------------------------------------------- validation
+_SPARSE_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.SparseAdam", "torch.optim.Adagrad")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every problem that config_problems finds."""
     problems = config_problems(cfg)
@@ -265,6 +270,16 @@ def config_problems(cfg: DictConfig) -> list[str]:
         )
     elif tok.vocab_size is not None:
         check(tok.vocab_size > 0, f"data.tokenizer.vocab_size={tok.vocab_size} must be > 0")
+
+    if m.sparse_embedding:
+        check(not m.tie_weights, "model.sparse_embedding needs model.tie_weights=false")
+        target, decay = cfg.optim.get("_target_"), cfg.optim.get("weight_decay", 0)
+        check(
+            target in _SPARSE_OPTIMIZERS and not decay,
+            f"model.sparse_embedding needs an optimizer that takes sparse gradients "
+            f"({', '.join(_SPARSE_OPTIMIZERS)}) without weight_decay; got {target} "
+            f"with weight_decay={decay}",
+        )
 
     lr = cfg.optim.get("lr")
     if isinstance(lr, (int, float)):

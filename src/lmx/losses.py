@@ -46,13 +46,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, n, CHUNK_ROWS):
             end = min(start + CHUNK_ROWS, n)
             chunk, t = logits[start:end], targets[start:end]
-            if bias32 is None:
-                scores = chunk
-                probs = torch.softmax(chunk, dim=1, dtype=torch.float32)  # [c, V]
-            else:
-                # .float() aliases an fp32 chunk, which is overwritten below anyway
-                scores = chunk.float().add_(bias32)
-                probs = torch.softmax(scores, dim=1)
+            # .float() aliases an fp32 chunk, which is overwritten below anyway
+            scores = chunk.float() if bias32 is None else chunk.float().add_(bias32)  # [c, V]
+            if not want_grad:  # eval: logsumexp only, no probabilities written
+                rows = torch.arange(scores.size(0), device=scores.device)
+                losses[start:end] = torch.logsumexp(scores, dim=1) - scores[rows, t]
+                continue
+            probs = torch.softmax(scores, dim=1)
             losses[start:end], rows = _token_losses(scores, probs, t)
             if want_grad:
                 probs[rows, t] -= 1.0  # d(sum of losses)/d logits = softmax - one_hot

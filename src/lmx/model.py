@@ -68,11 +68,13 @@ class TransformerLM(nn.Module):
         activation: str = "relu",
         attn_dropout: float | None = None,
         fused_loss: bool = True,
+        sparse_embedding: bool = False,
     ):
         super().__init__()
         self.d_model = d_model
         self.fused_loss = fused_loss
-        self.embedding = nn.Embedding(ntoken, d_model)
+        # sparse: the backward touches only the rows of this batch's tokens, not all V rows
+        self.embedding = nn.Embedding(ntoken, d_model, sparse=sparse_embedding)
         self.pos_encoder = PositionalEncoding(d_model, dropout, max_len)
         layer = nn.TransformerEncoderLayer(
             d_model, nhead, d_hid, dropout, activation, batch_first=True, norm_first=norm_first

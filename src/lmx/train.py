@@ -122,6 +122,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             cfg, run_dir, meta, model, optimizer, scheduler, device, world.rank
         )
         if world.enabled:
+            if cfg.model.sparse_embedding:
+                raise ConfigError("model.sparse_embedding is for single-process runs")
             if resume_from is None:  # each rank draws its own dropout masks from here on
                 torch.manual_seed(cfg.trainer.seed + world.rank)
             ids = [device.index] if device.type == "cuda" else None

@@ -94,6 +94,24 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_, also for sparse gradients (a sparse embedding), which
+    torch's own version cannot take a norm of. Returns the total norm before clipping."""
+    params = [p for p in parameters if p.grad is not None]
+    if not any(p.grad.is_sparse for p in params):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()  # repeated token rows summed, as the dense grad has them
+    norms = [torch.linalg.vector_norm(p.grad._values() if p.grad.is_sparse else p.grad)
+             for p in params]  # fmt: skip
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)  # torch's formula
+    for p in params:
+        p.grad.mul_(scale)
+    return total
+
+
 def ppl(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 
@@ -249,7 +267,7 @@ class Trainer:
             return math.nan, math.nan
         loss.backward()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm).item()
+        norm = clip_grad_norm(run.model.parameters(), max_norm).item()
         if not math.isfinite(norm) and self._nonfinite("gradient norm", norm):
             run.optimizer.zero_grad(set_to_none=True)
             return math.nan, math.nan
