@@ -273,6 +273,11 @@ def config_problems(cfg: DictConfig) -> list[str]:
 
     if m.sparse_embedding:
         check(not m.tie_weights, "model.sparse_embedding needs model.tie_weights=false")
+        check(
+            not cfg.device.compile,
+            "model.sparse_embedding cannot be compiled (device.compile=true): torch's "
+            "inductor does not take sparse gradients",
+        )
         target, decay = cfg.optim.get("_target_"), cfg.optim.get("weight_decay", 0)
         check(
             target in _SPARSE_OPTIMIZERS and not decay,
