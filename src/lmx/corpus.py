@@ -61,30 +61,31 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     root = _cache_root(cfg)
     entry = root / f"{cfg.name}-{key}"
 
-    splits = _load_entry(entry, fingerprint) if (entry / "meta.json").is_file() else None
-    if splits is None:
+    loaded = _load_entry(entry, fingerprint) if (entry / "meta.json").is_file() else None
+    if loaded is None:
         log.info("data: reading and tokenizing (first run with these settings)")
         start = time.perf_counter()
         texts = _read_texts(cfg, root)
         _build_entry(texts, cfg, fingerprint, entry)
         log.info("data: tokenized in %.1f s, cached at %s", time.perf_counter() - start, entry)
-        splits = _load_entry(entry, fingerprint, rebuild_on_error=False)
+        loaded = _load_entry(entry, fingerprint, rebuild_on_error=False)
     else:
         log.info("data: using cached tokens at %s", entry)
-    tokenizer_path = entry / "tokenizer.json"
-    return Corpus(Tokenizer.from_file(str(tokenizer_path)), tokenizer_path, splits)
+    tokenizer, splits = loaded
+    return Corpus(tokenizer, entry / "tokenizer.json", splits)
 
 
 def _load_entry(entry: Path, fingerprint: dict, rebuild_on_error: bool = True):
-    """The cached streams, checked against meta.json. A damaged entry, or one that another
-    lmx version wrote, is removed (None: rebuild it); a fresh one must load."""
+    """(tokenizer, streams) of a cache entry, checked against meta.json. A damaged entry, or
+    one that another lmx version wrote, is removed (None: rebuild it); a fresh one must load."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
         if meta.get("fingerprint") != fingerprint:
             raise ValueError("it was written with other settings or by another lmx version")
         # Memory-mapped, copy-on-write: pages are read on first touch, nothing is copied.
         splits = {s: torch.from_numpy(np.load(entry / f"{s}.npy", mmap_mode="c")) for s in SPLITS}
-        vocab = Tokenizer.from_file(str(entry / "tokenizer.json")).get_vocab_size()
+        tokenizer = Tokenizer.from_file(str(entry / "tokenizer.json"))
+        vocab = tokenizer.get_vocab_size()
         for s, stream in splits.items():
             if stream.dtype != torch.int64 or stream.dim() != 1:
                 raise ValueError(f"{s}.npy is not a 1-D int64 array")
@@ -94,7 +95,7 @@ def _load_entry(entry: Path, fingerprint: dict, rebuild_on_error: bool = True):
                 )
             if len(stream) and (int(stream.min()) < 0 or int(stream.max()) >= vocab):
                 raise ValueError(f"{s}.npy has ids outside the vocabulary of {vocab}")
-        return splits
+        return tokenizer, splits
     except Exception as err:  # any damage: unreadable, truncated, wrong shape or ids
         if not rebuild_on_error:
             raise DataError(f"the token cache at {entry} cannot be read back: {err}") from err

@@ -54,11 +54,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 continue
             probs = torch.softmax(scores, dim=1)
             losses[start:end], rows = _token_losses(scores, probs, t)
-            if want_grad:
-                probs[rows, t] -= 1.0  # d(sum of losses)/d logits = softmax - one_hot
-                if grad_bias is not None:
-                    grad_bias += probs.sum(0)  # while the chunk is in cache
-                chunk.copy_(probs)
+            probs[rows, t] -= 1.0  # d(sum of losses)/d logits = softmax - one_hot
+            if grad_bias is not None:
+                grad_bias += probs.sum(0)  # while the chunk is in cache
+            chunk.copy_(probs)
         if want_grad:
             grad_logits = logits  # [N, V], now d(sum of losses)/d logits
             ctx.save_for_backward(

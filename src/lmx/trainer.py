@@ -178,14 +178,14 @@ class Trainer:
         self.stop_agreed = False
 
     # ------------------------------------------------------------------ checkpoints, metrics
-    def _state(self) -> dict[str, Any]:
+    def _state(self, rng: dict[str, Any]) -> dict[str, Any]:
         p = self.progress
         return {
             "model": self.run.model.state_dict(),
             "optimizer": self.run.optimizer.state_dict(),
             "scheduler": self.run.scheduler.state_dict(),
             "progress": dataclasses.asdict(p),
-            "rng": rng_state(),  # rank 0's; every rank's is in rng_per_rank
+            "rng": rng,  # rank 0's; every rank's is in rng_per_rank
             # Summary keys for readers that do not care about resuming:
             "epoch": p.epoch - 1,  # epochs completed
             "step": p.step,
@@ -201,7 +201,7 @@ class Trainer:
         world = self.run.world
         rngs = world.gather(rng_state())
         if world.is_main:
-            state = self._state()
+            state = self._state(rngs[0])
             if world.enabled:
                 state["rng_per_rank"] = rngs
             save_checkpoint(path, state)
