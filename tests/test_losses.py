@@ -31,6 +31,17 @@ def test_matches_cross_entropy_of_linear_in_fp32(reduction, monkeypatch):
         torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_a_scaled_loss_gets_scaled_gradients(reduction):
+    # The forward folds 1/N (mean) into its gradients; any other factor (a loss scaler's,
+    # an accumulation's) must still reach them.
+    h, w, b, t = _inputs()
+    ours = linear_cross_entropy(h, w, b, t, reduction) * 3.0
+    ref = F.cross_entropy(F.linear(h, w, b), t, reduction=reduction) * 3.0
+    for g_ours, g_ref in zip(_grads(ours, h, w, b), _grads(ref, h, w, b), strict=True):
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-5)
+
+
 def test_bf16_autocast_stays_close_to_fp32():
     h, w, b, t = _inputs(n=64, d=32, v=300)
     ref = F.cross_entropy(F.linear(h, w, b), t)
@@ -49,6 +60,21 @@ def test_per_token_losses_and_no_grad_path():
         ours = linear_cross_entropy(h.view(3, 4, -1), w, b, t.view(3, 4), reduction="none")
     ref = F.cross_entropy(F.linear(h, w, b), t, reduction="none").view(3, 4)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_training_after_inference_mode_eval():
+    # The logits scratch buffer outlives a call: one made under inference_mode (eval) must
+    # still serve training, and the other way round.
+    h, w, b, t = _inputs()
+    with torch.inference_mode():
+        evaluated = linear_cross_entropy(h, w, b, t)
+    trained = linear_cross_entropy(h, w, b, t)
+    trained.backward()
+    with torch.inference_mode():
+        again = linear_cross_entropy(h, w, b, t)
+    torch.testing.assert_close(evaluated, trained.detach())
+    torch.testing.assert_close(again, trained.detach())
+    assert w.grad is not None
 
 
 def test_a_target_with_underflowing_probability_keeps_its_exact_loss():
