@@ -86,6 +86,8 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
         f"data.local_dir={corpus_dir}",
         "steps=6",
         "warmup=2",
+        "seeds=0,1",
+        "lever_steps=3",
         f"out={out}",
         timeout=600,
     )
@@ -95,6 +97,21 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
         result = figures[name]
         assert result["train_tokens_per_s"] > 0 and result["eval_tokens_per_s"] > 0
         assert math.isfinite(result["val_loss"]) and result["peak_rss_mb"] > 0
+        per_seed = result["val_ppl_per_seed"]
+        assert len(per_seed) == 2 and per_seed[0] != per_seed[1]  # the seeds differ
+        mean_loss = (math.log(per_seed[0]) + math.log(per_seed[1])) / 2
+        assert math.isclose(result["val_ppl"], math.exp(mean_loss))
+    assert len(figures["levers"]) >= 5
     assert figures["data"]["cold_s"] > figures["data"]["cached_s"] > 0
     assert all(v > 0 for v in figures["startup"].values())
     assert "| tutorial_loop |" in proc.stdout and "1.00x" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [("steps=ten", "steps must be an integer"), ("seeds=0;1", "seeds must be integers")],
+)
+def test_bench_argument_errors_are_one_message(corpus_dir, arg, message):
+    proc = run_module("lmx.bench", f"data.local_dir={corpus_dir}", arg)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "Traceback" not in proc.stderr

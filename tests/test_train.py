@@ -123,10 +123,12 @@ def test_limits_and_other_options(corpus_dir, cache_dir, tmp_path):
             "model.tie_weights=true",
             "data/tokenizer=whitespace_eos",
             "trainer.tensorboard=false",
+            "trainer.test=false",
         )
     )
     metrics = train(cfg, tmp_path / "run")
     assert metrics["steps"] == 3 and metrics["status"] == "done"
+    assert metrics["test_loss"] is None and metrics["test_ppl"] is None  # test split untouched
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 

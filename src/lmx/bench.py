@@ -1,17 +1,20 @@
 """`python -m lmx.bench`: lmx side by side with the tutorial's own loop, on this machine.
 
-    python -m lmx.bench data.local_dir=../shared/data/wikitext-2 [steps=300] [lever_steps=60]
-                        [warmup=5] [out=PATH]
+    python -m lmx.bench data.local_dir=../shared/data/wikitext-2 [steps=1000] [seeds=0,1,2]
+                        [lever_steps=60] [warmup=5] [out=PATH]
 
-Measures, each setting in a fresh process (so peak memory is its own):
-  (a) steady-state training tokens/s (the first `warmup` steps left out), eval tokens/s on
-      the whole validation split, and validation perplexity after the same `steps` steps,
-      for the tutorial's loop (lmx.tutorial_reference), lmx fp32 (experiment=seed_tutorial)
-      and lmx experiment=seed_fast; all on the same token ids and batches;
+Measures, each setting and seed in a fresh process (so peak memory is its own):
+  (a) for the tutorial's loop (lmx.tutorial_reference), lmx fp32 (experiment=seed_tutorial)
+      and lmx experiment=seed_fast, on the same token ids and batches: steady-state training
+      tokens/s (the first `warmup` steps of each process left out; the median over seeds),
+      eval tokens/s on the whole validation split (first seed), and validation perplexity
+      after `steps` steps from each seed. Early in training at the tutorial's lr 5.0 one
+      seed's curve moves by tens of percent against another's, so the perplexity compared is
+      exp(mean validation loss over the seeds), with each seed's figure beside it;
   (b) data preparation: cold (empty cache) and cached;
   (c) startup: `--help`, `--cfg job`, a config error, and the command to the first step;
   (d) peak memory (max RSS; on CUDA also the allocator's peak);
-  (e) each speed lever on its own row (lever_steps steps each; 0 skips them).
+  (e) each speed lever on its own row (lever_steps steps each, seed 0; 0 skips them).
 Prints a table and writes JSON (default outputs/bench.json).
 """
 
@@ -84,7 +87,7 @@ def _compose(overrides: list[str]):
         return compose(config_name="train", overrides=overrides)
 
 
-def work_tutorial(data_dir: str, steps: int, warmup: int) -> dict:
+def work_tutorial(data_dir: str, steps: int, warmup: int, seed: int) -> dict:
     import torch
 
     from lmx import tutorial_reference as ref
@@ -93,7 +96,7 @@ def work_tutorial(data_dir: str, steps: int, warmup: int) -> dict:
     cfg = _compose([f"data.local_dir={data_dir}"])
     corpus = load_corpus(cfg.data)  # the same ids as lmx trains on
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     ntokens = corpus.vocab_size
     model = ref.TransformerModel(ntokens, 200, 2, 200, 2, 0.2).to(device)
     train = ref.batchify(corpus.splits["train"], 20).to(device)
@@ -111,11 +114,11 @@ def work_tutorial(data_dir: str, steps: int, warmup: int) -> dict:
     }
 
 
-def work_lmx(name: str, data_dir: str, steps: int, warmup: int) -> dict:
-    from lmx.batching import batchify
+def work_lmx(
+    name: str, data_dir: str, steps: int, warmup: int, seed: int, eval_speed: bool
+) -> dict:
     from lmx.pretrained import load_trained
     from lmx.train import train
-    from lmx.trainer import evaluate
 
     cfg = _compose(
         [
@@ -124,6 +127,8 @@ def work_lmx(name: str, data_dir: str, steps: int, warmup: int) -> dict:
             "trainer.epochs=1",
             f"trainer.limit_train_batches={steps}",
             f"trainer.throughput_warmup_steps={warmup}",
+            f"trainer.seed={seed}",
+            "trainer.test=false",  # the validation split is what is compared
             "trainer.checkpoint_every_steps=null",
             "trainer.tensorboard=false",
             "trainer.progress=false",
@@ -132,29 +137,36 @@ def work_lmx(name: str, data_dir: str, steps: int, warmup: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="lmx-bench-") as tmp:
         metrics = train(cfg, Path(tmp) / "run")
         trained = load_trained(Path(tmp) / "run" / "checkpoints" / "best.pt", [])
-    from lmx.corpus import load_corpus
-    from lmx.device import resolve_device
-
-    device = resolve_device(cfg.device)
-    valid = batchify(load_corpus(cfg.data).splits["valid"], cfg.data.eval_batch_size).to(device)
-    model = trained.model.to(device)
-    args = dict(
-        precision=cfg.device.precision, tokens_per_forward=cfg.trainer.eval_tokens_per_forward
-    )
-    evaluate(model, valid, cfg.data.bptt, device, **args, limit=2)  # warm-up
-    start = time.perf_counter()
-    evaluate(model, valid, cfg.data.bptt, device, **args)
-    eval_seconds = time.perf_counter() - start
+    eval_tokens_per_s = _lmx_eval_speed(cfg, trained.model) if eval_speed else None
     m = cfg.model
     return {
         "train_tokens_per_s": metrics["train_tokens_per_s"],
-        "eval_tokens_per_s": (valid.numel() - valid.size(0)) / eval_seconds,
+        "eval_tokens_per_s": eval_tokens_per_s,
         "val_loss": metrics["best_val_loss"],
         "flops_per_token": _flops_per_token(
             m.d_model, m.d_hid, m.nlayers, metrics["vocab_size"], cfg.data.bptt
         ),
         **_peak_memory(),
     }
+
+
+def _lmx_eval_speed(cfg, model) -> float:
+    """Tokens/s of lmx's evaluate over the whole validation split (after a short warm-up)."""
+    from lmx.batching import batchify
+    from lmx.corpus import load_corpus
+    from lmx.device import resolve_device
+    from lmx.trainer import evaluate
+
+    device = resolve_device(cfg.device)
+    valid = batchify(load_corpus(cfg.data).splits["valid"], cfg.data.eval_batch_size).to(device)
+    model = model.to(device)
+    args = dict(
+        precision=cfg.device.precision, tokens_per_forward=cfg.trainer.eval_tokens_per_forward
+    )
+    evaluate(model, valid, cfg.data.bptt, device, **args, limit=2)  # warm-up
+    start = time.perf_counter()
+    evaluate(model, valid, cfg.data.bptt, device, **args)
+    return (valid.numel() - valid.size(0)) / (time.perf_counter() - start)
 
 
 def work_data(data_dir: str) -> dict:
@@ -226,21 +238,47 @@ def _machine() -> dict:
     return info
 
 
-def bench(data_dir: str, steps: int, warmup: int, lever_steps: int) -> dict:
-    results: dict = {"machine": _machine(), "steps": steps, "warmup_steps_excluded": warmup}
+def _combine(runs: list[dict]) -> dict:
+    """One setting's figures over its seeds: median tokens/s, exp(mean loss) as the ppl."""
+    import math
+    import statistics
+
+    losses = [r["val_loss"] for r in runs]
+    return {
+        **runs[0],  # eval speed (first seed), flops per token
+        "train_tokens_per_s": statistics.median(r["train_tokens_per_s"] for r in runs),
+        "val_loss": statistics.fmean(losses),
+        "val_ppl": math.exp(statistics.fmean(losses)),
+        "val_ppl_per_seed": [math.exp(x) for x in losses],
+        "train_tokens_per_s_per_seed": [r["train_tokens_per_s"] for r in runs],
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+    }
+
+
+def bench(data_dir: str, steps: int, seeds: list[int], warmup: int, lever_steps: int) -> dict:
+    results: dict = {
+        "machine": _machine(),
+        "steps": steps,
+        "seeds": seeds,
+        "warmup_steps_excluded": warmup,
+    }
+    common = [f"data={data_dir}", f"warmup={warmup}"]
     for name in SETTINGS:
-        print(f"measuring {name} ({steps} training steps + the validation split)...", flush=True)
-        results[name] = _worker([f"worker={name}", f"data={data_dir}", f"steps={steps}",
-                                 f"warmup={warmup}"])  # fmt: skip
+        runs = []
+        for k, seed in enumerate(seeds):
+            print(f"measuring {name}, seed {seed} ({steps} training steps + the validation "
+                  "split)...", flush=True)  # fmt: skip
+            runs.append(_worker([f"worker={name}", *common, f"steps={steps}", f"seed={seed}",
+                                 f"eval_speed={int(k == 0)}"]))  # fmt: skip
+        results[name] = _combine(runs)
     if lever_steps:
         results["levers"] = {}
         for name in LEVERS:
             print(f"measuring lever {name!r} ({lever_steps} steps)...", flush=True)
             try:
                 results["levers"][name] = _worker(
-                    [f"worker={name}", f"data={data_dir}", f"steps={lever_steps}",
-                     f"warmup={warmup}"]
-                )  # fmt: skip
+                    [f"worker={name}", *common, f"steps={lever_steps}", "seed=0", "eval_speed=1"]
+                )
             except RuntimeError as err:  # one lever failing must not lose the others
                 print(err, file=sys.stderr)
                 results["levers"][name] = {"error": str(err).splitlines()[-1]}
@@ -266,20 +304,23 @@ def bench(data_dir: str, steps: int, warmup: int, lever_steps: int) -> dict:
 
 def _table(r: dict) -> str:
     base = r["tutorial_loop"]["train_tokens_per_s"]
+    fp32_ppl = r["lmx_fp32"]["val_ppl"]
+    seeds = ",".join(str(s) for s in r["seeds"])
     rows = [
         "| setting | train tokens/s | vs tutorial | eval tokens/s | GFLOP/s (train) "
-        f"| valid ppl after {r['steps']} steps | peak RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| valid ppl after {r['steps']} steps | vs lmx fp32 | per seed ({seeds}) "
+        "| peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    import math
-
     for name in SETTINGS:
         s = r[name]
+        per_seed = " / ".join(f"{x:,.1f}" for x in s["val_ppl_per_seed"])
         rows.append(
             f"| {name} | {s['train_tokens_per_s']:,.0f} | {s['train_tokens_per_s'] / base:.2f}x "
             f"| {s['eval_tokens_per_s']:,.0f} "
             f"| {s['train_tokens_per_s'] * s['flops_per_token'] / 1e9:,.1f} "
-            f"| {math.exp(s['val_loss']):,.2f} | {s['peak_rss_mb']:,.0f} |"
+            f"| {s['val_ppl']:,.2f} | {100 * (s['val_ppl'] / fp32_ppl - 1):+.1f}% "
+            f"| {per_seed} | {s['peak_rss_mb']:,.0f} |"
         )
     if r.get("levers"):
         rows += [
@@ -304,28 +345,44 @@ def _table(r: dict) -> str:
     return "\n".join(rows)
 
 
+def _int(args: dict[str, str], key: str, default: int) -> int:
+    value = args.pop(key, None)
+    try:
+        return default if value is None else int(value)
+    except ValueError:
+        fail(ConfigError(f"{key} must be an integer, got {value!r}\n{USAGE}"))
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv, USAGE)
     worker = args.pop("worker", None)
     if worker is not None:  # one measurement, in its own process
-        data, steps, warmup = args["data"], int(args.get("steps", 0)), int(args.get("warmup", 0))
+        data, steps, warmup = args["data"], _int(args, "steps", 0), _int(args, "warmup", 0)
+        seed = _int(args, "seed", 0)
         if worker == "tutorial_loop":
-            result = work_tutorial(data, steps, warmup)
+            result = work_tutorial(data, steps, warmup, seed)
         elif worker == "data":
             result = work_data(data)
         else:
-            result = work_lmx(worker, data, steps, warmup)
+            result = work_lmx(worker, data, steps, warmup, seed, args.get("eval_speed") == "1")
         print(RESULT_TAG + json.dumps(result), flush=True)
         return
     data = args.pop("data.local_dir", None)
     if data is None:
         fail(ConfigError(f"data.local_dir=PATH is required\n{USAGE}"))
-    steps, warmup = int(args.pop("steps", 300)), int(args.pop("warmup", 5))
-    lever_steps = int(args.pop("lever_steps", 60))  # 0: skip the per-lever table
+    steps, warmup = _int(args, "steps", 1000), _int(args, "warmup", 5)
+    lever_steps = _int(args, "lever_steps", 60)  # 0: skip the per-lever table
+    seeds_arg = args.pop("seeds", "0,1,2")
+    try:
+        seeds = [int(x) for x in seeds_arg.split(",")]
+    except ValueError:
+        fail(ConfigError(f"seeds must be integers separated by commas, got {seeds_arg!r}"))
     out = Path(args.pop("out", "outputs/bench.json"))
     if args:
         fail(ConfigError(f"unknown arguments: {', '.join(args)}\n{USAGE}"))
-    results = bench(str(Path(data).resolve()), steps, warmup, lever_steps)
+    if steps <= warmup:
+        fail(ConfigError(f"steps ({steps}) must be more than warmup ({warmup})"))
+    results = bench(str(Path(data).resolve()), steps, seeds, warmup, lever_steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(_table(results))

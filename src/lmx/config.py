@@ -185,6 +185,9 @@ class TrainerConfig:
     resume: str | None = None
     checkpoint_every_steps: int | None = 500  # also write last.pt every N steps; null: epochs only
     on_nonfinite: NonFinite = NonFinite.stop  # what an inf/nan loss or gradient does
+    # Score the best checkpoint on the test split at the end. false: a sweep or a benchmark
+    # that must not look at (or pay for) the test split; test_ppl is then null.
+    test: bool = True
 
 
 @dataclass

@@ -436,28 +436,29 @@ class Trainer:
             self._save(self.best_path)
             self._save(self.last_path)
 
-        best = load_checkpoint(self.best_path, map_location=run.device)
-        run.model.load_state_dict(best["model"])
-        test_loss = evaluate(run.model, run.splits["test"], **eval_args)
-        log.info("=" * 89)
-        log.info(
-            "| End of training | best epoch %d | test loss %5.2f | test ppl %8.2f",
-            p.best_epoch,
-            test_loss,
-            ppl(test_loss),
-        )
-        log.info("=" * 89)
         metrics = self._metrics("done")
-        metrics.update(best_epoch=p.best_epoch, test_loss=test_loss, test_ppl=ppl(test_loss))
+        metrics.update(best_epoch=p.best_epoch, test_loss=None, test_ppl=None)
+        hparams = {"hparam/best_val_ppl": metrics["best_val_ppl"]}
+        if cfg.test:
+            best = load_checkpoint(self.best_path, map_location=run.device)
+            run.model.load_state_dict(best["model"])
+            test_loss = evaluate(run.model, run.splits["test"], **eval_args)
+            log.info("=" * 89)
+            log.info(
+                "| End of training | best epoch %d | test loss %5.2f | test ppl %8.2f",
+                p.best_epoch,
+                test_loss,
+                ppl(test_loss),
+            )
+            log.info("=" * 89)
+            metrics.update(test_loss=test_loss, test_ppl=ppl(test_loss))
+            run.tb.scalars({"test/loss": test_loss, "test/ppl": ppl(test_loss)}, p.step)
+            hparams["hparam/test_ppl"] = metrics["test_ppl"]
+        else:
+            log.info("| End of training | best epoch %d | test split not scored (trainer.test"
+                     "=false)", p.best_epoch)  # fmt: skip
         self._write_metrics(metrics)
-        run.tb.scalars({"test/loss": test_loss, "test/ppl": ppl(test_loss)}, p.step)
-        run.tb.hparams(
-            run.checkpoint_meta["config"],
-            {
-                "hparam/best_val_ppl": metrics["best_val_ppl"],
-                "hparam/test_ppl": metrics["test_ppl"],
-            },
-        )
+        run.tb.hparams(run.checkpoint_meta["config"], hparams)
         return metrics
 
 
