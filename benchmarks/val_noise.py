@@ -4,8 +4,9 @@
                                    [--data ../shared/data/wikitext-2]
 
 For each run (a finished `lmx.train` run dir), loads its best checkpoint and continues
-training with the run's own model, batches, optimizer class and precision for `--steps`
-steps, from the batch after the last one it trained on. Before each step it scores the
+training with the run's own model, batches, optimizer (at its configured lr) and precision
+for `--steps` steps, from the batch after the last one it trained on (the best checkpoint
+must be the last one, as in a run whose last epoch was its best). Before each step it scores the
 current model on the first `--batches` validation batches. The spread of those numbers is the
 noise in any "validation ppl after N steps" figure taken from a single step: at the tutorial's
 SGD lr 5.0, each step moves the model far. The mean over the iterates (and over several runs)
@@ -44,7 +45,9 @@ def iterate_ppls(run_dir: Path, steps: int, batches: int, data: str) -> list[flo
     done = json.loads((run_dir / "metrics.json").read_text())["steps"]
     torch.manual_seed(cfg.trainer.seed + done)  # dropout masks for the extra steps
     ppls = []
-    for i in batch_starts(train, cfg.data.bptt)[done : done + steps]:
+    starts = batch_starts(train, cfg.data.bptt)
+    first = done % len(starts)  # after whole epochs: the next epoch's first batches
+    for i in starts[first : first + steps]:
         loss = evaluate(model, valid, cfg.data.bptt, device, cfg.device.precision, batches)
         ppls.append(math.exp(loss))
         model.train()
