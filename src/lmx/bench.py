@@ -21,9 +21,11 @@ Prints a table and writes JSON (default outputs/bench.json).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,10 +136,12 @@ def work_lmx(
             "trainer.progress=false",
         ]
     )
+    eval_tokens_per_s = None
     with tempfile.TemporaryDirectory(prefix="lmx-bench-") as tmp:
         metrics = train(cfg, Path(tmp) / "run")
-        trained = load_trained(Path(tmp) / "run" / "checkpoints" / "best.pt", [])
-    eval_tokens_per_s = _lmx_eval_speed(cfg, trained.model) if eval_speed else None
+        if eval_speed:  # only the first seed's checkpoint is read back
+            trained = load_trained(Path(tmp) / "run" / "checkpoints" / "best.pt", [])
+            eval_tokens_per_s = _lmx_eval_speed(cfg, trained.model)
     m = cfg.model
     return {
         "train_tokens_per_s": metrics["train_tokens_per_s"],
@@ -240,9 +244,6 @@ def _machine() -> dict:
 
 def _combine(runs: list[dict]) -> dict:
     """One setting's figures over its seeds: median tokens/s, exp(mean loss) as the ppl."""
-    import math
-    import statistics
-
     losses = [r["val_loss"] for r in runs]
     return {
         **runs[0],  # eval speed (first seed), flops per token
