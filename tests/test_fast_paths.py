@@ -87,6 +87,8 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
         "steps=6",
         "warmup=2",
         "seeds=0,1",
+        "avg_steps=3",
+        "avg_batches=2",
         "lever_steps=3",
         f"out={out}",
         timeout=600,
@@ -101,6 +103,11 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
         assert len(per_seed) == 2 and per_seed[0] != per_seed[1]  # the seeds differ
         mean_loss = (math.log(per_seed[0]) + math.log(per_seed[1])) / 2
         assert math.isclose(result["val_ppl"], math.exp(mean_loss))
+        # the models after steps 4, 5 and 6 of each seed, all different, averaged
+        iterates = result["iterate_val_losses"]
+        assert [len(xs) for xs in iterates] == [3, 3] and len({*iterates[0], *iterates[1]}) == 6
+        every = iterates[0] + iterates[1]
+        assert math.isclose(result["iterate_val_ppl"], math.exp(sum(every) / 6))
     assert len(figures["levers"]) >= 5
     assert figures["data"]["cold_s"] > figures["data"]["cached_s"] > 0
     assert all(v > 0 for v in figures["startup"].values())
@@ -109,7 +116,12 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
 
 @pytest.mark.parametrize(
     "arg, message",
-    [("steps=ten", "steps must be an integer"), ("seeds=0;1", "seeds must be integers")],
+    [
+        ("steps=ten", "steps must be an integer"),
+        ("seeds=0;1", "seeds must be integers"),
+        ("avg_steps=998", "must be more than warmup"),
+        ("avg_batches=0", "avg_batches 1 or more"),
+    ],
 )
 def test_bench_argument_errors_are_one_message(corpus_dir, arg, message):
     proc = run_module("lmx.bench", f"data.local_dir={corpus_dir}", arg)

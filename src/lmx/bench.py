@@ -1,16 +1,18 @@
 """`python -m lmx.bench`: lmx side by side with the tutorial's own loop, on this machine.
 
     python -m lmx.bench data.local_dir=../shared/data/wikitext-2 [steps=1000] [seeds=0,1,2]
-                        [lever_steps=60] [warmup=5] [out=PATH]
+                        [avg_steps=8] [avg_batches=120] [lever_steps=60] [warmup=5] [out=PATH]
 
 Measures, each setting and seed in a fresh process (so peak memory is its own):
   (a) for the tutorial's loop (lmx.tutorial_reference), lmx fp32 (experiment=seed_tutorial)
       and lmx experiment=seed_fast, on the same token ids and batches: steady-state training
       tokens/s (the first `warmup` steps of each process left out; the median over seeds),
-      eval tokens/s on the whole validation split (first seed), and validation perplexity
-      after `steps` steps from each seed. Early in training at the tutorial's lr 5.0 one
-      seed's curve moves by tens of percent against another's, so the perplexity compared is
-      exp(mean validation loss over the seeds), with each seed's figure beside it;
+      eval tokens/s on the whole validation split (the median over seeds), and validation
+      perplexity after `steps` steps from each seed, two ways. At the tutorial's SGD lr 5.0
+      the model after any one step is 10-25% better or worse than its neighbours, so besides
+      the whole split scored by the model after `steps` steps, the models after each of the
+      last `avg_steps` steps are scored on the first `avg_batches` validation batches
+      (lmx.iterates). Each figure is exp(mean validation loss) over the seeds (and models);
   (b) data preparation: cold (empty cache) and cached;
   (c) startup: `--help`, `--cfg job`, a config error, and the command to the first step;
   (d) peak memory (max RSS; on CUDA also the allocator's peak);
@@ -89,7 +91,9 @@ def _compose(overrides: list[str]):
         return compose(config_name="train", overrides=overrides)
 
 
-def work_tutorial(data_dir: str, steps: int, warmup: int, seed: int) -> dict:
+def work_tutorial(
+    data_dir: str, steps: int, warmup: int, seed: int, avg_steps: int, avg_batches: int
+) -> dict:
     import torch
 
     from lmx import tutorial_reference as ref
@@ -103,7 +107,13 @@ def work_tutorial(data_dir: str, steps: int, warmup: int, seed: int) -> dict:
     model = ref.TransformerModel(ntokens, 200, 2, 200, 2, 0.2).to(device)
     train = ref.batchify(corpus.splits["train"], 20).to(device)
     valid = ref.batchify(corpus.splits["valid"], 10).to(device)
-    tokens, seconds = ref.train_steps(model, train, 35, ntokens, steps, warmup=warmup)
+    first = steps - max(avg_steps, 1) + 1  # the steps before the first averaged model
+    tokens, seconds = ref.train_steps(model, train, 35, ntokens, first, warmup=warmup)
+    iterates = []
+    for k in range(avg_steps):  # the models after steps first .. steps
+        if k:
+            ref.train_steps(model, train, 35, ntokens, 1, warmup=1, first=first + k - 1)
+        iterates.append(ref.evaluate(model, valid, 35, ntokens, limit=avg_batches))
     start = time.perf_counter()
     val_loss = ref.evaluate(model, valid, 35, ntokens)
     eval_seconds = time.perf_counter() - start
@@ -111,42 +121,57 @@ def work_tutorial(data_dir: str, steps: int, warmup: int, seed: int) -> dict:
         "train_tokens_per_s": tokens / seconds,
         "eval_tokens_per_s": (valid.numel() - valid.size(1)) / eval_seconds,
         "val_loss": val_loss,
+        "iterate_val_losses": iterates,
         "flops_per_token": _flops_per_token(200, 200, 2, ntokens, 35),
         **_peak_memory(),
     }
 
 
 def work_lmx(
-    name: str, data_dir: str, steps: int, warmup: int, seed: int, eval_speed: bool
+    name: str, data_dir: str, steps: int, warmup: int, seed: int, avg_steps: int, avg_batches: int
 ) -> dict:
+    from lmx.batching import batchify
+    from lmx.corpus import load_corpus
+    from lmx.device import resolve_device
+    from lmx.iterates import iterate_losses
     from lmx.pretrained import load_trained
     from lmx.train import train
 
+    first = steps - max(avg_steps, 1) + 1  # lmx's trainer runs these, then lmx.iterates
     cfg = _compose(
         [
             *{**SETTINGS, **LEVERS}[name],
             f"data.local_dir={data_dir}",
             "trainer.epochs=1",
-            f"trainer.limit_train_batches={steps}",
+            f"trainer.limit_train_batches={first}",
+            "trainer.limit_eval_batches=1",  # the trainer's own validation is not used
             f"trainer.throughput_warmup_steps={warmup}",
             f"trainer.seed={seed}",
-            "trainer.test=false",  # the validation split is what is compared
+            "trainer.test=false",
             "trainer.checkpoint_every_steps=null",
             "trainer.tensorboard=false",
             "trainer.progress=false",
         ]
     )
-    eval_tokens_per_s = None
     with tempfile.TemporaryDirectory(prefix="lmx-bench-") as tmp:
         metrics = train(cfg, Path(tmp) / "run")
-        if eval_speed:  # only the first seed's checkpoint is read back
-            trained = load_trained(Path(tmp) / "run" / "checkpoints" / "best.pt", [])
-            eval_tokens_per_s = _lmx_eval_speed(cfg, trained.model)
+        model = load_trained(Path(tmp) / "run" / "checkpoints" / "best.pt", []).model
+    device = resolve_device(cfg.device)
+    model.to(device)
+    splits = load_corpus(cfg.data).splits
+    valid = batchify(splits["valid"], cfg.data.eval_batch_size).to(device)
+    iterates = []
+    if avg_steps:
+        train_ids = batchify(splits["train"], cfg.data.batch_size).to(device)
+        iterates = iterate_losses(model, cfg, train_ids, valid, device, first, avg_steps,
+                                  avg_batches)  # fmt: skip
+    val_loss, eval_tokens_per_s = _lmx_eval(cfg, model, valid, device)
     m = cfg.model
     return {
         "train_tokens_per_s": metrics["train_tokens_per_s"],
         "eval_tokens_per_s": eval_tokens_per_s,
-        "val_loss": metrics["best_val_loss"],
+        "val_loss": val_loss,
+        "iterate_val_losses": iterates,
         "flops_per_token": _flops_per_token(
             m.d_model, m.d_hid, m.nlayers, metrics["vocab_size"], cfg.data.bptt
         ),
@@ -154,23 +179,17 @@ def work_lmx(
     }
 
 
-def _lmx_eval_speed(cfg, model) -> float:
-    """Tokens/s of lmx's evaluate over the whole validation split (after a short warm-up)."""
-    from lmx.batching import batchify
-    from lmx.corpus import load_corpus
-    from lmx.device import resolve_device
+def _lmx_eval(cfg, model, valid, device) -> tuple[float, float]:
+    """lmx's evaluate over the whole validation split: (loss, tokens/s after a warm-up)."""
     from lmx.trainer import evaluate
 
-    device = resolve_device(cfg.device)
-    valid = batchify(load_corpus(cfg.data).splits["valid"], cfg.data.eval_batch_size).to(device)
-    model = model.to(device)
     args = dict(
         precision=cfg.device.precision, tokens_per_forward=cfg.trainer.eval_tokens_per_forward
     )
     evaluate(model, valid, cfg.data.bptt, device, **args, limit=2)  # warm-up
     start = time.perf_counter()
-    evaluate(model, valid, cfg.data.bptt, device, **args)
-    return (valid.numel() - valid.size(0)) / (time.perf_counter() - start)
+    loss = evaluate(model, valid, cfg.data.bptt, device, **args)
+    return loss, (valid.numel() - valid.size(0)) / (time.perf_counter() - start)
 
 
 def work_data(data_dir: str) -> dict:
@@ -245,32 +264,41 @@ def _machine() -> dict:
 def _combine(runs: list[dict]) -> dict:
     """One setting's figures over its seeds: median tokens/s, exp(mean loss) as the ppl."""
     losses = [r["val_loss"] for r in runs]
+    iterates = [r["iterate_val_losses"] for r in runs]
+    every = [x for xs in iterates for x in xs]
     return {
-        **runs[0],  # eval speed (first seed), flops per token
+        **runs[0],  # flops per token
         "train_tokens_per_s": statistics.median(r["train_tokens_per_s"] for r in runs),
+        "eval_tokens_per_s": statistics.median(r["eval_tokens_per_s"] for r in runs),
         "val_loss": statistics.fmean(losses),
         "val_ppl": math.exp(statistics.fmean(losses)),
         "val_ppl_per_seed": [math.exp(x) for x in losses],
+        "iterate_val_ppl": math.exp(statistics.fmean(every)) if every else None,
+        "iterate_val_ppl_per_seed": [math.exp(statistics.fmean(xs)) for xs in iterates if xs],
+        "iterate_val_losses": iterates,
         "train_tokens_per_s_per_seed": [r["train_tokens_per_s"] for r in runs],
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
     }
 
 
-def bench(data_dir: str, steps: int, seeds: list[int], warmup: int, lever_steps: int) -> dict:
+def bench(data_dir: str, steps: int, seeds: list[int], warmup: int, lever_steps: int,
+          avg_steps: int, avg_batches: int) -> dict:  # fmt: skip
     results: dict = {
         "machine": _machine(),
         "steps": steps,
         "seeds": seeds,
         "warmup_steps_excluded": warmup,
+        "avg_steps": avg_steps,
+        "avg_batches": avg_batches,
     }
-    common = [f"data={data_dir}", f"warmup={warmup}"]
+    common = [f"data={data_dir}", f"warmup={warmup}", f"avg_batches={avg_batches}"]
     for name in SETTINGS:
         runs = []
-        for k, seed in enumerate(seeds):
-            print(f"measuring {name}, seed {seed} ({steps} training steps + the validation "
-                  "split)...", flush=True)  # fmt: skip
+        for seed in seeds:
+            print(f"measuring {name}, seed {seed} ({steps} training steps, {avg_steps} "
+                  "models scored, the validation split)...", flush=True)  # fmt: skip
             runs.append(_worker([f"worker={name}", *common, f"steps={steps}", f"seed={seed}",
-                                 f"eval_speed={int(k == 0)}"]))  # fmt: skip
+                                 f"avg_steps={avg_steps}"]))  # fmt: skip
         results[name] = _combine(runs)
     if lever_steps:
         results["levers"] = {}
@@ -278,7 +306,7 @@ def bench(data_dir: str, steps: int, seeds: list[int], warmup: int, lever_steps:
             print(f"measuring lever {name!r} ({lever_steps} steps)...", flush=True)
             try:
                 results["levers"][name] = _worker(
-                    [f"worker={name}", *common, f"steps={lever_steps}", "seed=0", "eval_speed=1"]
+                    [f"worker={name}", *common, f"steps={lever_steps}", "seed=0", "avg_steps=0"]
                 )
             except RuntimeError as err:  # one lever failing must not lose the others
                 print(err, file=sys.stderr)
@@ -305,24 +333,36 @@ def bench(data_dir: str, steps: int, seeds: list[int], warmup: int, lever_steps:
 
 def _table(r: dict) -> str:
     base = r["tutorial_loop"]["train_tokens_per_s"]
-    fp32_ppl = r["lmx_fp32"]["val_ppl"]
-    seeds = ",".join(str(s) for s in r["seeds"])
+    fp32 = r["lmx_fp32"]
+    steps, k = r["steps"], r["avg_steps"]
+    averaged = f"steps {steps - k + 1}-{steps}" if k > 1 else f"step {steps}"
     rows = [
         "| setting | train tokens/s | vs tutorial | eval tokens/s | GFLOP/s (train) "
-        f"| valid ppl after {r['steps']} steps | vs lmx fp32 | per seed ({seeds}) "
+        f"| valid ppl, model after {steps} steps | vs lmx fp32 "
+        f"| valid ppl, models after {averaged}, first {r['avg_batches']} batches | vs lmx fp32 "
         "| peak RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    seeds = " / ".join(str(x) for x in r["seeds"])
+    per_seed = [f"per seed ({seeds}):"]
     for name in SETTINGS:
         s = r[name]
-        per_seed = " / ".join(f"{x:,.1f}" for x in s["val_ppl_per_seed"])
+        if k:
+            ratio = s["iterate_val_ppl"] / fp32["iterate_val_ppl"]
+            averaged_ppl = f"{s['iterate_val_ppl']:,.2f} | {100 * (ratio - 1):+.1f}%"
+        else:
+            averaged_ppl = "- | -"
         rows.append(
             f"| {name} | {s['train_tokens_per_s']:,.0f} | {s['train_tokens_per_s'] / base:.2f}x "
             f"| {s['eval_tokens_per_s']:,.0f} "
             f"| {s['train_tokens_per_s'] * s['flops_per_token'] / 1e9:,.1f} "
-            f"| {s['val_ppl']:,.2f} | {100 * (s['val_ppl'] / fp32_ppl - 1):+.1f}% "
-            f"| {per_seed} | {s['peak_rss_mb']:,.0f} |"
+            f"| {s['val_ppl']:,.2f} | {100 * (s['val_ppl'] / fp32['val_ppl'] - 1):+.1f}% "
+            f"| {averaged_ppl} | {s['peak_rss_mb']:,.0f} |"
         )
+        one = " / ".join(f"{x:,.1f}" for x in s["val_ppl_per_seed"])
+        many = " / ".join(f"{x:,.1f}" for x in s["iterate_val_ppl_per_seed"])
+        per_seed.append(f"  {name}: after {steps} steps {one}" + (f"; averaged {many}" * bool(k)))
+    rows += ["", *per_seed]
     if r.get("levers"):
         rows += [
             "",
@@ -360,12 +400,13 @@ def main(argv: list[str]) -> None:
     if worker is not None:  # one measurement, in its own process
         data, steps, warmup = args["data"], _int(args, "steps", 0), _int(args, "warmup", 0)
         seed = _int(args, "seed", 0)
+        avg = _int(args, "avg_steps", 0), _int(args, "avg_batches", 0)
         if worker == "tutorial_loop":
-            result = work_tutorial(data, steps, warmup, seed)
+            result = work_tutorial(data, steps, warmup, seed, *avg)
         elif worker == "data":
             result = work_data(data)
         else:
-            result = work_lmx(worker, data, steps, warmup, seed, args.get("eval_speed") == "1")
+            result = work_lmx(worker, data, steps, warmup, seed, *avg)
         print(RESULT_TAG + json.dumps(result), flush=True)
         return
     data = args.pop("data.local_dir", None)
@@ -373,6 +414,7 @@ def main(argv: list[str]) -> None:
         fail(ConfigError(f"data.local_dir=PATH is required\n{USAGE}"))
     steps, warmup = _int(args, "steps", 1000), _int(args, "warmup", 5)
     lever_steps = _int(args, "lever_steps", 60)  # 0: skip the per-lever table
+    avg_steps, avg_batches = _int(args, "avg_steps", 8), _int(args, "avg_batches", 120)
     seeds_arg = args.pop("seeds", "0,1,2")
     try:
         seeds = [int(x) for x in seeds_arg.split(",")]
@@ -381,9 +423,15 @@ def main(argv: list[str]) -> None:
     out = Path(args.pop("out", "outputs/bench.json"))
     if args:
         fail(ConfigError(f"unknown arguments: {', '.join(args)}\n{USAGE}"))
-    if steps <= warmup:
-        fail(ConfigError(f"steps ({steps}) must be more than warmup ({warmup})"))
-    results = bench(str(Path(data).resolve()), steps, seeds, warmup, lever_steps)
+    if avg_steps < 0 or avg_batches < 1:
+        fail(ConfigError(f"avg_steps must be 0 or more and avg_batches 1 or more, got "
+                         f"{avg_steps} and {avg_batches}"))  # fmt: skip
+    if steps - max(avg_steps, 1) + 1 <= warmup or lever_steps and lever_steps <= warmup:
+        fail(ConfigError(f"steps ({steps}) - avg_steps ({avg_steps}) and lever_steps "
+                         f"({lever_steps}) must be more than warmup ({warmup})"))  # fmt: skip
+    results = bench(
+        str(Path(data).resolve()), steps, seeds, warmup, lever_steps, avg_steps, avg_batches
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(_table(results))

@@ -60,15 +60,16 @@ def get_batch(source: torch.Tensor, i: int, bptt: int):
     return source[i : i + seq_len], source[i + 1 : i + 1 + seq_len].reshape(-1)
 
 
-def train_steps(model, train_data, bptt, ntokens, steps, lr=5.0, warmup=5):
-    """The tutorial's train() for `steps` batches; returns (tokens, seconds) after `warmup`."""
+def train_steps(model, train_data, bptt, ntokens, steps, lr=5.0, warmup=5, first=0):
+    """The tutorial's train() for `steps` batches from batch `first`; returns (tokens,
+    seconds) of the steps after the first `warmup`."""
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     model.train()
     device = train_data.device
     src_mask = nn.Transformer.generate_square_subsequent_mask(bptt).to(device)
     tokens, seconds = 0, 0.0
-    for batch, i in enumerate(range(0, train_data.size(0) - 1, bptt)):
+    for batch, i in enumerate(range(first * bptt, train_data.size(0) - 1, bptt)):
         if batch == steps:
             break
         start = time.perf_counter()
@@ -88,17 +89,21 @@ def train_steps(model, train_data, bptt, ntokens, steps, lr=5.0, warmup=5):
     return tokens, seconds
 
 
-def evaluate(model, eval_data, bptt, ntokens) -> float:
-    """The tutorial's evaluate(): mean cross-entropy per token over the split."""
+def evaluate(model, eval_data, bptt, ntokens, limit=None) -> float:
+    """The tutorial's evaluate(): mean cross-entropy per token over the split (over its first
+    `limit` batches)."""
     model.eval()
     criterion = nn.CrossEntropyLoss()
     src_mask = nn.Transformer.generate_square_subsequent_mask(bptt).to(eval_data.device)
-    total_loss = 0.0
+    total_loss, count = 0.0, 0
     with torch.no_grad():
-        for i in range(0, eval_data.size(0) - 1, bptt):
+        for batch, i in enumerate(range(0, eval_data.size(0) - 1, bptt)):
+            if batch == limit:
+                break
             data, targets = get_batch(eval_data, i, bptt)
             seq_len = data.size(0)
             mask = src_mask if seq_len == bptt else src_mask[:seq_len, :seq_len]
             output = model(data, mask)
             total_loss += seq_len * criterion(output.view(-1, ntokens), targets).item()
-    return total_loss / (len(eval_data) - 1)
+            count += seq_len
+    return total_loss / count  # the tutorial's len(eval_data) - 1 for the whole split
