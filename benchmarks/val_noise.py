@@ -21,10 +21,8 @@ import json
 import math
 from pathlib import Path
 
-from lmx.batching import batchify
-from lmx.corpus import load_corpus
 from lmx.device import resolve_device
-from lmx.iterates import iterate_losses
+from lmx.iterates import iterate_losses, streams
 from lmx.pretrained import load_trained
 
 
@@ -32,17 +30,14 @@ def iterate_ppls(run_dir: Path, steps: int, batches: int, data: str) -> list[flo
     trained = load_trained(run_dir, [f"data.local_dir={data}"])
     cfg = trained.cfg
     device = resolve_device(cfg.device)
-    splits = load_corpus(cfg.data).splits
-    train = batchify(splits["train"], cfg.data.batch_size).to(device)
-    valid = batchify(splits["valid"], cfg.data.eval_batch_size).to(device)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if metrics["best_epoch"] != metrics["epochs"]:
         last, best = metrics["epochs"], metrics["best_epoch"]
         raise SystemExit(f"{run_dir}: best.pt is from epoch {best}, not the last ({last})")
     done = metrics["steps"]
     try:
-        losses = iterate_losses(trained.model.to(device), cfg, train, valid, device, done,
-                                steps, batches)  # fmt: skip
+        losses = iterate_losses(trained.model.to(device), cfg, *streams(cfg, device), device,
+                                done, steps, batches)  # fmt: skip
     except ValueError as err:
         raise SystemExit(f"{run_dir}: {err}") from None
     return [math.exp(x) for x in losses]

@@ -6,20 +6,13 @@ import pytest
 import torch
 
 from conftest import compose_cfg, tiny_overrides
-from lmx.batching import batchify
-from lmx.corpus import load_corpus
-from lmx.iterates import iterate_losses
+from lmx.iterates import iterate_losses, streams
 from lmx.pretrained import load_trained
 from lmx.train import train
 
 # No dropout: the extra steps then draw nothing random and must equal the trainer's steps.
+CPU = torch.device("cpu")
 ONE_EPOCH = ("model.dropout=0.0", "trainer.epochs=1", "trainer.limit_eval_batches=3")
-
-
-def _streams(cfg):
-    splits = load_corpus(cfg.data).splits
-    train_ids = batchify(splits["train"], cfg.data.batch_size)
-    return train_ids, batchify(splits["valid"], cfg.data.eval_batch_size)
 
 
 def test_iterates_end_where_a_longer_run_ends(corpus_dir, cache_dir, tmp_path):
@@ -29,9 +22,7 @@ def test_iterates_end_where_a_longer_run_ends(corpus_dir, cache_dir, tmp_path):
 
     short, longer = run(4, "short"), run(7, "longer")
     trained = load_trained(tmp_path / "short", [])
-    losses = iterate_losses(
-        trained.model, trained.cfg, *_streams(trained.cfg), torch.device("cpu"), 4, 4, 3
-    )
+    losses = iterate_losses(trained.model, trained.cfg, *streams(trained.cfg, CPU), CPU, 4, 4, 3)
     assert len(losses) == 4
     assert losses[0] == pytest.approx(short["best_val_loss"], rel=1e-6)  # the model as loaded
     assert losses[-1] == pytest.approx(longer["best_val_loss"], rel=1e-5)  # after steps 5-7
@@ -42,4 +33,4 @@ def test_iterates_refuse_an_optimizer_with_state(corpus_dir, cache_dir):
     cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, "optim=adamw"))
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="plain SGD"):
-        iterate_losses(model, cfg, *_streams(cfg), torch.device("cpu"), 0, 2, 1)
+        iterate_losses(model, cfg, *streams(cfg, CPU), CPU, 0, 2, 1)

@@ -130,10 +130,8 @@ def work_tutorial(
 def work_lmx(
     name: str, data_dir: str, steps: int, warmup: int, seed: int, avg_steps: int, avg_batches: int
 ) -> dict:
-    from lmx.batching import batchify
-    from lmx.corpus import load_corpus
     from lmx.device import resolve_device
-    from lmx.iterates import iterate_losses
+    from lmx.iterates import iterate_losses, streams
     from lmx.pretrained import load_trained
     from lmx.train import train
 
@@ -158,11 +156,9 @@ def work_lmx(
         model = load_trained(Path(tmp) / "run" / "checkpoints" / "best.pt", []).model
     device = resolve_device(cfg.device)
     model.to(device)
-    splits = load_corpus(cfg.data).splits
-    valid = batchify(splits["valid"], cfg.data.eval_batch_size).to(device)
+    train_ids, valid = streams(cfg, device)
     iterates = []
     if avg_steps:
-        train_ids = batchify(splits["train"], cfg.data.batch_size).to(device)
         iterates = iterate_losses(model, cfg, train_ids, valid, device, first, avg_steps,
                                   avg_batches)  # fmt: skip
     val_loss, eval_tokens_per_s = _lmx_eval(cfg, model, valid, device)

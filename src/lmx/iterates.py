@@ -15,10 +15,19 @@ import math
 import torch
 from omegaconf import DictConfig
 
-from lmx.batching import batch_starts, get_batch
+from lmx.batching import batch_starts, batchify, get_batch
+from lmx.corpus import load_corpus
 from lmx.device import autocast
 from lmx.optim import build_optimizer
 from lmx.trainer import clip_grad_norm, evaluate
+
+
+def streams(cfg: DictConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's train [batch_size, L] and valid [eval_batch_size, L] token rows on `device`."""
+    splits, d = load_corpus(cfg.data).splits, cfg.data
+    train = batchify(splits["train"], d.batch_size, "train", d.bptt)
+    valid = batchify(splits["valid"], d.eval_batch_size, "valid", d.bptt)
+    return train.to(device), valid.to(device)
 
 
 def iterate_losses(
@@ -34,8 +43,8 @@ def iterate_losses(
     """Validation losses of `count` consecutive models: `model` (trained for `done` steps of
     the run `cfg` describes), then the model after each of `count - 1` more steps.
 
-    The extra steps take the run's next batches (`train` [B, L] on `device`, wrapping around
-    after whole epochs), its precision and gradient clip, and a fresh optimizer at the
+    The extra steps take the run's next batches (`train`, as `streams` gives it, wrapping
+    around after whole epochs), its precision and gradient clip, and a fresh optimizer at the
     configured lr, so plain SGD only: a stateful optimizer would need its saved state. Each
     model is scored on the first `batches` bptt windows of `valid`.
     """
@@ -55,7 +64,8 @@ def iterate_losses(
             loss = model(data, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip_grad_norm(model.parameters(), cfg.trainer.grad_clip or math.inf)
+        clip = cfg.trainer.grad_clip
+        clip_grad_norm(model.parameters(), clip if clip is not None else math.inf)  # as trainer
         optimizer.step()
         losses.append(evaluate(model, valid, bptt, device, **score))
     return losses
