@@ -1,17 +1,25 @@
-"""How much does validation perplexity move from one training step to the next?
+"""How much does validation perplexity move from one training step to the next, and do two
+settings differ by more than that?
 
-    python benchmarks/val_noise.py RUN_DIR [RUN_DIR ...] [--steps 8] [--batches 120]
-                                   [--data ../shared/data/wikitext-2]
+    python benchmarks/val_noise.py RUN_DIR [RUN_DIR ...] [--vs RUN_DIR ...] [--steps 8]
+                                   [--batches 120] [--data ../shared/data/wikitext-2] [--fresh]
 
 For each run (a finished `lmx.train` run dir), loads its best checkpoint and scores `--steps`
 consecutive models on the first `--batches` validation batches: the checkpoint's, then the
 model after each further step, trained with the run's own model, batches (from the one after
-the last it trained on), optimizer (at its configured lr), gradient clip and precision
-(lmx.iterates). The best checkpoint must be the last one, as in a run whose last epoch was
-its best. The spread of those numbers is the noise in any "validation ppl after N steps"
-figure taken from a single step: at the tutorial's SGD lr 5.0, each step moves the model far.
-The mean over the iterates (and over several runs) is the steadier figure to compare two
-settings by. Plain SGD only, as in the tutorial: a stateful optimizer would need its state.
+the last it trained on), optimizer (at its configured lr, not a scheduler's), gradient clip
+and precision (lmx.iterates). The best checkpoint must be the last one, as in a run whose
+last epoch was its best. The spread of those numbers is the noise in any "validation ppl
+after N steps" figure taken from a single step: at the tutorial's SGD lr 5.0, each step moves
+the model far. The mean over the iterates (and over several runs) is the steadier figure to
+compare two settings by. Plain SGD only, as in the tutorial: a stateful optimizer would need
+its state.
+
+Each run's losses are written to RUN_DIR/val_iterates.json and read back by a later call with
+the same --steps and --batches (--fresh recomputes), so adding seeds to a comparison costs
+only the new runs. With --vs, the runs after it are the second setting: the script prints
+how far its mean validation ppl lies from the first's, with the standard error from the
+spread of the runs' means (lmx.iterates.compare_settings).
 """
 
 from __future__ import annotations
@@ -22,43 +30,77 @@ import math
 from pathlib import Path
 
 from lmx.device import resolve_device
-from lmx.iterates import iterate_losses, streams
+from lmx.errors import LmxError
+from lmx.iterates import compare_settings, iterate_losses, streams
 from lmx.pretrained import load_trained
 
+RECORD = "val_iterates.json"
 
-def iterate_ppls(run_dir: Path, steps: int, batches: int, data: str) -> list[float]:
-    trained = load_trained(run_dir, [f"data.local_dir={data}"])
-    cfg = trained.cfg
-    device = resolve_device(cfg.device)
+
+def iterate_val_losses(run_dir: Path, steps: int, batches: int, data: str, fresh: bool):
+    """(validation losses of `steps` consecutive models of the run, whether they were recorded)."""
+    record = run_dir / RECORD
+    if record.exists() and not fresh:
+        saved = json.loads(record.read_text())
+        if (saved["steps"], saved["batches"]) == (steps, batches):
+            return saved["val_losses"], True
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if metrics["best_epoch"] != metrics["epochs"]:
         last, best = metrics["epochs"], metrics["best_epoch"]
         raise SystemExit(f"{run_dir}: best.pt is from epoch {best}, not the last ({last})")
     done = metrics["steps"]
     try:
+        trained = load_trained(run_dir, [f"data.local_dir={data}"])
+        cfg = trained.cfg
+        device = resolve_device(cfg.device)
         losses = iterate_losses(trained.model.to(device), cfg, *streams(cfg, device), device,
                                 done, steps, batches)  # fmt: skip
-    except ValueError as err:
+    except (LmxError, ValueError) as err:  # no data, a stateful optimizer: say so, no traceback
         raise SystemExit(f"{run_dir}: {err}") from None
-    return [math.exp(x) for x in losses]
+    record.write_text(json.dumps({"steps": steps, "batches": batches, "after_step": done,
+                                  "val_losses": losses}, indent=1))  # fmt: skip
+    return losses, False
+
+
+def report_setting(runs: list[Path], args: argparse.Namespace) -> list[list[float]]:
+    """Prints each run's iterate ppls and the setting's mean; returns the runs' losses."""
+    every = []
+    for run in runs:
+        losses, recorded = iterate_val_losses(run, args.steps, args.batches, args.data,
+                                              args.fresh)  # fmt: skip
+        ppls = [math.exp(x) for x in losses]
+        spread = 100 * (max(ppls) / min(ppls) - 1)
+        mean = math.exp(sum(losses) / len(losses))
+        shown = " ".join(f"{p:.1f}" for p in ppls[:8]) + (" ..." if len(ppls) > 8 else "")
+        print(f"{run}: {shown} | max/min {spread:+.1f}% | exp(mean loss) {mean:.2f}"
+              f"{' (recorded)' if recorded else ''}", flush=True)  # fmt: skip
+        every.append(losses)
+    flat = [x for losses in every for x in losses]
+    print(f"all {len(flat)} iterates: exp(mean loss) {math.exp(sum(flat) / len(flat)):.2f}")
+    return every
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--vs", nargs="+", type=Path, default=[],
+                        help="run dirs of a second setting, compared with the first")  # fmt: skip
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batches", type=int, default=120)
     parser.add_argument("--data", default="../shared/data/wikitext-2")
+    parser.add_argument("--fresh", action="store_true", help="recompute recorded runs")
     args = parser.parse_args()
-    losses = []
-    for run in args.runs:
-        ppls = iterate_ppls(run, args.steps, args.batches, args.data)
-        losses += [math.log(p) for p in ppls]
-        spread = 100 * (max(ppls) / min(ppls) - 1)
-        mean = math.exp(sum(math.log(p) for p in ppls) / len(ppls))
-        print(f"{run}: {' '.join(f'{p:.1f}' for p in ppls)} | max/min {spread:+.1f}% | "
-              f"exp(mean loss) {mean:.2f}")  # fmt: skip
-    print(f"all {len(losses)} iterates: exp(mean loss) {math.exp(sum(losses) / len(losses)):.2f}")
+    first = report_setting(args.runs, args)
+    if not args.vs:
+        return
+    second = report_setting(args.vs, args)
+    try:
+        c = compare_settings(first, second)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    print(f"--vs runs vs the first: {c['ppl_b']:.2f} vs {c['ppl_a']:.2f} (mean of run means), "
+          f"{c['b_vs_a_pct']:+.2f}%, standard error {c['se_pct']:.2f}% "
+          f"({c['runs'][0]} and {c['runs'][1]} runs)")  # fmt: skip
 
 
 if __name__ == "__main__":

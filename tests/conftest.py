@@ -80,10 +80,15 @@ def tiny_overrides(corpus: Path, cache: Path, *extra: str) -> list[str]:
 
 def run_module(module: str, *args: str, cwd: Path | None = None, timeout: int = 300):
     """`python -m MODULE ARGS` in a subprocess, as a user would run it."""
+    return run_python("-m", module, *args, cwd=cwd, timeout=timeout)
+
+
+def run_python(*args: str, cwd: Path | None = None, timeout: int = 300):
+    """`python ARGS` (a script or -m MODULE) in a subprocess, from the repo root by default."""
     env = {k: v for k, v in os.environ.items() if k not in ("LMX_DEBUG", "HYDRA_FULL_ERROR")}
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, *args],
         cwd=cwd or REPO,
         env=env,
         capture_output=True,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
+import statistics
+from pathlib import Path
+
 import pytest
 import torch
 
-from conftest import compose_cfg, tiny_overrides
-from lmx.iterates import iterate_losses, streams
+from conftest import compose_cfg, run_python, tiny_overrides
+from lmx.iterates import compare_settings, iterate_losses, streams
 from lmx.pretrained import load_trained
 from lmx.train import train
 
@@ -34,3 +39,47 @@ def test_iterates_refuse_an_optimizer_with_state(corpus_dir, cache_dir):
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="plain SGD"):
         iterate_losses(model, cfg, *streams(cfg, CPU), CPU, 0, 2, 1)
+
+
+def test_compare_settings_weighs_each_run_by_its_mean():
+    # run means: a 1.0 and 1.2, b 1.1 and 1.5 -> b - a = 0.2 in log space; each setting's
+    # squared standard error is the variance of its run means over 2: 0.01 and 0.04
+    a = [[0.9, 1.1], [1.2, 1.2]]
+    b = [[1.1], [1.4, 1.6]]
+    c = compare_settings(a, b)
+    assert c["ppl_a"] == pytest.approx(math.exp(1.1))
+    assert c["ppl_b"] == pytest.approx(math.exp(1.3))
+    assert c["b_vs_a_pct"] == pytest.approx(100 * math.expm1(0.2))
+    assert c["se_pct"] == pytest.approx(100 * math.sqrt(0.05))
+    with pytest.raises(ValueError, match="at least two runs"):
+        compare_settings(a, b[:1])
+
+
+def test_val_noise_records_each_run_and_compares_two_settings(corpus_dir, cache_dir, tmp_path):
+    runs = []
+    for seed in range(3):
+        extra = (*ONE_EPOCH, "trainer.limit_train_batches=4", f"trainer.seed={seed}")
+        cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra))
+        train(cfg, tmp_path / f"s{seed}")
+        runs.append(str(tmp_path / f"s{seed}"))
+    script = ["benchmarks/val_noise.py", "--steps", "3", "--batches", "2"]
+    script += ["--data", str(corpus_dir)]
+    first = run_python(*script, runs[0], runs[1])
+    assert first.returncode == 0, first.stderr
+    assert "(recorded)" not in first.stdout and "--vs" not in first.stdout
+    losses = [json.loads((Path(r) / "val_iterates.json").read_text())["val_losses"]
+              for r in runs[:2]]  # fmt: skip
+    assert [len(x) for x in losses] == [3, 3]
+    # runs 0 and 1 read back from their records, run 2 computed; settings {0, 1} vs {1, 2}
+    both = run_python(*script, runs[0], runs[1], "--vs", runs[1], runs[2])
+    assert both.returncode == 0, both.stderr
+    assert both.stdout.count("(recorded)") == 3
+    losses.append(json.loads((Path(runs[2]) / "val_iterates.json").read_text())["val_losses"])
+    mean = [statistics.fmean(x) for x in losses]
+    expected = 100 * math.expm1((mean[1] + mean[2]) / 2 - (mean[0] + mean[1]) / 2)
+    assert f"{expected:+.2f}%, standard error" in both.stdout
+    one_each = run_python(*script, runs[0], "--vs", runs[2])
+    assert one_each.returncode != 0 and "at least two runs" in one_each.stderr
+    no_data = run_python(*script[:-1], "/no/such/folder", runs[2], "--fresh")
+    assert no_data.returncode != 0 and "Traceback" not in no_data.stderr
+    assert "no such folder" in no_data.stderr
