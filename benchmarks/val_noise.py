@@ -7,13 +7,13 @@ settings differ by more than that?
 For each run (a finished `lmx.train` run dir), loads its best checkpoint and scores `--steps`
 consecutive models on the first `--batches` validation batches: the checkpoint's, then the
 model after each further step, trained with the run's own model, batches (from the one after
-the last it trained on), optimizer (at its configured lr, not a scheduler's), gradient clip
-and precision (lmx.iterates). The best checkpoint must be the last one, as in a run whose
-last epoch was its best. The spread of those numbers is the noise in any "validation ppl
-after N steps" figure taken from a single step: at the tutorial's SGD lr 5.0, each step moves
-the model far. The mean over the iterates (and over several runs) is the steadier figure to
-compare two settings by. Plain SGD only, as in the tutorial: a stateful optimizer would need
-its state.
+the last it trained on), optimizer (at the lr it had when the checkpoint was saved, after
+any scheduler decay), gradient clip and precision (lmx.iterates). The best checkpoint must
+be the last one, as in a run whose last epoch was its best. The spread of those numbers is
+the noise in any "validation ppl after N steps" figure taken from a single step: at the
+tutorial's SGD lr 5.0, each step moves the model far. The mean over the iterates (and over
+several runs) is the steadier figure to compare two settings by. Plain SGD only, as in the
+tutorial: a stateful optimizer would need its state.
 
 Each run's losses are written to RUN_DIR/val_iterates.json and read back by a later call with
 the same --steps and --batches (--fresh recomputes), so adding seeds to a comparison costs
@@ -53,12 +53,13 @@ def iterate_val_losses(run_dir: Path, steps: int, batches: int, data: str, fresh
         trained = load_trained(run_dir, [f"data.local_dir={data}"])
         cfg = trained.cfg
         device = resolve_device(cfg.device)
+        lr = trained.checkpoint["optimizer"]["param_groups"][0]["lr"]  # the run's next lr
         losses = iterate_losses(trained.model.to(device), cfg, *streams(cfg, device), device,
-                                done, steps, batches)  # fmt: skip
+                                done, steps, batches, lr)  # fmt: skip
     except (LmxError, ValueError) as err:  # no data, a stateful optimizer: say so, no traceback
         raise SystemExit(f"{run_dir}: {err}") from None
     record.write_text(json.dumps({"steps": steps, "batches": batches, "after_step": done,
-                                  "val_losses": losses}, indent=1))  # fmt: skip
+                                  "lr": lr, "val_losses": losses}, indent=1))  # fmt: skip
     return losses, False
 
 

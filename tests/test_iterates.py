@@ -33,6 +33,14 @@ def test_iterates_end_where_a_longer_run_ends(corpus_dir, cache_dir, tmp_path):
     assert losses[-1] == pytest.approx(longer["best_val_loss"], rel=1e-5)  # after steps 5-7
     assert len(set(losses)) == 4  # every step moved the model
 
+    # the lr argument stands in for the configured one (val_noise passes a decayed lr)
+    half = compose_cfg(tiny_overrides(corpus_dir, cache_dir, *ONE_EPOCH, "optim.lr=0.5"))
+    at_half = []
+    for cfg, lr in ((half, None), (trained.cfg, 0.5)):
+        model = load_trained(tmp_path / "short", []).model  # a fresh copy for each probe
+        at_half.append(iterate_losses(model, cfg, *streams(cfg, CPU), CPU, 4, 3, 3, lr))
+    assert at_half[0] == at_half[1] and at_half[0][1:] != losses[1:3]
+
 
 def test_iterates_refuse_an_optimizer_with_state(corpus_dir, cache_dir):
     cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, "optim=adamw"))
@@ -67,9 +75,10 @@ def test_val_noise_records_each_run_and_compares_two_settings(corpus_dir, cache_
     first = run_python(*script, runs[0], runs[1])
     assert first.returncode == 0, first.stderr
     assert "(recorded)" not in first.stdout and "--vs" not in first.stdout
-    losses = [json.loads((Path(r) / "val_iterates.json").read_text())["val_losses"]
-              for r in runs[:2]]  # fmt: skip
-    assert [len(x) for x in losses] == [3, 3]
+    records = [json.loads((Path(r) / "val_iterates.json").read_text()) for r in runs[:2]]
+    assert [len(r["val_losses"]) for r in records] == [3, 3]
+    assert records[0]["lr"] == pytest.approx(0.95)  # optim.lr 1.0 after StepLR's epoch decay
+    losses = [r["val_losses"] for r in records]
     # runs 0 and 1 read back from their records, run 2 computed; settings {0, 1} vs {1, 2}
     both = run_python(*script, runs[0], runs[1], "--vs", runs[1], runs[2])
     assert both.returncode == 0, both.stderr

@@ -40,19 +40,24 @@ def iterate_losses(
     done: int,
     count: int,
     batches: int,
+    lr: float | None = None,
 ) -> list[float]:
     """Validation losses of `count` consecutive models: `model` (trained for `done` steps of
     the run `cfg` describes), then the model after each of `count - 1` more steps.
 
     The extra steps take the run's next batches (`train`, as `streams` gives it, wrapping
-    around after whole epochs), its precision and gradient clip, and a fresh optimizer at the
-    configured lr, so plain SGD only: a stateful optimizer would need its saved state. Each
-    model is scored on the first `batches` bptt windows of `valid`.
+    around after whole epochs), its precision and gradient clip, and a fresh optimizer at `lr`
+    (the run's lr where it stopped, e.g. after a scheduler's decay; default: the configured
+    lr), held for the few steps. So plain SGD only: a stateful optimizer would need its saved
+    state. Each model is scored on the first `batches` bptt windows of `valid`.
     """
     if not cfg.optim._target_.endswith(".SGD") or cfg.optim.get("momentum", 0):
         raise ValueError("iterate_losses continues plain SGD runs only (no optimizer state)")
     bptt, precision = cfg.data.bptt, cfg.device.precision
     optimizer = build_optimizer(cfg.optim, model.parameters())
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     torch.manual_seed(cfg.trainer.seed + done)  # the extra steps' dropout masks
     starts = batch_starts(train, bptt)
     score = dict(precision=precision, limit=batches,
