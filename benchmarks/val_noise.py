@@ -17,9 +17,11 @@ tutorial: a stateful optimizer would need its state.
 
 Each run's losses are written to RUN_DIR/val_iterates.json and read back by a later call with
 the same --steps and --batches (--fresh recomputes), so adding seeds to a comparison costs
-only the new runs. With --vs, the runs after it are the second setting: the script prints
-how far its mean validation ppl lies from the first's, with the standard error from the
-spread of the runs' means (lmx.iterates.compare_settings).
+only the new runs. With --vs, the runs after it are the second setting: the script prints a
+table of how far it lies from the first by the iterates' validation ppl and by each loss the
+runs' metrics.json records (train ppl of each epoch, valid ppl after each epoch, test ppl),
+each with the standard error from the spread of the runs' figures
+(lmx.iterates.compare_settings).
 """
 
 from __future__ import annotations
@@ -63,6 +65,18 @@ def iterate_val_losses(run_dir: Path, steps: int, batches: int, data: str, fresh
     return losses, False
 
 
+def recorded_losses(run_dir: Path) -> dict[str, float]:
+    """The losses the run's metrics.json holds, each named by what it measures."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = metrics.get("history", [])
+    losses = {f"train ppl, mean over epoch {h['epoch']}": h["train_loss"] for h in history}
+    for h in history:
+        losses[f"valid ppl after epoch {h['epoch']} (one model)"] = h["val_loss"]
+    if metrics.get("test_loss") is not None:
+        losses["test ppl (the best model)"] = metrics["test_loss"]
+    return losses
+
+
 def report_setting(runs: list[Path], args: argparse.Namespace) -> list[list[float]]:
     """Prints each run's iterate ppls and the setting's mean; returns the runs' losses."""
     every = []
@@ -95,13 +109,25 @@ def main() -> None:
     if not args.vs:
         return
     second = report_setting(args.vs, args)
-    try:
-        c = compare_settings(first, second)
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
-    print(f"--vs runs vs the first: {c['ppl_b']:.2f} vs {c['ppl_a']:.2f} (mean of run means), "
-          f"{c['b_vs_a_pct']:+.2f}%, standard error {c['se_pct']:.2f}% "
-          f"({c['runs'][0]} and {c['runs'][1]} runs)")  # fmt: skip
+    iterates = f"valid ppl, {args.steps} consecutive models, first {args.batches} batches"
+    rows = {iterates: (first, second)}
+    recorded = [[recorded_losses(run) for run in runs] for runs in (args.runs, args.vs)]
+    for key in recorded[0][0]:
+        if all(key in run for runs in recorded for run in runs):
+            rows[key] = tuple([[run[key]] for run in runs] for runs in recorded)
+    print(f"\n| measure | first ({len(first)} runs) | --vs ({len(second)} runs) | difference "
+          f"| standard error |\n| --- | ---: | ---: | ---: | ---: |")  # fmt: skip
+    for name, (a, b) in rows.items():
+        try:
+            c = compare_settings(a, b)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+        print(f"| {name} | {c['ppl_a']:.2f} | {c['ppl_b']:.2f} | {c['b_vs_a_pct']:+.2f}% "
+              f"| {c['se_pct']:.2f}% |")  # fmt: skip
+    print(
+        "ppl: exp of the mean over runs of each run's mean loss. Standard error: from the "
+        "spread of the runs' means, in log space (~% of ppl)."
+    )
 
 
 if __name__ == "__main__":

@@ -84,9 +84,19 @@ def test_val_noise_records_each_run_and_compares_two_settings(corpus_dir, cache_
     assert both.returncode == 0, both.stderr
     assert both.stdout.count("(recorded)") == 3
     losses.append(json.loads((Path(runs[2]) / "val_iterates.json").read_text())["val_losses"])
-    mean = [statistics.fmean(x) for x in losses]
-    expected = 100 * math.expm1((mean[1] + mean[2]) / 2 - (mean[0] + mean[1]) / 2)
-    assert f"{expected:+.2f}%, standard error" in both.stdout
+    train_losses = [
+        json.loads((Path(r) / "metrics.json").read_text())["history"][0]["train_loss"] for r in runs
+    ]
+    # each table row: setting {0, 1}'s ppl, setting {1, 2}'s, and the difference of the means
+    for name, per_run in (
+        ("valid ppl, 3 consecutive models, first 2 batches", [statistics.fmean(x) for x in losses]),
+        ("train ppl, mean over epoch 1", train_losses),
+    ):
+        a, b = (per_run[0] + per_run[1]) / 2, (per_run[1] + per_run[2]) / 2
+        row = (
+            f"| {name} | {math.exp(a):.2f} | {math.exp(b):.2f} | {100 * math.expm1(b - a):+.2f}% |"
+        )
+        assert row in both.stdout, both.stdout
     one_each = run_python(*script, runs[0], "--vs", runs[2])
     assert one_each.returncode != 0 and "at least two runs" in one_each.stderr
     no_data = run_python(*script[:-1], "/no/such/folder", runs[2], "--fresh")
