@@ -21,7 +21,7 @@ only the new runs. With --vs, the runs after it are the second setting: the scri
 table of how far it lies from the first by the iterates' validation ppl and by each loss the
 runs' metrics.json records (train ppl of each epoch, valid ppl after each epoch, test ppl),
 each with the standard error from the spread of the runs' figures
-(lmx.iterates.compare_settings).
+(lmx.stats.compare_settings).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from pathlib import Path
 
 from lmx.device import resolve_device
 from lmx.errors import LmxError
-from lmx.iterates import compare_settings, iterate_losses, streams
+from lmx.iterates import iterate_losses, streams
 from lmx.pretrained import load_trained
+from lmx.stats import compare_settings
 
 RECORD = "val_iterates.json"
 

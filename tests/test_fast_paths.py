@@ -112,6 +112,11 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
     assert figures["data"]["cold_s"] > figures["data"]["cached_s"] > 0
     assert all(v > 0 for v in figures["startup"].values())
     assert "| tutorial_loop |" in proc.stdout and "1.00x" in proc.stdout
+    assert proc.stdout.count("% ± ") == 2  # tutorial loop and seed_fast vs lmx fp32, 2 seeds
+    shown = run_module("lmx.bench", f"show={out}")  # the saved result's table, again
+    assert shown.returncode == 0 and shown.stdout.strip() in proc.stdout
+    bad = run_module("lmx.bench", f"show={tmp_path}/missing.json")
+    assert bad.returncode != 0 and "not a bench result" in bad.stderr
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from conftest import compose_cfg, run_python, tiny_overrides
-from lmx.iterates import compare_settings, iterate_losses, streams
+from lmx.iterates import iterate_losses, streams
 from lmx.pretrained import load_trained
+from lmx.stats import compare_settings
 from lmx.train import train
 
 # No dropout: the extra steps then draw nothing random and must equal the trainer's steps.

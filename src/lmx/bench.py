@@ -2,6 +2,7 @@
 
     python -m lmx.bench data.local_dir=../shared/data/wikitext-2 [steps=1000] [seeds=0,1,2]
                         [avg_steps=8] [avg_batches=120] [lever_steps=60] [warmup=5] [out=PATH]
+    python -m lmx.bench show=outputs/bench.json   # the table of a saved result, again
 
 Measures, each setting and seed in a fresh process (so peak memory is its own):
   (a) for the tutorial's loop (lmx.tutorial_reference), lmx fp32 (experiment=seed_tutorial)
@@ -13,6 +14,8 @@ Measures, each setting and seed in a fresh process (so peak memory is its own):
       the whole split scored by the model after `steps` steps, the models after each of the
       last `avg_steps` steps are scored on the first `avg_batches` validation batches
       (lmx.iterates). Each figure is exp(mean validation loss) over the seeds (and models);
+      the averaged figure's difference from lmx fp32 comes with its standard error (from
+      the spread of the seeds' means, lmx.stats) when there are two seeds or more;
   (b) data preparation: cold (empty cache) and cached;
   (c) startup: `--help`, `--cfg job`, a config error, and the command to the first step;
   (d) peak memory (max RSS; on CUDA also the allocator's peak);
@@ -36,6 +39,7 @@ from pathlib import Path
 
 from lmx.cli import fail, parse_args, run
 from lmx.errors import ConfigError
+from lmx.stats import compare_settings
 
 USAGE = __doc__.split("\n\n")[1].strip()
 SETTINGS = {  # name -> lmx overrides (None: the tutorial's own loop)
@@ -335,8 +339,8 @@ def _table(r: dict) -> str:
     rows = [
         "| setting | train tokens/s | vs tutorial | eval tokens/s | GFLOP/s (train) "
         f"| valid ppl, model after {steps} steps | vs lmx fp32 "
-        f"| valid ppl, models after {averaged}, first {r['avg_batches']} batches | vs lmx fp32 "
-        "| peak RSS MB |",
+        f"| valid ppl, models after {averaged}, first {r['avg_batches']} batches "
+        "| vs lmx fp32 (± standard error) | peak RSS MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     seeds = " / ".join(str(x) for x in r["seeds"])
@@ -346,6 +350,9 @@ def _table(r: dict) -> str:
         if k:
             ratio = s["iterate_val_ppl"] / fp32["iterate_val_ppl"]
             averaged_ppl = f"{s['iterate_val_ppl']:,.2f} | {100 * (ratio - 1):+.1f}%"
+            if len(r["seeds"]) > 1 and name != "lmx_fp32":
+                c = compare_settings(fp32["iterate_val_losses"], s["iterate_val_losses"])
+                averaged_ppl += f" ± {c['se_pct']:.1f}%"
         else:
             averaged_ppl = "- | -"
         rows.append(
@@ -404,6 +411,13 @@ def main(argv: list[str]) -> None:
         else:
             result = work_lmx(worker, data, steps, warmup, seed, *avg)
         print(RESULT_TAG + json.dumps(result), flush=True)
+        return
+    saved = args.pop("show", None)
+    if saved is not None:  # re-print a saved result's table
+        try:
+            print(_table(json.loads(Path(saved).read_text())))
+        except (OSError, ValueError, KeyError) as err:
+            fail(ConfigError(f"show={saved}: not a bench result ({type(err).__name__}: {err})"))
         return
     data = args.pop("data.local_dir", None)
     if data is None:
