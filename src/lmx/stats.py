@@ -16,9 +16,8 @@ def compare_settings(a: list[list[float]], b: list[list[float]]) -> dict:
     models, lmx.iterates). Each run counts once, by its mean loss; the standard error of a
     setting's mean comes from how far its runs' means spread, which takes in both the
     step-to-step swing left after averaging and the seed-to-seed difference. Needs two runs
-    a setting. Returns the ppl of
-    each (exp of the mean of run means), b vs a in % and its standard error in % (in log
-    space, so for small differences it reads as the % of ppl).
+    a setting. Returns the ppl of each (exp of the mean of run means), b vs a in % and its
+    standard error in % (in log space, so for small differences it reads as the % of ppl).
     """
     if len(a) < 2 or len(b) < 2:
         raise ValueError("comparing two settings needs at least two runs of each")
