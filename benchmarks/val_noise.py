@@ -4,14 +4,14 @@ settings differ by more than that?
     python benchmarks/val_noise.py RUN_DIR [RUN_DIR ...] [--vs RUN_DIR ...] [--steps 8]
                                    [--batches 120] [--data ../shared/data/wikitext-2] [--fresh]
 
-For each run (a finished `lmx.train` run dir), loads its best checkpoint and scores `--steps`
-consecutive models on the first `--batches` validation batches: the checkpoint's, then the
-model after each further step, trained with the run's own model, batches (from the one after
-the last it trained on), optimizer (at the lr it had when the checkpoint was saved, after
-any scheduler decay), gradient clip and precision (lmx.iterates). The best checkpoint must
-be the last one, as in a run whose last epoch was its best. The spread of those numbers is
-the noise in any "validation ppl after N steps" figure taken from a single step: at the
-tutorial's SGD lr 5.0, each step moves the model far. The mean over the iterates (and over
+For each run (a finished `lmx.train` run dir), loads its last checkpoint (the model after
+all its steps, whichever epoch was best) and scores `--steps` consecutive models on the
+first `--batches` validation batches: the checkpoint's, then the model after each further
+step, trained with the run's own model, batches (from the one after the last it trained
+on), optimizer (at the lr it had when the checkpoint was saved, after any scheduler decay),
+gradient clip and precision (lmx.iterates). The spread of those numbers is the noise in any
+"validation ppl after N steps" figure taken from a single step: at the tutorial's SGD lr
+5.0, each step moves the model far. The mean over the iterates (and over
 several runs) is the steadier figure to compare two settings by. Plain SGD only, as in the
 tutorial: a stateful optimizer would need its state.
 
@@ -47,13 +47,13 @@ def iterate_val_losses(run_dir: Path, steps: int, batches: int, data: str, fresh
         saved = json.loads(record.read_text())
         if (saved["steps"], saved["batches"]) == (steps, batches):
             return saved["val_losses"], True
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    if metrics["best_epoch"] != metrics["epochs"]:
-        last, best = metrics["epochs"], metrics["best_epoch"]
-        raise SystemExit(f"{run_dir}: best.pt is from epoch {best}, not the last ({last})")
-    done = metrics["steps"]
+    done = json.loads((run_dir / "metrics.json").read_text())["steps"]
     try:
-        trained = load_trained(run_dir, [f"data.local_dir={data}"])
+        # last.pt: the model after equal steps in every run; best.pt may be an earlier epoch's
+        trained = load_trained(run_dir / "checkpoints" / "last.pt", [f"data.local_dir={data}"])
+        if trained.checkpoint["step"] != done:
+            raise SystemExit(f"{run_dir}: last.pt is from step {trained.checkpoint['step']}, "
+                             f"not the run's last ({done})")  # fmt: skip
         cfg = trained.cfg
         device = resolve_device(cfg.device)
         lr = trained.checkpoint["optimizer"]["param_groups"][0]["lr"]  # the run's next lr

@@ -71,6 +71,8 @@ def test_val_noise_records_each_run_and_compares_two_settings(corpus_dir, cache_
         cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra))
         train(cfg, tmp_path / f"s{seed}")
         runs.append(str(tmp_path / f"s{seed}"))
+    # the probe starts from last.pt (the model after all the run's steps), never best.pt
+    (Path(runs[0]) / "checkpoints" / "best.pt").write_bytes(b"not read")
     script = ["benchmarks/val_noise.py", "--steps", "3", "--batches", "2"]
     script += ["--data", str(corpus_dir)]
     first = run_python(*script, runs[0], runs[1])
