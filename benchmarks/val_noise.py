@@ -11,9 +11,9 @@ step, trained with the run's own model, batches (from the one after the last it 
 on), optimizer (at the lr it had when the checkpoint was saved, after any scheduler decay),
 gradient clip and precision (lmx.iterates). The spread of those numbers is the noise in any
 "validation ppl after N steps" figure taken from a single step: at the tutorial's SGD lr
-5.0, each step moves the model far. The mean over the iterates (and over
-several runs) is the steadier figure to compare two settings by. Plain SGD only, as in the
-tutorial: a stateful optimizer would need its state.
+5.0, each step moves the model far. The mean over the iterates (and over several runs) is the
+steadier figure to compare two settings by. Plain SGD only, as in the tutorial: a stateful
+optimizer would need its state.
 
 Each run's losses are written to RUN_DIR/val_iterates.json and read back by a later call with
 the same --steps and --batches (--fresh recomputes), so adding seeds to a comparison costs
@@ -40,14 +40,13 @@ from lmx.stats import compare_settings
 RECORD = "val_iterates.json"
 
 
-def iterate_val_losses(run_dir: Path, steps: int, batches: int, data: str, fresh: bool):
+def iterate_val_losses(run_dir: Path, done: int, steps: int, batches: int, data: str, fresh: bool):
     """(validation losses of `steps` consecutive models of the run, whether they were recorded)."""
     record = run_dir / RECORD
     if record.exists() and not fresh:
         saved = json.loads(record.read_text())
         if (saved["steps"], saved["batches"]) == (steps, batches):
             return saved["val_losses"], True
-    done = json.loads((run_dir / "metrics.json").read_text())["steps"]
     try:
         # last.pt: the model after equal steps in every run; best.pt may be an earlier epoch's
         trained = load_trained(run_dir / "checkpoints" / "last.pt", [f"data.local_dir={data}"])
@@ -66,9 +65,8 @@ def iterate_val_losses(run_dir: Path, steps: int, batches: int, data: str, fresh
     return losses, False
 
 
-def recorded_losses(run_dir: Path) -> dict[str, float]:
-    """The losses the run's metrics.json holds, each named by what it measures."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+def recorded_losses(metrics: dict) -> dict[str, float]:
+    """The losses a run's metrics.json holds, each named by what it measures."""
     history = metrics.get("history", [])
     losses = {f"train ppl, mean over epoch {h['epoch']}": h["train_loss"] for h in history}
     for h in history:
@@ -78,12 +76,15 @@ def recorded_losses(run_dir: Path) -> dict[str, float]:
     return losses
 
 
-def report_setting(runs: list[Path], args: argparse.Namespace) -> list[list[float]]:
-    """Prints each run's iterate ppls and the setting's mean; returns the runs' losses."""
-    every = []
+def report_setting(runs: list[Path], args: argparse.Namespace):
+    """Prints each run's iterate ppls and the setting's mean. Returns the runs' iterate
+    losses and, per run, the losses its metrics.json records (recorded_losses)."""
+    every, recorded_per_run = [], []
     for run in runs:
-        losses, recorded = iterate_val_losses(run, args.steps, args.batches, args.data,
-                                              args.fresh)  # fmt: skip
+        metrics = json.loads((run / "metrics.json").read_text())
+        recorded_per_run.append(recorded_losses(metrics))
+        losses, recorded = iterate_val_losses(run, metrics["steps"], args.steps, args.batches,
+                                              args.data, args.fresh)  # fmt: skip
         ppls = [math.exp(x) for x in losses]
         spread = 100 * (max(ppls) / min(ppls) - 1)
         mean = math.exp(sum(losses) / len(losses))
@@ -93,7 +94,7 @@ def report_setting(runs: list[Path], args: argparse.Namespace) -> list[list[floa
         every.append(losses)
     flat = [x for losses in every for x in losses]
     print(f"all {len(flat)} iterates: exp(mean loss) {math.exp(sum(flat) / len(flat)):.2f}")
-    return every
+    return every, recorded_per_run
 
 
 def main() -> None:
@@ -106,13 +107,13 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/wikitext-2")
     parser.add_argument("--fresh", action="store_true", help="recompute recorded runs")
     args = parser.parse_args()
-    first = report_setting(args.runs, args)
+    first, first_recorded = report_setting(args.runs, args)
     if not args.vs:
         return
-    second = report_setting(args.vs, args)
+    second, second_recorded = report_setting(args.vs, args)
     iterates = f"valid ppl, {args.steps} consecutive models, first {args.batches} batches"
     rows = {iterates: (first, second)}
-    recorded = [[recorded_losses(run) for run in runs] for runs in (args.runs, args.vs)]
+    recorded = [first_recorded, second_recorded]
     for key in recorded[0][0]:
         if all(key in run for runs in recorded for run in runs):
             rows[key] = tuple([[run[key]] for run in runs] for runs in recorded)
