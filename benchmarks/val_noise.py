@@ -9,7 +9,7 @@ all its steps, whichever epoch was best) and scores `--steps` consecutive models
 first `--batches` validation batches: the checkpoint's, then the model after each further
 step, trained with the run's own model, batches (from the one after the last it trained
 on), optimizer (at the lr it had when the checkpoint was saved, after any scheduler decay),
-gradient clip and precision (lmx.iterates). The spread of those numbers is the noise in any
+gradient clip and precision (lmx.bench.iterates). The spread of those numbers is the noise in any
 "validation ppl after N steps" figure taken from a single step: at the tutorial's SGD lr
 5.0, each step moves the model far. The mean over the iterates (and over several runs) is the
 steadier figure to compare two settings by. Plain SGD only, as in the tutorial: a stateful
@@ -31,10 +31,10 @@ import json
 import math
 from pathlib import Path
 
-from lmx.device import resolve_device
+from lmx.bench.iterates import iterate_losses, train_valid_rows
 from lmx.errors import LmxError
-from lmx.iterates import iterate_losses, streams
-from lmx.pretrained import load_trained
+from lmx.models.pretrained import load_trained
+from lmx.runtime.device import resolve_device
 from lmx.stats import compare_settings
 
 RECORD = "val_iterates.json"
@@ -50,14 +50,15 @@ def iterate_val_losses(run_dir: Path, done: int, steps: int, batches: int, data:
     try:
         # last.pt: the model after equal steps in every run; best.pt may be an earlier epoch's
         trained = load_trained(run_dir / "checkpoints" / "last.pt", [f"data.local_dir={data}"])
-        if trained.checkpoint["step"] != done:
-            raise SystemExit(f"{run_dir}: last.pt is from step {trained.checkpoint['step']}, "
+        if trained.checkpoint.step != done:
+            raise SystemExit(f"{run_dir}: last.pt is from step {trained.checkpoint.step}, "
                              f"not the run's last ({done})")  # fmt: skip
         cfg = trained.cfg
         device = resolve_device(cfg.device)
-        lr = trained.checkpoint["optimizer"]["param_groups"][0]["lr"]  # the run's next lr
-        losses = iterate_losses(trained.model.to(device), cfg, *streams(cfg, device), device,
-                                done, steps, batches, lr)  # fmt: skip
+        lr = trained.checkpoint.optimizer["param_groups"][0]["lr"]  # the run's next lr
+        rows = train_valid_rows(cfg, device)
+        losses = iterate_losses(trained.model.to(device), cfg, *rows, device, done, steps,
+                                batches, lr)  # fmt: skip
     except (LmxError, ValueError) as err:  # no data, a stateful optimizer: say so, no traceback
         raise SystemExit(f"{run_dir}: {err}") from None
     record.write_text(json.dumps({"steps": steps, "batches": batches, "after_step": done,

@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from lmx.config import register_configs
+from lmx.config.store import register_configs
 from lmx.paths import config_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmx.batching import batch_starts, batchify, get_batch
+from lmx.data.batching import batch_starts, batchify, get_batch
 from lmx.errors import DataError
 
 

@@ -10,10 +10,10 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from conftest import compose_cfg, run_cli
-from lmx.config import validate
+from lmx.config.preflight import overrides_of
+from lmx.config.rules import validate
 from lmx.errors import ConfigError
 from lmx.paths import config_dir
-from lmx.preflight import overrides_of
 
 
 def shipped_options() -> list[tuple[str, str]]:
@@ -104,7 +104,7 @@ def test_override_reaches_the_built_model():
 def test_any_torch_optimizer_can_be_named():
     import torch
 
-    from lmx.optim import build_optimizer
+    from lmx.training.optim import build_optimizer
 
     cfg = compose_cfg(["optim=adamw", "optim._target_=torch.optim.Adam"])
     opt = build_optimizer(cfg.optim, [torch.nn.Parameter(torch.zeros(2))])

@@ -8,10 +8,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import lmx.corpus
+import lmx.data.cache
+import lmx.data.sources
 from conftest import write_corpus
-from lmx.config import DataConfig
-from lmx.corpus import load_corpus
+from lmx.config.schema import DataConfig
+from lmx.data.cache import load_corpus
 from lmx.errors import DataError
 
 
@@ -43,7 +44,7 @@ def test_second_load_uses_the_cache(corpus_dir, cache_dir, monkeypatch):
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(lmx.corpus, "_build_entry", no_rebuild)
+    monkeypatch.setattr(lmx.data.cache, "_build_entry", no_rebuild)
     second = load_corpus(data_cfg(corpus_dir, cache_dir))
     assert second.tokenizer_path == first.tokenizer_path
     assert all(second.splits[s].equal(first.splits[s]) for s in first.splits)
@@ -112,16 +113,16 @@ def test_bytes_that_are_not_utf8_name_the_file_and_line(corpus_dir, cache_dir):
 
 
 def test_a_split_file_that_cannot_be_read_is_named(corpus_dir, cache_dir, monkeypatch):
-    original = lmx.corpus.Path.read_bytes
+    original = lmx.data.sources.Path.read_bytes
 
     def refuse_valid(self):
         if self.name == "valid.txt" and self.parent == corpus_dir:
             raise PermissionError(13, "Permission denied")
         return original(self)
 
-    monkeypatch.setattr(lmx.corpus.Path, "read_bytes", refuse_valid)
+    monkeypatch.setattr(lmx.data.sources.Path, "read_bytes", refuse_valid)
     with pytest.raises(DataError, match=f"cannot read {corpus_dir / 'valid.txt'}: Permission"):
-        lmx.corpus._read_local(lmx.corpus._local_files(str(corpus_dir)), cache_dir)
+        lmx.data.sources._read_local(lmx.data.sources.local_files(str(corpus_dir)), cache_dir)
 
 
 def _entry(cache_dir):
@@ -141,7 +142,7 @@ def _entry(cache_dir):
     ],
 )
 def test_a_damaged_or_foreign_cache_entry_is_rebuilt(corpus_dir, cache_dir, damage, caplog):
-    caplog.set_level(logging.INFO, logger="lmx.corpus")
+    caplog.set_level(logging.INFO, logger="lmx.data.cache")
     cfg = data_cfg(corpus_dir, cache_dir)
     good = {s: t.clone() for s, t in load_corpus(cfg).splits.items()}  # not the mapped file
     damage(_entry(cache_dir))

@@ -14,7 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, run_cli, tiny_overrides
-from lmx.checkpoint import load_checkpoint
+from lmx.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="no torchrun")
 
@@ -59,8 +59,8 @@ def assert_equivalent(single, ddp):
         assert hb["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-4)
         assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-4)
     assert mb["test_loss"] == pytest.approx(ma["test_loss"], rel=1e-4)
-    pa = load_checkpoint(single / "checkpoints" / "last.pt")["model"]
-    pb = load_checkpoint(ddp / "checkpoints" / "last.pt")["model"]
+    pa = load_checkpoint(single / "checkpoints" / "last.pt").model
+    pb = load_checkpoint(ddp / "checkpoints" / "last.pt").model
     for name in pa:
         torch.testing.assert_close(pb[name], pa[name], rtol=1e-3, atol=1e-4)
 
@@ -84,7 +84,7 @@ def test_ddp_resume_continues_the_run(corpus_dir, cache_dir, tmp_path):
     first = torchrun(*args, "trainer.epochs=1", f"hydra.run.dir={ddp}")
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
     ckpt = load_checkpoint(ddp / "checkpoints" / "last.pt")
-    assert len(ckpt["rng_per_rank"]) == 2  # every rank's RNG state, written by rank 0
+    assert len(ckpt.rng_per_rank) == 2  # every rank's RNG state, written by rank 0
     second = torchrun(*args, "trainer.resume=auto", f"hydra.run.dir={ddp}")
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
     assert "resuming from" in (ddp / "train.log").read_text()

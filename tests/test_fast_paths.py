@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import compose_cfg, run_module, tiny_overrides
-from lmx.batching import batchify
-from lmx.corpus import load_corpus
-from lmx.model import TransformerLM
+from lmx.data.batching import batchify
+from lmx.data.cache import load_corpus
+from lmx.models.transformer import TransformerLM
+from lmx.perplexity import evaluate
 from lmx.train import train
-from lmx.trainer import evaluate
 
 # A small model trained for one epoch of the tiny corpus: a few hundred steps.
 GUARD = ("trainer.epochs=2", "model.d_model=32", "model.d_hid=64", "trainer.log_interval=50")
@@ -46,17 +46,19 @@ def test_stacked_eval_windows_give_the_same_loss(corpus_dir, cache_dir):
     model = TransformerLM(200, d_model=16, nhead=2, d_hid=16, nlayers=1)
     valid = valid.clamp(max=199)
     one = evaluate(model, valid, 7, torch.device("cpu"), tokens_per_forward=1)
+    assert one.tokens == one.total == valid.numel() - valid.size(0) and not one.partial
     for tokens in (50, 10_000):
         stacked = evaluate(model, valid, 7, torch.device("cpu"), tokens_per_forward=tokens)
-        assert stacked == pytest.approx(one, rel=1e-6)
+        assert stacked.loss == pytest.approx(one.loss, rel=1e-6)
+        assert stacked.tokens == one.tokens
     limited = evaluate(model, valid, 7, torch.device("cpu"), limit=3, tokens_per_forward=1)
-    assert evaluate(model, valid, 7, torch.device("cpu"), limit=3, tokens_per_forward=100) == (
-        pytest.approx(limited, rel=1e-6)
-    )
+    assert limited.partial and limited.tokens == 3 * 7 * valid.size(0)
+    stacked = evaluate(model, valid, 7, torch.device("cpu"), limit=3, tokens_per_forward=100)
+    assert stacked.loss == pytest.approx(limited.loss, rel=1e-6)
 
 
 def test_sparse_embedding_needs_a_sparse_capable_optimizer_and_untied_weights():
-    from lmx.config import config_problems
+    from lmx.config.rules import config_problems
 
     problems = config_problems(
         compose_cfg(["model.sparse_embedding=true", "model.tie_weights=true", "optim=adamw"])

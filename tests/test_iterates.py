@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg, run_python, tiny_overrides
-from lmx.iterates import iterate_losses, streams
-from lmx.pretrained import load_trained
+from lmx.bench.iterates import iterate_losses, train_valid_rows
+from lmx.models.pretrained import load_trained
 from lmx.stats import compare_settings
 from lmx.train import train
 
@@ -28,7 +28,8 @@ def test_iterates_end_where_a_longer_run_ends(corpus_dir, cache_dir, tmp_path):
 
     short, longer = run(4, "short"), run(7, "longer")
     trained = load_trained(tmp_path / "short", [])
-    losses = iterate_losses(trained.model, trained.cfg, *streams(trained.cfg, CPU), CPU, 4, 4, 3)
+    rows = train_valid_rows(trained.cfg, CPU)
+    losses = iterate_losses(trained.model, trained.cfg, *rows, CPU, 4, 4, 3)
     assert len(losses) == 4
     assert losses[0] == pytest.approx(short["best_val_loss"], rel=1e-6)  # the model as loaded
     assert losses[-1] == pytest.approx(longer["best_val_loss"], rel=1e-5)  # after steps 5-7
@@ -39,7 +40,7 @@ def test_iterates_end_where_a_longer_run_ends(corpus_dir, cache_dir, tmp_path):
     at_half = []
     for cfg, lr in ((half, None), (trained.cfg, 0.5)):
         model = load_trained(tmp_path / "short", []).model  # a fresh copy for each probe
-        at_half.append(iterate_losses(model, cfg, *streams(cfg, CPU), CPU, 4, 3, 3, lr))
+        at_half.append(iterate_losses(model, cfg, *train_valid_rows(cfg, CPU), CPU, 4, 3, 3, lr))
     assert at_half[0] == at_half[1] and at_half[0][1:] != losses[1:3]
 
 
@@ -47,7 +48,7 @@ def test_iterates_refuse_an_optimizer_with_state(corpus_dir, cache_dir):
     cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, "optim=adamw"))
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="plain SGD"):
-        iterate_losses(model, cfg, *streams(cfg, CPU), CPU, 0, 2, 1)
+        iterate_losses(model, cfg, *train_valid_rows(cfg, CPU), CPU, 0, 2, 1)
 
 
 def test_compare_settings_weighs_each_run_by_its_mean():

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmx import losses
-from lmx.losses import linear_cross_entropy
-from lmx.model import TransformerLM
+from lmx.models import fused_loss as losses
+from lmx.models.fused_loss import linear_cross_entropy
+from lmx.models.transformer import TransformerLM
 
 
 def _inputs(n=150, d=8, v=50, seed=0):

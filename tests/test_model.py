@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from lmx.model import PositionalEncoding, TransformerLM
+from lmx.models.transformer import PositionalEncoding, TransformerLM
 
 
 def tiny(**kw):

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import compose_cfg
-from lmx.config import Interval
+from lmx.config.schema import Interval
 from lmx.errors import ConfigError
-from lmx.optim import build_optimizer, build_scheduler
-from lmx.schedulers import WarmupCosineLR
+from lmx.training.optim import build_optimizer, build_scheduler
+from lmx.training.schedules import WarmupCosineLR
 
 
 def param():
@@ -40,7 +40,8 @@ def test_warmup_cosine_shape():
 def test_cosine_total_steps_defaults_to_the_run_length():
     cfg = compose_cfg(["optim=adamw", "scheduler=cosine"])
     opt = build_optimizer(cfg.optim, param())
-    sched, interval = build_scheduler(cfg.scheduler, opt, steps_per_epoch=50, epochs=3)
+    schedule = build_scheduler(cfg.scheduler, opt, steps_per_epoch=50, epochs=3)
+    sched, interval = schedule.scheduler, schedule.interval
     assert interval == Interval.step and sched.total_steps == 150
     assert isinstance(opt, torch.optim.AdamW) and tuple(opt.defaults["betas"]) == (0.9, 0.999)
 
@@ -48,12 +49,13 @@ def test_cosine_total_steps_defaults_to_the_run_length():
 def test_step_and_constant_schedules():
     cfg = compose_cfg()
     opt = build_optimizer(cfg.optim, param())
-    sched, interval = build_scheduler(cfg.scheduler, opt, steps_per_epoch=5, epochs=3)
+    schedule = build_scheduler(cfg.scheduler, opt, steps_per_epoch=5, epochs=3)
+    sched, interval = schedule.scheduler, schedule.interval
     assert interval == Interval.epoch
     assert lrs(sched, opt, 3) == pytest.approx([5.0, 4.75, 4.5125])
     cfg = compose_cfg(["scheduler=constant"])
     opt = build_optimizer(cfg.optim, param())
-    sched, _ = build_scheduler(cfg.scheduler, opt, steps_per_epoch=5, epochs=3)
+    sched = build_scheduler(cfg.scheduler, opt, steps_per_epoch=5, epochs=3).scheduler
     assert lrs(sched, opt, 3) == pytest.approx([5.0, 5.0, 5.0])
 
 

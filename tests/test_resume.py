@@ -14,11 +14,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, compose_cfg, run_cli, tiny_overrides
-from lmx.checkpoint import load_checkpoint
 from lmx.errors import CheckpointError
-from lmx.stop_signals import Interrupted
 from lmx.train import train
-from lmx.trainer import Trainer
+from lmx.training.checkpoint import load_checkpoint
+from lmx.training import loop
+from lmx.training.signals import Interrupted
 
 # Dropout on, so that a resume that lost the RNG state would draw different masks.
 RESUMABLE = (
@@ -34,7 +34,7 @@ RESUMABLE = (
 
 
 def _params(run_dir):
-    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt").model
 
 
 def _metrics(run_dir):
@@ -66,21 +66,21 @@ def test_a_run_stopped_by_sigint_and_resumed_equals_the_uninterrupted_run(
     full = train(compose_cfg(overrides), tmp_path / "full")
     stop_at = full["steps"] // 3 + 2  # mid-epoch 2, between two periodic checkpoints
 
-    step, calls = Trainer._train_step, []
+    step, calls = loop.train_step, []
 
-    def step_then_sigint(self, data, targets):
-        out = step(self, data, targets)
+    def step_then_sigint(*args, **kwargs):
+        out = step(*args, **kwargs)
         calls.append(1)
         if len(calls) == stop_at:
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled between steps
         return out
 
-    monkeypatch.setattr(Trainer, "_train_step", step_then_sigint)
+    monkeypatch.setattr(loop, "train_step", step_then_sigint)
     with pytest.raises(Interrupted, match=f"stopped after step {stop_at} .*trainer.resume=auto"):
         train(compose_cfg(overrides), tmp_path / "resumed")
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    saved = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["progress"]
+    saved = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt").progress
     assert saved["step"] == stop_at and saved["epoch"] == 2 and saved["batch"] > 0
 
     train(compose_cfg([*overrides, "trainer.resume=auto"]), tmp_path / "resumed")

@@ -14,8 +14,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_cli, tiny_overrides
-from lmx.report import report
-from lmx.sweep import config_hash, mark_failed, read_status
+from lmx.runs.status import mark_failed, read_status
+from lmx.runs.sweep import config_hash
+from lmx.runs.table import report
 
 
 def fake_run(root: Path, name: str, overrides: list[str], metrics: dict | None) -> None:
@@ -26,10 +27,14 @@ def fake_run(root: Path, name: str, overrides: list[str], metrics: dict | None) 
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
 
 
-def done(val: float, test: float) -> dict:
+def done(val: float, test: float, scored: int = 1000) -> dict:
     history = [{"epoch": 1, "val_ppl": val * 1.5}, {"epoch": 2, "val_ppl": val}]
     return {
         "status": "done",
+        "val_tokens_scored": scored,
+        "val_tokens_total": 1000,
+        "test_tokens_scored": scored,
+        "test_tokens_total": 1000,
         "best_val_ppl": val,
         "test_ppl": test,
         "epochs": 2,
@@ -42,7 +47,7 @@ def done(val: float, test: float) -> dict:
 def test_report_on_a_fabricated_sweep(tmp_path):
     common = ["data.local_dir=/data", "hydra.sweep.dir=x"]
     fake_run(tmp_path, "0", ["model.nhead=1", *common], done(300.0, 280.0))
-    fake_run(tmp_path, "1", ["model.nhead=2", *common], done(250.0, 240.0))
+    fake_run(tmp_path, "1", ["model.nhead=2", *common], done(250.0, 240.0, scored=25))
     fake_run(
         tmp_path,
         "2",
@@ -50,6 +55,8 @@ def test_report_on_a_fabricated_sweep(tmp_path):
         {"status": "failed", "error": "RuntimeError: out of memory"},
     )
     fake_run(tmp_path, "3", ["model.nhead=8", *common], None)  # died or still in epoch 1
+    stopped = {"status": "interrupted", "error": "SIGTERM: stopped after step 7"}
+    fake_run(tmp_path, "4", ["model.nhead=16", *common], stopped)
 
     text = report(tmp_path)
     lines = text.splitlines()
@@ -58,23 +65,28 @@ def test_report_on_a_fabricated_sweep(tmp_path):
         "model.nhead",
         "best_val_ppl",
         "test_ppl",
+        "eval",
         "epochs",
         "tokens_per_s",
         "wall_time",
         "status",
     ]  # only nhead varies
-    rows = [line.split() for line in lines[2:6]]
-    assert [r[0] for r in rows] == ["1", "0", "2", "3"]  # by best val ppl, unknowns last
+    rows = [line.split() for line in lines[2:7]]
+    assert [r[0] for r in rows] == ["1", "0", "2", "3", "4"]  # by best val ppl, unknowns last
     assert rows[0][2:4] == ["250.00", "240.00"] and rows[0][-1] == "done"
+    assert rows[0][4:8] == ["partial:", "val", "2.5%,", "test"]  # run 1 scored 25 of 1000
+    assert rows[1][4] == "full"
     assert rows[2][-1] == "failed" and rows[3][-1] == "running"
+    assert rows[4][-1] == "interrupted"  # resumable, so not failed
     assert "2: RuntimeError: out of memory" in text
+    assert "interrupted:\n4: SIGTERM: stopped after step 7" in text
 
     with open(tmp_path / "report.csv") as f:
         table = list(csv.DictReader(f))
-    assert [r["run"] for r in table] == ["1", "0", "2", "3"]
+    assert [r["run"] for r in table] == ["1", "0", "2", "3", "4"]
     assert float(table[0]["best_val_ppl"]) == 250.0 and table[2]["status"] == "failed"
     markdown = (tmp_path / "report.md").read_text()
-    assert markdown.count("\n") == 6 and "| 1 | 2 | 250.00 | 240.00 |" in markdown
+    assert markdown.count("\n") == 7 and "| 1 | 2 | 250.00 | 240.00 |" in markdown
     assert (tmp_path / "report.png").stat().st_size > 1000
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lmx.config import Normalization, TokenizerConfig, TokenizerKind
-from lmx.tokenizer import EOS, UNK, train_tokenizer
+from lmx.config.schema import Normalization, TokenizerConfig, TokenizerKind
+from lmx.data.tokenizer import EOS, UNK, train_tokenizer
 
 TUTORIAL = TokenizerConfig()
 EXAMPLES = TokenizerConfig(normalization=Normalization.none, eos=True)

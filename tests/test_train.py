@@ -13,11 +13,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import compose_cfg, run_cli, tiny_overrides
-from lmx.batching import batchify
-from lmx.checkpoint import load_checkpoint
-from lmx.corpus import load_corpus
+from lmx.data.batching import batchify
+from lmx.data.cache import load_corpus
+from lmx.perplexity import evaluate
 from lmx.train import train
-from lmx.trainer import evaluate
+from lmx.training.checkpoint import load_checkpoint
 
 TRAIN_SCALARS = {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/tokens_per_s"}
 EPOCH_SCALARS = {"val/loss", "val/ppl", "test/loss", "test/ppl"}
@@ -74,7 +74,13 @@ def test_tensorboard_has_the_scalars_and_hparams(tiny_run):
     assert hparams["optim._target_"].string_value == "torch.optim.SGD"
     experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     names = {m.name.tag for m in experiment.metric_infos}
-    assert names == {"hparam/best_val_ppl", "hparam/test_ppl"}
+    assert names == {
+        "hparam/best_val_ppl",
+        "hparam/test_ppl",
+        "hparam/val_tokens_scored",
+        "hparam/test_tokens_scored",
+    }
+    assert hparams["eval_partial"].bool_value is False  # the tiny run scores whole splits
     assert math.isclose(
         events.Scalars("hparam/test_ppl")[0].value, metrics["test_ppl"], rel_tol=1e-5
     )
@@ -82,25 +88,31 @@ def test_tensorboard_has_the_scalars_and_hparams(tiny_run):
 
 def test_checkpoint_round_trip_reproduces_validation_loss(tiny_run):
     cfg, run_dir, metrics = tiny_run
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    # On disk: one plain dict, with summary keys for readers that do not know lmx.
+    raw = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     assert {
         "model",
         "optimizer",
         "scheduler",
+        "progress",
+        "rng",
         "epoch",
         "step",
         "best_val_loss",
         "config",
         "vocab_size",
-    } <= set(ckpt)
-    saved = OmegaConf.create(ckpt["config"])
-    model = instantiate(saved.model, ntoken=ckpt["vocab_size"])  # a fresh model from its config
-    model.load_state_dict(ckpt["model"])
+        "tokenizer",
+        "format",
+    } <= set(raw)
+    assert raw["best_val_loss"] == metrics["best_val_loss"]
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    saved = OmegaConf.create(ckpt.config)
+    model = instantiate(saved.model, ntoken=ckpt.vocab_size)  # a fresh model from its config
+    model.load_state_dict(ckpt.model)
     valid = batchify(load_corpus(cfg.data).splits["valid"], saved.data.eval_batch_size)
-    loss = evaluate(model, valid, saved.data.bptt, torch.device("cpu"))
-    assert math.isclose(loss, metrics["best_val_loss"], rel_tol=1e-6)
-    assert ckpt["best_val_loss"] == metrics["best_val_loss"]
-    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    score = evaluate(model, valid, saved.data.bptt, torch.device("cpu"))
+    assert math.isclose(score.loss, metrics["best_val_loss"], rel_tol=1e-6)
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and last["step"] == metrics["steps"]
 
 
@@ -164,4 +176,4 @@ def test_zero_epochs_tests_the_untrained_model(corpus_dir, cache_dir, tmp_path):
     cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=0"))
     metrics = train(cfg, run_dir)
     assert metrics["steps"] == 0 and metrics["best_epoch"] == 0 and metrics["status"] == "done"
-    assert load_checkpoint(run_dir / "checkpoints" / "best.pt")["epoch"] == 0
+    assert load_checkpoint(run_dir / "checkpoints" / "best.pt").progress["epoch"] == 1

@@ -6,8 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import SHARED_WT2
-from lmx.config import DataConfig, Normalization
-from lmx.corpus import load_corpus
+from lmx.config.schema import DataConfig, Normalization
+from lmx.data.cache import load_corpus
 
 pytestmark = [
     pytest.mark.integration,

@@ -22,11 +22,11 @@ USAGE = """usage: python -m lmx.evaluate ckpt=PATH [split=test] [KEY=VALUE ...]
 def evaluate_checkpoint(
     path: str | Path, split: str = "test", overrides: list[str] | None = None
 ) -> dict[str, Any]:
-    from lmx.batching import batchify
-    from lmx.corpus import SPLITS, encode_split
-    from lmx.device import resolve_device
-    from lmx.pretrained import load_trained
-    from lmx.trainer import evaluate, ppl
+    from lmx.data.sources import SPLITS
+    from lmx.data.streams import streams
+    from lmx.models.pretrained import load_trained
+    from lmx.perplexity import evaluate
+    from lmx.runtime.device import resolve_device
 
     if split not in SPLITS:
         raise ConfigError(f"split={split}: expected one of {', '.join(SPLITS)}")
@@ -34,12 +34,10 @@ def evaluate_checkpoint(
     cfg = trained.cfg
     device = resolve_device(cfg.device)
     trained.model.to(device)
-    stream = encode_split(cfg.data, trained.tokenizer, split)
-    bsz = cfg.data.batch_size if split == "train" else cfg.data.eval_batch_size
-    source = batchify(stream, bsz, split, cfg.data.bptt)
-    loss = evaluate(
+    data = streams(cfg.data, (split,), device, tokenizer=trained.tokenizer)
+    score = evaluate(
         trained.model,
-        source,
+        data.rows[split],
         cfg.data.bptt,
         device,
         cfg.device.precision,
@@ -48,11 +46,25 @@ def evaluate_checkpoint(
     )
     return {
         "split": split,
-        "tokens": len(stream),
+        "tokens": score.tokens,  # scored
+        "tokens_total": score.total,  # a pass over the whole split
+        "partial": score.partial,
+        "limit_eval_batches": cfg.trainer.limit_eval_batches,
         "unit": trained.unit,
-        "loss": loss,
-        "ppl": ppl(loss),
+        "loss": score.loss,
+        "ppl": score.ppl,
     }
+
+
+def describe(result: dict[str, Any]) -> str:
+    """'N word-level tokens', or for a partial pass how much of the split and why."""
+    if not result["partial"]:
+        return f"{result['tokens']:,} {result['unit']} tokens"
+    return (
+        f"{result['tokens']:,} of {result['tokens_total']:,} {result['unit']} tokens (partial: "
+        f"trainer.limit_eval_batches={result['limit_eval_batches']}; "
+        "trainer.limit_eval_batches=null scores the whole split)"
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -63,7 +75,7 @@ def main(argv: list[str]) -> None:
     result = evaluate_checkpoint(ckpt, split, [f"{k}={v}" for k, v in args.items()])
     print(
         f"{result['split']}: loss {result['loss']:.6f} | ppl {result['ppl']:.4f} | "
-        f"{result['tokens']:,} {result['unit']} tokens | {ckpt}"
+        f"{describe(result)} | {ckpt}"
     )
 
 

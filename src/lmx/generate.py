@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from lmx.cli import fail, parse_args, run
+from lmx.data.tokenizer import EOS
 from lmx.errors import ConfigError
-from lmx.tokenizer import EOS
 
 USAGE = """usage: python -m lmx.generate ckpt=PATH prompt=TEXT [max_new_tokens=50] [temperature=1.0]
                         [top_k=0] [seed=0] [KEY=VALUE ...]
@@ -54,7 +54,7 @@ def generate(
     seed: int = 0,
     overrides: list[str] | None = None,
 ) -> str:
-    from lmx.pretrained import load_trained
+    from lmx.models.pretrained import load_trained
 
     if max_new_tokens < 0 or temperature < 0 or top_k < 0:
         raise ConfigError("max_new_tokens, temperature and top_k must be >= 0")

@@ -13,7 +13,7 @@ def compare_settings(a: list[list[float]], b: list[list[float]]) -> dict:
     """How far setting b's loss lies from setting a's, with its standard error.
 
     a, b: per run (seed), one loss or several (e.g. the validation losses of consecutive
-    models, lmx.iterates). Each run counts once, by its mean loss; the standard error of a
+    models, lmx.bench.iterates). Each run counts once, by its mean loss; the standard error of a
     setting's mean comes from how far its runs' means spread, which takes in both the
     step-to-step swing left after averaging and the seed-to-seed difference. Needs two runs
     a setting. Returns the ppl of each (exp of the mean of run means), b vs a in % and its

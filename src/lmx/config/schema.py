@@ -1,30 +1,24 @@
 """Typed config schemas: every default lives here, the YAML files in conf/ hold only deltas.
 
-Registered with Hydra's ConfigStore so that a typo or a wrongly typed override fails at
-compose time. The defaults reproduce PyTorch's nn.Transformer WikiText-2 tutorial.
-
-Layout of the composed config (one sub-config per component):
-    model      TransformerConfig   -> lmx.model.TransformerLM (via instantiate)
-    data       DataConfig          -> lmx.corpus.load_corpus
-      .tokenizer TokenizerConfig   -> lmx.tokenizer.build_tokenizer
+The defaults reproduce PyTorch's nn.Transformer WikiText-2 tutorial. Layout of the composed
+config (one sub-config per component):
+    model      TransformerConfig   -> lmx.models.transformer.TransformerLM (instantiate)
+    data       DataConfig          -> lmx.data.streams
+      .tokenizer TokenizerConfig   -> lmx.data.tokenizer
     optim      SGDConfig | AdamWConfig | any torch.optim class   (instantiate, _partial_)
     scheduler  StepLRConfig | WarmupCosineConfig | ConstantLRConfig (instantiate, _partial_)
-    device     DeviceConfig        -> lmx.device
-    trainer    TrainerConfig       -> lmx.trainer.fit
-    sweep      SweepConfig         -> lmx.sweep (multirun resume)
+    device     DeviceConfig        -> lmx.runtime.device
+    trainer    TrainerConfig       -> lmx.training.loop
+    sweep      SweepConfig         -> lmx.runs.sweep (multirun resume)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
-
-from lmx.errors import ConfigError
+from omegaconf import MISSING
 
 
 # ---------------------------------------------------------------------------- enums
@@ -63,7 +57,7 @@ class Interval(Enum):
 # ---------------------------------------------------------------------------- model
 @dataclass
 class TransformerConfig:
-    _target_: str = "lmx.model.TransformerLM"
+    _target_: str = "lmx.models.transformer.TransformerLM"
     d_model: int = 200  # embedding dimension
     nhead: int = 2  # attention heads; must divide d_model
     d_hid: int = 200  # feed-forward hidden size
@@ -74,7 +68,7 @@ class TransformerConfig:
     norm_first: bool = False  # pre-norm blocks plus a final LayerNorm (tutorial: post-norm)
     activation: str = "relu"  # feed-forward activation: relu or gelu
     attn_dropout: float | None = None  # dropout on attention weights; None: same as dropout
-    # Loss through lmx.losses.linear_cross_entropy: same value, no fp32 logits (faster).
+    # Loss through lmx.models.fused_loss.linear_cross_entropy: same value, no fp32 logits (faster).
     fused_loss: bool = True
     # Sparse embedding gradient (only the batch's rows): faster with SGD; untied weights only.
     sparse_embedding: bool = False
@@ -139,7 +133,7 @@ class StepLRConfig:
 
 @dataclass
 class WarmupCosineConfig:
-    _target_: str = "lmx.schedulers.WarmupCosineLR"
+    _target_: str = "lmx.training.schedules.WarmupCosineLR"
     _partial_: bool = True
     warmup_steps: int = 200
     total_steps: int | None = None  # None: the run's number of optimizer steps
@@ -205,109 +199,3 @@ class TrainConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
-
-
-def register_configs() -> None:
-    """Store the schemas; YAML options extend them through their defaults lists."""
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="schema/optim", name="sgd", node=SGDConfig)
-    cs.store(group="schema/optim", name="adamw", node=AdamWConfig)
-    cs.store(group="schema/scheduler", name="step", node=StepLRConfig)
-    cs.store(group="schema/scheduler", name="cosine", node=WarmupCosineConfig)
-    cs.store(group="schema/scheduler", name="constant", node=ConstantLRConfig)
-
-
-# ---------------------------------------------------------------------------- validation
-_SPARSE_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.SparseAdam", "torch.optim.Adagrad")
-
-
-def validate(cfg: DictConfig) -> None:
-    """Raise one ConfigError listing every problem that config_problems finds."""
-    problems = config_problems(cfg)
-    if problems:
-        raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-def config_problems(cfg: DictConfig) -> list[str]:
-    """The rules that types cannot express: ranges, cross-field rules, paths that must exist."""
-    problems: list[str] = []
-
-    def check(ok: bool, message: str) -> None:
-        if not ok:
-            problems.append(message)
-
-    m = cfg.model
-    check(m.d_model >= 1, f"model.d_model={m.d_model} must be >= 1")
-    check(m.nhead >= 1, f"model.nhead={m.nhead} must be >= 1")
-    if m.nhead >= 1:
-        check(
-            m.d_model % m.nhead == 0,
-            f"model.d_model={m.d_model} is not divisible by model.nhead={m.nhead}: "
-            "each attention head gets d_model / nhead dimensions",
-        )
-    check(m.d_hid >= 1, f"model.d_hid={m.d_hid} must be >= 1")
-    check(m.nlayers >= 1, f"model.nlayers={m.nlayers} must be >= 1")
-    check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
-    check(
-        m.attn_dropout is None or 0.0 <= m.attn_dropout < 1.0,
-        f"model.attn_dropout={m.attn_dropout} must be in [0, 1) or null",
-    )
-    check(
-        m.activation in ("relu", "gelu"),
-        f"model.activation={m.activation!r} must be 'relu' or 'gelu'",
-    )
-
-    d = cfg.data
-    for key in ("batch_size", "eval_batch_size", "bptt"):
-        check(d[key] >= 1, f"data.{key}={d[key]} must be >= 1")
-    check(d.bptt <= m.max_len, f"data.bptt={d.bptt} exceeds model.max_len={m.max_len}")
-    if d.local_dir is not None:
-        local = Path(d.local_dir).expanduser()
-        check(local.is_dir(), f"data.local_dir={d.local_dir}: no such folder ({local.resolve()})")
-    tok = d.tokenizer
-    if tok.kind == TokenizerKind.bpe:
-        check(
-            tok.vocab_size is not None and tok.vocab_size > 0,
-            "data.tokenizer.vocab_size must be set to a positive number for BPE",
-        )
-    elif tok.vocab_size is not None:
-        check(tok.vocab_size > 0, f"data.tokenizer.vocab_size={tok.vocab_size} must be > 0")
-
-    if m.sparse_embedding:
-        check(not m.tie_weights, "model.sparse_embedding needs model.tie_weights=false")
-        check(
-            not cfg.device.compile,
-            "model.sparse_embedding cannot be compiled (device.compile=true): torch's "
-            "inductor does not take sparse gradients",
-        )
-        target, decay = cfg.optim.get("_target_"), cfg.optim.get("weight_decay", 0)
-        check(
-            target in _SPARSE_OPTIMIZERS and not decay,
-            f"model.sparse_embedding needs an optimizer that takes sparse gradients "
-            f"({', '.join(_SPARSE_OPTIMIZERS)}) without weight_decay; got {target} "
-            f"with weight_decay={decay}",
-        )
-
-    lr = cfg.optim.get("lr")
-    if isinstance(lr, (int, float)):
-        check(lr > 0, f"optim.lr={lr} must be > 0")
-
-    threads = cfg.device.threads
-    check(threads is None or threads >= 1, f"device.threads={threads} must be >= 1 or null")
-
-    t = cfg.trainer
-    check(t.epochs >= 0, f"trainer.epochs={t.epochs} must be >= 0")
-    check(t.log_interval >= 1, f"trainer.log_interval={t.log_interval} must be >= 1")
-    check(
-        t.throughput_warmup_steps >= 0,
-        f"trainer.throughput_warmup_steps={t.throughput_warmup_steps} must be >= 0",
-    )
-    check(
-        t.eval_tokens_per_forward >= 1,
-        f"trainer.eval_tokens_per_forward={t.eval_tokens_per_forward} must be >= 1",
-    )
-    check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip={t.grad_clip} must be > 0")
-    for key in ("limit_train_batches", "limit_eval_batches", "checkpoint_every_steps"):
-        check(t[key] is None or t[key] >= 1, f"trainer.{key}={t[key]} must be >= 1 or null")
-    return problems

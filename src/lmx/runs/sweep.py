@@ -1,7 +1,6 @@
-"""Sweeps that survive failures and resume: run status on disk, config hashes, a summary.
+"""Sweeps that survive failures and resume: config hashes, finished jobs, a summary.
 
-Every run dir says how its run ended in metrics.json ("status": running, done or failed). A
-failed job also leaves error.txt with its traceback. A resumed sweep skips the jobs whose
+Every run dir says how its run ended (lmx.runs.status). A resumed sweep skips the jobs whose
 resolved config (less the `sweep` node) hashes equal to a finished run in the sweep dir.
 """
 
@@ -10,19 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import traceback
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lmx.files import METRICS_FILE, write_json
+from lmx.config.legacy import upgrade_config
+from lmx.runs.status import ERROR_FILE, STATUS_FILE, read_status
 
 log = logging.getLogger(__name__)
-
-STATUS_FILE = METRICS_FILE
-ERROR_FILE = "error.txt"
 
 
 def config_hash(resolved: dict[str, Any]) -> str:
@@ -31,36 +27,16 @@ def config_hash(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def find_finished(sweep_dir: Path, job_hash: str) -> Path | None:
     """A run dir under sweep_dir that finished with this config hash, if any."""
     for metrics in sorted(sweep_dir.glob(f"**/{STATUS_FILE}")):
         run_dir = metrics.parent
         if read_status(run_dir).get("status") != "done" or not (run_dir / "config.yaml").is_file():
             continue
-        saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+        saved = upgrade_config(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
         if config_hash(saved) == job_hash:
             return run_dir
     return None
-
-
-def mark_failed(run_dir: Path, err: BaseException) -> None:
-    """Keep the traceback and flag the run as failed; what it had written stays."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    (run_dir / ERROR_FILE).write_text(text)
-    status = read_status(run_dir)
-    if status.get("status") == "done":
-        return  # the results were complete before the error (e.g. Ctrl-C while closing up)
-    one_line = " ".join(f"{type(err).__name__}: {err}".split())  # for tables and summaries
-    status.update(status="failed", error=one_line)
-    write_json(run_dir / STATUS_FILE, status)
 
 
 class SweepSummary(Callback):

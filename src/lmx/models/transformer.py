@@ -7,7 +7,7 @@ Shapes: B batch, T sequence length, D d_model, V ntoken.
 
 Options beyond the tutorial (defaults keep it): pre-norm with a final LayerNorm, GELU, a
 separate attention dropout, tied embedding/decoder weights. Given targets, forward returns the
-mean cross-entropy through lmx.losses.linear_cross_entropy, which skips the fp32 logits.
+mean cross-entropy through lmx.models.fused_loss.linear_cross_entropy, which skips the fp32 logits.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import math
 import torch
 from torch import nn
 
-from lmx.losses import linear_cross_entropy
+from lmx.models.fused_loss import linear_cross_entropy
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout with the mask drawn by torch.rand: on CPU, 3x faster than bernoulli_."""
+    """nn.Dropout with the mask drawn by torch.rand, which is faster on CPU than bernoulli_."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:

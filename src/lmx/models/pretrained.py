@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
-from lmx.checkpoint import load_checkpoint
-from lmx.config import TokenizerKind, TrainConfig
+from lmx.config.legacy import typed_config
+from lmx.config.schema import TokenizerKind
 from lmx.errors import CheckpointError, ConfigError
+from lmx.training.checkpoint import Checkpoint, load_checkpoint
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Trained:
     model: torch.nn.Module
     tokenizer: Tokenizer
     cfg: DictConfig  # the run's config, typed, with any overrides applied
-    checkpoint: dict[str, Any]
+    checkpoint: Checkpoint
 
     @property
     def unit(self) -> str:
@@ -48,23 +48,20 @@ def load_trained(
     """
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path, map_location=device)
-    for key in ("model", "config", "vocab_size"):
-        if key not in ckpt:
-            raise CheckpointError(f"{path} is not an lmx checkpoint: it has no {key!r} entry")
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), ckpt["config"])
+    cfg = typed_config(ckpt.config, str(path))
     try:
         cfg.merge_with_dotlist(overrides or [])
     except Exception as err:  # OmegaConf's errors name the key and the expected type
         raise ConfigError(f"bad override: {err}") from err
-    model = instantiate(cfg.model, ntoken=ckpt["vocab_size"])
-    model.load_state_dict(ckpt["model"])
+    model = instantiate(cfg.model, ntoken=ckpt.vocab_size)
+    model.load_state_dict(ckpt.model)
     model.to(device).eval()
     return Trained(model, _tokenizer(ckpt, path), cfg, ckpt)
 
 
-def _tokenizer(ckpt: dict[str, Any], path: Path) -> Tokenizer:
-    if "tokenizer" in ckpt:
-        return Tokenizer.from_str(ckpt["tokenizer"])
+def _tokenizer(ckpt: Checkpoint, path: Path) -> Tokenizer:
+    if ckpt.tokenizer is not None:
+        return Tokenizer.from_str(ckpt.tokenizer)
     beside = path.parent.parent / "tokenizer.json"  # <run dir>/checkpoints/x.pt -> <run dir>
     if beside.is_file():
         return Tokenizer.from_file(str(beside))

@@ -38,3 +38,9 @@ def get_batch(source: torch.Tensor, i: int, bptt: int) -> tuple[torch.Tensor, to
     """
     seq_len = min(bptt, source.size(1) - 1 - i)
     return source[:, i : i + seq_len], source[:, i + 1 : i + 1 + seq_len]
+
+
+def num_steps(source: torch.Tensor, bptt: int, limit: int | None = None) -> int:
+    """How many steps a pass over a batchified split takes: all of them, or the first `limit`."""
+    n = len(batch_starts(source, bptt))
+    return n if limit is None else min(n, limit)

@@ -7,8 +7,11 @@ over small row chunks (which stay in cache) turns each chunk into softmax - one_
 so the same buffer becomes d loss / d logits. The gradients of hidden, weight and bias are
 taken right away, in the forward. The reduction's scale (1/N for a mean) is applied to each
 chunk while it is in cache, so for a plain mean or sum the backward returns them untouched;
-any other uniform scale (e.g. a loss scaler's) costs one multiply. Without grad (eval), only
-the per-token losses are computed.
+any other uniform scale (e.g. a loss scaler's) costs one multiply.
+
+Without grad (evaluation: grad mode off, as under torch.inference_mode or no_grad) only the
+per-token losses are computed: one matmul and a logsumexp per chunk, whether or not the
+parameters require grad.
 
 The loss is exact: softmax and log are taken in fp32 from the chunk's logits.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-# Rows per chunk: [64, V] fp32 is ~7 MB at V = 28,782; larger chunks fall out of cache.
+# Rows per chunk: a [64, V] fp32 chunk of a word-level vocabulary fits in L2; larger fall out.
 CHUNK_ROWS = 64
 _TINY = 1e-30  # below this p(target) loses precision in fp32; such rows use logsumexp
 
@@ -28,10 +31,10 @@ _SCRATCH: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 def _scratch(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """An uninitialised [rows, cols] buffer for the logits, reused from call to call on CPU.
 
-    A fresh CPU allocation this large (40 MB for the tutorial's step) is mmap-ed by malloc and
-    page-faulted in on first touch: measured here, that doubled the decoder's forward matmul
-    (~20 ms instead of ~10 ms). The buffer only lives inside one forward, so one per dtype
-    and device is enough; it grows to the largest call (eval's stacked windows) and is kept.
+    A fresh CPU allocation this large (tens of MB for the tutorial's step) is mmap-ed by malloc
+    and page-faulted in on first touch, which slows the decoder's forward matmul a lot (the
+    README's speed section has the figure). The buffer only lives inside one forward, so one
+    per dtype and device is enough; it grows to the largest call (eval's stacked windows).
     CUDA's caching allocator already reuses memory, so CUDA gets a plain allocation.
     """
     if device.type != "cpu":
@@ -56,45 +59,61 @@ def _token_losses(logits: torch.Tensor, probs: torch.Tensor, targets: torch.Tens
     return losses, rows
 
 
+def _logits(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """h [N, D] @ w [V, D]^T into the reused scratch buffer: [N, V] in h's dtype."""
+    return torch.mm(h, w.t(), out=_scratch(h.size(0), w.size(0), h.dtype, h.device))
+
+
+def _scores(chunk: torch.Tensor, bias32: torch.Tensor | None) -> torch.Tensor:
+    """A chunk of logits in fp32, bias added (.float() aliases an fp32 chunk: it is scratch)."""
+    return chunk.float() if bias32 is None else chunk.float().add_(bias32)
+
+
+def _losses_only(hidden, weight, bias, targets, dtype) -> torch.Tensor:
+    """-log p(target) per row with no gradient work: one matmul, then logsumexp - the
+    target's score per chunk. hidden [N, D] -> losses [N] (fp32)."""
+    logits = _logits(hidden.to(dtype), weight.to(dtype))
+    losses = torch.empty(hidden.size(0), dtype=torch.float32, device=hidden.device)
+    bias32 = bias.float() if bias is not None else None
+    for start in range(0, hidden.size(0), CHUNK_ROWS):
+        end = min(start + CHUNK_ROWS, hidden.size(0))
+        scores, t = _scores(logits[start:end], bias32), targets[start:end]
+        rows = torch.arange(scores.size(0), device=scores.device)
+        losses[start:end] = torch.logsumexp(scores, dim=1) - scores[rows, t]
+    return losses
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, dtype, grad_scale):
         # hidden [N, D], weight [V, D], bias [V] or None, targets [N] -> losses [N] (fp32)
         # grad_scale: the d loss / d losses[i] the backward will most likely get (1/N: mean)
-        n = hidden.size(0)
         h, w = hidden.to(dtype), weight.to(dtype)
-        # [N, V]; the bias is added per chunk, in fp32
-        logits = torch.mm(h, w.t(), out=_scratch(n, weight.size(0), dtype, hidden.device))
+        logits = _logits(h, w)  # [N, V]; the bias is added per chunk, in fp32
+        n = hidden.size(0)
         losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        want_grad = any(ctx.needs_input_grad[:3])
         bias32 = bias.float() if bias is not None else None
-        grad_bias = torch.zeros_like(bias32) if bias is not None and want_grad else None
+        grad_bias = torch.zeros_like(bias32) if ctx.needs_input_grad[2] else None
         for start in range(0, n, CHUNK_ROWS):
             end = min(start + CHUNK_ROWS, n)
             chunk, t = logits[start:end], targets[start:end]
-            # .float() aliases an fp32 chunk, which is overwritten below anyway
-            scores = chunk.float() if bias32 is None else chunk.float().add_(bias32)  # [c, V]
-            if not want_grad:  # eval: logsumexp only, no probabilities written
-                rows = torch.arange(scores.size(0), device=scores.device)
-                losses[start:end] = torch.logsumexp(scores, dim=1) - scores[rows, t]
-                continue
+            scores = _scores(chunk, bias32)  # [c, V] fp32
             probs = torch.softmax(scores, dim=1)
             losses[start:end], rows = _token_losses(scores, probs, t)
             probs[rows, t] -= 1.0  # d(sum of losses)/d logits = softmax - one_hot
             if grad_bias is not None:
                 grad_bias += probs.sum(0)  # while the chunk is in cache
             # d(loss)/d logits for the expected reduction, into the logits' place (two passes
-            # in cache beat one mixed-dtype torch.mul(out=chunk), measured)
+            # in cache beat one mixed-dtype torch.mul(out=chunk))
             chunk.copy_(probs.mul_(grad_scale) if grad_scale != 1.0 else probs)
-        if want_grad:
-            grad_logits = logits  # [N, V], now grad_scale * d(sum of losses)/d logits
-            ctx.save_for_backward(
-                grad_logits @ w if ctx.needs_input_grad[0] else None,  # [N, D]
-                (grad_logits.t() @ h).to(weight.dtype) if ctx.needs_input_grad[1] else None,
-                grad_bias.mul_(grad_scale).to(bias.dtype) if grad_bias is not None else None,
-            )
-            ctx.input_dtypes = (hidden.dtype,)
-            ctx.grad_scale = grad_scale
+        grad_logits = logits  # [N, V], now grad_scale * d(sum of losses)/d logits
+        ctx.save_for_backward(
+            grad_logits @ w if ctx.needs_input_grad[0] else None,  # [N, D]
+            (grad_logits.t() @ h).to(weight.dtype) if ctx.needs_input_grad[1] else None,
+            grad_bias.mul_(grad_scale).to(bias.dtype) if grad_bias is not None else None,
+        )
+        ctx.input_dtypes = (hidden.dtype,)
+        ctx.grad_scale = grad_scale
         return losses
 
     @staticmethod
@@ -137,10 +156,18 @@ def linear_cross_entropy(
     # fp16 would flush the scaled probabilities (~1/(V*N)) to zero; bf16 has fp32's range
     fold = reduction == "mean" and dtype != torch.float16
     grad_scale = 1.0 / max(targets.numel(), 1) if fold else 1.0
+    # Grad mode, not requires_grad, says whether a gradient can follow: evaluation runs under
+    # inference_mode with parameters that still require grad.
+    wants_grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (hidden, weight, bias)
+    )
     with torch.autocast(device_type, enabled=False):
-        losses = _LinearCrossEntropy.apply(
-            hidden.flatten(0, -2), weight, bias, targets, dtype, grad_scale
-        )
+        if wants_grad:
+            losses = _LinearCrossEntropy.apply(
+                hidden.flatten(0, -2), weight, bias, targets, dtype, grad_scale
+            )
+        else:
+            losses = _losses_only(hidden.flatten(0, -2), weight, bias, targets, dtype)
     if reduction == "sum":
         return losses.sum()
     if reduction == "mean":

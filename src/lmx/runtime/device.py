@@ -6,9 +6,10 @@ import contextlib
 
 import torch
 
-from lmx.config import DeviceConfig, DeviceType, Precision
-from lmx.distributed import World
+from lmx.config.rules import FP16_ON_CPU
+from lmx.config.schema import DeviceConfig, DeviceType, Precision
 from lmx.errors import ConfigError
+from lmx.runtime.distributed import World
 
 _DTYPES = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
@@ -24,6 +25,8 @@ def resolve_device(cfg: DeviceConfig, world: World | None = None) -> torch.devic
         )
     else:
         kind = cfg.type.value
+    if kind == "cpu" and cfg.precision == Precision.fp16:  # device=auto found no GPU
+        raise ConfigError(FP16_ON_CPU)
     if kind == "cuda" and world is not None and world.enabled:
         return torch.device("cuda", world.local_rank)
     return torch.device(kind)

@@ -14,10 +14,11 @@ import itertools
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lmx.config import config_problems
+from lmx.config.compose import compose
+from lmx.config.rules import all_keys, config_problems, did_you_mean
 from lmx.errors import ConfigError
 from lmx.paths import config_dir
 
@@ -51,31 +52,6 @@ def overrides_of(argv: list[str]) -> list[str] | None:
 
 def _is_group(key: str) -> bool:
     return "/" in key or (config_dir() / key.replace(".", "/")).is_dir()
-
-
-def _all_keys(cfg: DictConfig) -> list[str]:
-    keys: list[str] = []
-
-    def walk(node, prefix: str) -> None:
-        for key in node.keys() if isinstance(node, DictConfig) else ():
-            full = f"{prefix}{key}"
-            keys.append(full)
-            child = node._get_node(key)
-            if isinstance(child, DictConfig) and not child._is_missing():
-                walk(child, f"{full}.")
-
-    walk(cfg, "")
-    return keys
-
-
-def did_you_mean(key: str, cfg: DictConfig) -> str:
-    keys = _all_keys(cfg)
-    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-    if not match:  # a right leaf under the wrong (or no) parent: lr -> optim.lr
-        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
-        leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(leaves), n=1, cutoff=0.75)
-        match = [leaves[leaf[0]]] if leaf else []
-    return f"; did you mean {match[0]}?" if match else ""
 
 
 def _group_options(group: str) -> list[str]:
@@ -123,7 +99,6 @@ def check_command_line(argv: list[str]) -> None:
     overrides = overrides_of(argv)
     if overrides is None:
         return
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -155,14 +130,13 @@ def check_command_line(argv: list[str]) -> None:
         valid = [c for c in choices if _check_choice(o.key_or_group, c, problems)]
         if valid:
             first_choices.append(f"{prefix}={_show(valid[0])}")
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        try:
-            base = compose(config_name="train", overrides=first_choices)
-        except HydraException as err:
-            reason = str(err).strip().split("\nConfig search path")[0]
-            raise ConfigError(
-                "invalid config:\n" + "\n".join(f"  - {p}" for p in [*problems, reason])
-            ) from None
+    try:
+        base = compose(first_choices)
+    except HydraException as err:
+        reason = str(err).strip().split("\nConfig search path")[0]
+        raise ConfigError(
+            "invalid config:\n" + "\n".join(f"  - {p}" for p in [*problems, reason])
+        ) from None
 
     # Every key=value on the composed config: the key must exist, the value must fit its type.
     first = base.copy()
@@ -172,16 +146,19 @@ def check_command_line(argv: list[str]) -> None:
         exists = OmegaConf.select(base, key, default="<absent>") != "<absent>"
         if o.is_delete():
             if not exists:
-                problems.append(f"~{key}: there is no {key} to delete{did_you_mean(key, base)}")
+                hint = did_you_mean(key, all_keys(base))
+                problems.append(f"~{key}: there is no {key} to delete{hint}")
             continue
-        if o.is_force_add():
+        if o.is_add() and exists and not o.is_force_add():
+            problems.append(f"+{key}: {key} is already in the config; set it with {key}=...")
             continue
-        if o.is_add():
-            if exists:
-                problems.append(f"+{key}: {key} is already in the config; set it with {key}=...")
+        if o.is_add() or o.is_force_add():  # config_problems below says whether anything reads it
+            options = _values(o, parser)
+            if options:
+                OmegaConf.update(first, key, options[0], merge=True, force_add=True)
             continue
         if not exists:
-            problems.append(f"{key}: no such config key{did_you_mean(key, base)}")
+            problems.append(f"{key}: no such config key{did_you_mean(key, all_keys(base))}")
             continue
         options = _values(o, parser)
         if options is None:

@@ -36,6 +36,6 @@ class WarmupCosineLR(LRScheduler):
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float]:  # closed form: the lr of step `last_epoch` alone
         f = self.factor(self.last_epoch)
         return [base * f for base in self.base_lrs]

@@ -1,0 +1,203 @@
+"""The rules that types cannot express: ranges, cross-field rules, paths that must exist, and
+keys that no component reads. Each problem is one line naming the key and the value."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lmx.config.schema import DeviceType, Precision, TokenizerKind
+from lmx.errors import ConfigError
+
+# Optimizers whose step takes the sparse embedding gradient alongside the dense ones.
+_SPARSE_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adagrad")
+# Nodes whose `_target_` takes keyword arguments beyond the schema: extra keys are theirs.
+_OPEN_NODES = ("optim", "scheduler")
+
+Check = Callable[[bool, str], None]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise one ConfigError listing every problem that config_problems finds."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    problems: list[str] = []
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    problems += unread_keys(cfg)
+    _model(cfg, check)
+    _data(cfg, check)
+    _optim(cfg, check)
+    _device(cfg, check)
+    _trainer(cfg, check)
+    return problems
+
+
+# ---------------------------------------------------------------------------- unread keys
+def all_keys(cfg: DictConfig) -> list[str]:
+    """Every dotted key of a config, inner nodes included."""
+    keys: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        for key in node.keys() if isinstance(node, DictConfig) else ():
+            full = f"{prefix}{key}"
+            keys.append(full)
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_missing():
+                walk(child, f"{full}.")
+
+    walk(cfg, "")
+    return keys
+
+
+def did_you_mean(key: str, known: list[str]) -> str:
+    """'; did you mean X?' for the closest of `known`, or ''."""
+    match = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not match:  # a right leaf under the wrong (or no) parent: lr -> optim.lr
+        leaves = {k.rsplit(".", 1)[-1]: k for k in known}
+        leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(leaves), n=1, cutoff=0.75)
+        match = [leaves[leaf[0]]] if leaf else []
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def unread_keys(cfg: DictConfig) -> list[str]:
+    """Keys added (`+key=...`) under a typed node that has no such field: no component would
+    read them, so the run would silently ignore them."""
+    problems: list[str] = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        schema = OmegaConf.get_type(node)
+        fields = (
+            {f.name for f in dataclasses.fields(schema)}
+            if dataclasses.is_dataclass(schema)
+            else None
+        )
+        for key in node.keys():
+            full = f"{prefix}{key}"
+            if full.split(".", 1)[0] in _OPEN_NODES:
+                continue
+            if fields is not None and key not in fields:
+                known = [f"{prefix}{f}" for f in sorted(fields)]
+                problems.append(
+                    f"{full}: no component reads this key, so it would have no effect"
+                    f"{did_you_mean(full, known)}"
+                )
+                continue
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_missing():
+                walk(child, f"{full}.")
+
+    walk(cfg, "")
+    return problems
+
+
+# ---------------------------------------------------------------------------- components
+def _model(cfg: DictConfig, check: Check) -> None:
+    m = cfg.model
+    check(m.d_model >= 1, f"model.d_model={m.d_model} must be >= 1")
+    check(m.nhead >= 1, f"model.nhead={m.nhead} must be >= 1")
+    if m.nhead >= 1:
+        check(
+            m.d_model % m.nhead == 0,
+            f"model.d_model={m.d_model} is not divisible by model.nhead={m.nhead}: "
+            "each attention head gets d_model / nhead dimensions",
+        )
+    check(m.d_hid >= 1, f"model.d_hid={m.d_hid} must be >= 1")
+    check(m.nlayers >= 1, f"model.nlayers={m.nlayers} must be >= 1")
+    check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
+    check(
+        m.attn_dropout is None or 0.0 <= m.attn_dropout < 1.0,
+        f"model.attn_dropout={m.attn_dropout} must be in [0, 1) or null",
+    )
+    check(
+        m.activation in ("relu", "gelu"),
+        f"model.activation={m.activation!r} must be 'relu' or 'gelu'",
+    )
+    if m.sparse_embedding:
+        check(not m.tie_weights, "model.sparse_embedding needs model.tie_weights=false")
+        check(
+            not cfg.device.compile,
+            "model.sparse_embedding cannot be compiled (device.compile=true): torch's "
+            "inductor does not take sparse gradients",
+        )
+        target, decay = cfg.optim.get("_target_"), cfg.optim.get("weight_decay", 0)
+        check(
+            target in _SPARSE_OPTIMIZERS and not decay,
+            f"model.sparse_embedding needs an optimizer that takes sparse gradients "
+            f"({', '.join(_SPARSE_OPTIMIZERS)}) without weight_decay; got {target} "
+            f"with weight_decay={decay}",
+        )
+
+
+def _data(cfg: DictConfig, check: Check) -> None:
+    d = cfg.data
+    for key in ("batch_size", "eval_batch_size", "bptt"):
+        check(d[key] >= 1, f"data.{key}={d[key]} must be >= 1")
+    check(d.bptt <= cfg.model.max_len, f"data.bptt={d.bptt} exceeds model.max_len="
+          f"{cfg.model.max_len}")  # fmt: skip
+    if d.local_dir is not None:
+        local = Path(d.local_dir).expanduser()
+        check(local.is_dir(), f"data.local_dir={d.local_dir}: no such folder ({local.resolve()})")
+    tok = d.tokenizer
+    if tok.kind == TokenizerKind.bpe:
+        check(
+            tok.vocab_size is not None and tok.vocab_size > 0,
+            "data.tokenizer.vocab_size must be set to a positive number for BPE",
+        )
+    elif tok.vocab_size is not None:
+        check(tok.vocab_size > 0, f"data.tokenizer.vocab_size={tok.vocab_size} must be > 0")
+
+
+def _optim(cfg: DictConfig, check: Check) -> None:
+    lr = cfg.optim.get("lr")
+    if isinstance(lr, (int, float)):
+        check(lr > 0, f"optim.lr={lr} must be > 0")
+    check(
+        cfg.optim.get("_target_") != "torch.optim.SparseAdam",
+        "optim._target_=torch.optim.SparseAdam takes sparse gradients only, and every "
+        "layer but the embedding has dense ones; use SGD or Adagrad with "
+        "model.sparse_embedding=true, or a dense optimizer such as optim=adamw",
+    )
+
+
+def _device(cfg: DictConfig, check: Check) -> None:
+    threads = cfg.device.threads
+    check(threads is None or threads >= 1, f"device.threads={threads} must be >= 1 or null")
+    check(
+        not (cfg.device.type == DeviceType.cpu and cfg.device.precision == Precision.fp16),
+        FP16_ON_CPU,
+    )
+
+
+FP16_ON_CPU = (
+    "device.precision=fp16 needs a CUDA device (it trains with a gradient scaler there); on "
+    "a CPU use device.precision=bf16, which has fp32's range and needs no scaler"
+)
+
+
+def _trainer(cfg: DictConfig, check: Check) -> None:
+    t = cfg.trainer
+    check(t.epochs >= 0, f"trainer.epochs={t.epochs} must be >= 0")
+    check(t.log_interval >= 1, f"trainer.log_interval={t.log_interval} must be >= 1")
+    check(
+        t.throughput_warmup_steps >= 0,
+        f"trainer.throughput_warmup_steps={t.throughput_warmup_steps} must be >= 0",
+    )
+    check(
+        t.eval_tokens_per_forward >= 1,
+        f"trainer.eval_tokens_per_forward={t.eval_tokens_per_forward} must be >= 1",
+    )
+    check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip={t.grad_clip} must be > 0")
+    for key in ("limit_train_batches", "limit_eval_batches", "checkpoint_every_steps"):
+        check(t[key] is None or t[key] >= 1, f"trainer.{key}={t[key]} must be >= 1 or null")

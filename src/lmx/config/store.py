@@ -1,0 +1,25 @@
+"""The schemas in Hydra's ConfigStore, so that a typo or a wrongly typed override fails at
+compose time. The YAML options in conf/ extend these entries through their defaults lists."""
+
+from __future__ import annotations
+
+from hydra.core.config_store import ConfigStore
+
+from lmx.config.schema import (
+    AdamWConfig,
+    ConstantLRConfig,
+    SGDConfig,
+    StepLRConfig,
+    TrainConfig,
+    WarmupCosineConfig,
+)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="schema/optim", name="sgd", node=SGDConfig)
+    cs.store(group="schema/optim", name="adamw", node=AdamWConfig)
+    cs.store(group="schema/scheduler", name="step", node=StepLRConfig)
+    cs.store(group="schema/scheduler", name="cosine", node=WarmupCosineConfig)
+    cs.store(group="schema/scheduler", name="constant", node=ConstantLRConfig)

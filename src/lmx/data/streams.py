@@ -1,0 +1,70 @@
+"""A run's token rows: the one way every command turns a data config into batched streams.
+
+Training, `lmx.evaluate` and the benchmarks all call `streams`, so they score the same
+tokens in the same rows. The train split is cut into `data.batch_size` rows, valid and test
+into `data.eval_batch_size` rows (the tutorial's batchify). Under torchrun each rank keeps its
+own share of the rows. The rows are small (a few MB for WikiText-2), so they move to the
+device once and a step does no host-to-device copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from lmx.config.schema import DataConfig
+from lmx.data.batching import batchify
+from lmx.data.cache import encode_split, load_corpus
+from lmx.data.sources import SPLITS
+from lmx.runtime.distributed import World
+
+
+@dataclass
+class Streams:
+    rows: dict[str, torch.Tensor]  # split -> [rows, length] token ids, on the device
+    tokens: dict[str, int]  # split -> tokens in the whole split (before batchify)
+    tokenizer: Tokenizer
+    tokenizer_path: Path | None  # the cached tokenizer.json; None for a given tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+
+def streams(
+    cfg: DataConfig,
+    splits: tuple[str, ...] = SPLITS,
+    device: torch.device | str = "cpu",
+    world: World | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> Streams:
+    """The rows of `splits`. Without a `tokenizer` the tokens come from the cache (built now
+    if needed, rank 0 first under torchrun); with one (a checkpoint's own) the text is encoded
+    with it, uncached."""
+    world = world or World()
+    if tokenizer is not None:
+        ids = {s: encode_split(cfg, tokenizer, s) for s in splits}
+        tokenizer_path = None
+    else:
+        if not world.is_main:
+            world.barrier()  # rank 0 builds the token cache first; the others then read it
+        corpus = load_corpus(cfg)
+        if world.is_main:
+            world.barrier()
+        ids = {s: corpus.splits[s] for s in splits}
+        tokenizer, tokenizer_path = corpus.tokenizer, corpus.tokenizer_path
+    rows = {}
+    for split, stream in ids.items():
+        if split == "train":
+            rows[split] = world.train_rows(batchify(stream, cfg.batch_size, split, cfg.bptt))
+        else:
+            rows[split] = world.eval_rows(batchify(stream, cfg.eval_batch_size, split, cfg.bptt))
+    return Streams(
+        rows={s: r.to(device) for s, r in rows.items()},
+        tokens={s: len(stream) for s, stream in ids.items()},
+        tokenizer=tokenizer,
+        tokenizer_path=tokenizer_path,
+    )

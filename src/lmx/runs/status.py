@@ -1,0 +1,43 @@
+"""How a run ended, on disk: `status` in its metrics.json says running, done, interrupted
+(stopped by a signal after saving: resumable) or failed (error.txt keeps the traceback)."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+from typing import Any
+
+from lmx.files import METRICS_FILE, write_json
+
+STATUS_FILE = METRICS_FILE
+ERROR_FILE = "error.txt"
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _mark(run_dir: Path, status: str, message: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = read_status(run_dir)
+    if summary.get("status") == "done":
+        return  # the results were complete before the stop (e.g. Ctrl-C while closing up)
+    summary.update(status=status, error=" ".join(message.split()))  # one line, for tables
+    write_json(run_dir / STATUS_FILE, summary)
+
+
+def mark_failed(run_dir: Path, err: BaseException) -> None:
+    """Keep the traceback and flag the run as failed; what it had written stays."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    (run_dir / ERROR_FILE).write_text(text)
+    _mark(run_dir, "failed", f"{type(err).__name__}: {err}")
+
+
+def mark_interrupted(run_dir: Path, message: str) -> None:
+    """A signal stopped the run after it saved last.pt: it resumes with trainer.resume=auto."""
+    _mark(run_dir, "interrupted", message)

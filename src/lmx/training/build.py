@@ -1,0 +1,114 @@
+"""From a checked config to a `Run` the loop can fit: data, model, optimizer, schedule,
+scaler, and the checkpoint to resume from (if any). Under torchrun every rank builds its own;
+rank 0 alone writes the run dir."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+
+from lmx.data.batching import num_steps
+from lmx.data.streams import streams
+from lmx.errors import ConfigError
+from lmx.runtime.distributed import World
+from lmx.training.checkpoint import Checkpoint, load_checkpoint
+from lmx.training.logs import TensorBoard
+from lmx.training.loop import Run
+from lmx.training.optim import build_optimizer, build_scheduler
+from lmx.training.resume import check_compatible, find_resume_checkpoint, restore
+from lmx.training.step import make_scaler
+
+log = logging.getLogger("lmx.train")
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def build_run(
+    cfg: DictConfig, run_dir: Path, world: World, device: torch.device
+) -> tuple[Run, Checkpoint | None]:
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    d = cfg.data
+    data = streams(d, device=device, world=world)
+    if world.is_main:
+        shutil.copy(data.tokenizer_path, run_dir / "tokenizer.json")
+    log.info(
+        "data: %s | vocab %d | tokens train %d, valid %d, test %d",
+        d.local_dir or f"{d.hub_path} ({d.hub_config})",
+        data.vocab_size,
+        *(data.tokens[s] for s in ("train", "valid", "test")),
+    )
+
+    seed_everything(cfg.trainer.seed)  # the same initial weights on every rank
+    model = instantiate(cfg.model, ntoken=data.vocab_size).to(device)
+    if cfg.device.compile:
+        model.compile()  # in place: state_dict keys stay those of the plain model
+    log.info(
+        "model: %s, %.2fM parameters, on %s%s",
+        type(model).__name__,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        device,
+        f" x {world.world_size} processes" if world.enabled else "",
+    )
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    steps_per_epoch = num_steps(data.rows["train"], d.bptt, cfg.trainer.limit_train_batches)
+    schedule = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, cfg.trainer.epochs)
+    scaler = make_scaler(device, cfg.device.precision)
+    meta = {
+        "config": resolved,
+        "vocab_size": data.vocab_size,
+        "tokenizer": data.tokenizer.to_str(),  # the checkpoint alone can evaluate
+    }
+
+    resume_from = None
+    path = find_resume_checkpoint(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
+    if path is not None:
+        resume_from = load_checkpoint(path, map_location=device)
+        check_compatible(path, resume_from, {**resolved, "vocab_size": data.vocab_size})
+        restore(resume_from, path, model, optimizer, schedule, scaler, world.rank)
+    elif cfg.trainer.resume == "auto":
+        log.info("trainer.resume=auto: no checkpoint in %s yet; starting fresh", run_dir)
+
+    train_model = model
+    if world.enabled:
+        if cfg.model.sparse_embedding:
+            raise ConfigError("model.sparse_embedding is for single-process runs")
+        if resume_from is None:  # each rank draws its own dropout masks from here on
+            torch.manual_seed(cfg.trainer.seed + world.rank)
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=ids)
+    # purge_step: TensorBoard drops the events an earlier try logged after the checkpoint.
+    purge = resume_from.step + 1 if resume_from else None
+    tb = TensorBoard(run_dir / "tensorboard", cfg.trainer.tensorboard and world.is_main, purge)
+    run = Run(
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        scaler=scaler,
+        splits=data.rows,
+        train_tokens=data.tokens["train"],
+        bptt=d.bptt,
+        device=device,
+        precision=cfg.device.precision,
+        run_dir=run_dir,
+        tb=tb,
+        checkpoint_meta=meta,
+        world=world,
+        train_model=train_model,
+    )
+    return run, resume_from

@@ -1,0 +1,131 @@
+"""What a checkpoint holds, defined once: `Checkpoint`. Every writer and reader goes through it.
+
+On disk a checkpoint is one plain dict (`Checkpoint.to_dict`), written atomically and read
+with torch.load(weights_only=True), so a file that carries code is refused without running
+it. Readers that do not know lmx find the summary keys `epoch`, `step` and `best_val_loss`
+at the top level. Checkpoints written by older lmx versions load too: their configs pass
+through lmx.config.legacy.upgrade_config (moved `_target_` paths).
+
+It also holds every RNG the run draws from (python, numpy, torch CPU and CUDA), so that a
+resumed run draws the same dropout masks as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmx.config.legacy import upgrade_config
+from lmx.errors import CheckpointError
+from lmx.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+FORMAT = 2  # 1: before `format` was stored (the layout before lmx's subpackages)
+CHECKPOINT_NAMES = ("last.pt", "best.pt")  # on a tie in steps, last.pt wins
+_SUMMARY = ("epoch", "step", "best_val_loss")  # derived from progress; for outside readers
+
+
+@dataclass
+class Checkpoint:
+    model: dict[str, torch.Tensor]  # the model's state_dict
+    config: dict[str, Any]  # the run's resolved config, plain containers
+    vocab_size: int
+    tokenizer: str | None = None  # the tokenizers JSON; None: tokenizer.json in the run dir
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None  # the fp16 gradient scaler's state (CUDA)
+    progress: dict[str, Any] | None = None  # lmx.training.state.Progress, as a dict
+    rng: dict[str, Any] | None = None  # rank 0's RNG states
+    rng_per_rank: list[dict[str, Any]] | None = None  # every rank's, under torchrun
+    format: int = FORMAT
+
+    @property
+    def step(self) -> int:
+        return self.progress["step"] if self.progress else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if self.progress:
+            p = self.progress
+            out.update(epoch=p["epoch"] - 1, step=p["step"], best_val_loss=p["best_val_loss"])
+        return out
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any], path: Path) -> Checkpoint:
+        for key in ("model", "config", "vocab_size"):
+            if key not in state:
+                raise CheckpointError(f"{path} is not an lmx checkpoint: it has no {key!r} entry")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in state.items() if k in fields}
+        known["config"] = upgrade_config(state["config"])
+        known.setdefault("format", 1)
+        return cls(**known)
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = ckpt.to_dict()
+    atomic_write(path, lambda f: torch.save(state, f))  # WriteError names the path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not an lmx checkpoint: it holds a {type(state)}")
+    return Checkpoint.from_dict(state, path)
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    """The one of last.pt / best.pt in `folder` with the most training steps, or None."""
+    found = [folder / n for n in CHECKPOINT_NAMES if (folder / n).is_file()]
+    if len(found) < 2:
+        return found[0] if found else None
+    steps = [load_checkpoint(p).step for p in found]
+    return found[steps.index(max(steps))]
+
+
+# ---------------------------------------------------------------------------- RNG states
+def rng_state() -> dict[str, Any]:
+    """Every RNG's state, in forms that torch.load(weights_only=True) accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    saved = state["cuda"]
+    now = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, gpu_state in enumerate(saved[:now]):
+        torch.cuda.set_rng_state(gpu_state, index)
+    if len(saved) > now:
+        log.warning(
+            "resume: the checkpoint holds the RNG states of %d GPU(s) and this machine has %d; "
+            "restored %d of them. Dropout on the GPUs without a saved state will not repeat "
+            "the saved run's masks.",
+            len(saved),
+            now,
+            now,
+        )

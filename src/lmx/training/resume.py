@@ -1,0 +1,170 @@
+"""Resume: which checkpoint, what may change since it was written, and loading it back.
+
+A resumed run is the same run: it loads the model, optimizer, scheduler, scaler, progress and
+RNG states, and goes on with the same batches and dropout masks. What may differ from the
+checkpoint's config:
+- the run's length (`trainer.epochs`, `trainer.limit_train_batches`): a schedule whose horizon
+  came from the length moves to the new one from the current step, so a cosine lr follows the
+  curve of a run planned with the new total from here on;
+- settings changed on purpose that act only on the steps to come (dropout, the loss kernel,
+  the sparse embedding gradient, the device and precision, the gradient clip, on_nonfinite);
+- logging, checkpoint cadence and paths.
+Everything else would change the arithmetic of the steps already taken, or is held in the
+checkpoint's state and so would silently not take effect (optimizer and scheduler settings,
+the seed): it is refused, with the list of what differs. The log says what changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from lmx.config.legacy import typed_config
+from lmx.errors import CheckpointError
+from lmx.training.checkpoint import Checkpoint, newest_checkpoint, set_rng_state
+from lmx.training.optim import Schedule
+
+log = logging.getLogger(__name__)
+
+LENGTH = ("trainer.epochs", "trainer.limit_train_batches")
+ON_PURPOSE = (
+    "model.dropout",
+    "model.attn_dropout",
+    "model.fused_loss",
+    "model.sparse_embedding",
+    "device.",
+    "trainer.grad_clip",
+    "trainer.on_nonfinite",
+)
+FREE = (
+    "trainer.log_interval",
+    "trainer.progress",
+    "trainer.tensorboard",
+    "trainer.resume",
+    "trainer.checkpoint_every_steps",
+    "trainer.throughput_warmup_steps",
+    "trainer.eval_tokens_per_forward",
+    "trainer.test",
+    "data.local_dir",
+    "data.cache_dir",
+    "sweep.",
+)
+
+
+def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
+    """trainer.resume -> a checkpoint file. "auto": this run dir's newest, or None (fresh
+    start). A path: that file, or the newest checkpoint of that run dir; it must exist."""
+    if resume == "auto":
+        return newest_checkpoint(run_dir / "checkpoints")
+    path = Path(resume).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for folder in (path / "checkpoints", path):
+            found = newest_checkpoint(folder)
+            if found is not None:
+                return found
+        raise CheckpointError(f"trainer.resume={resume}: no last.pt or best.pt in {path}")
+    raise CheckpointError(f"trainer.resume={resume}: no such file or run dir")
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}{key}."))
+    return out
+
+
+def _kind(key: str) -> str:
+    for kind, prefixes in (("length", LENGTH), ("on purpose", ON_PURPOSE), ("free", FREE)):
+        if any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes):
+            return kind
+    return "refused"
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, list[str]]:
+    """Each differing setting as 'key: checkpoint X, this run Y', grouped by its kind."""
+    old, new = _leaves(saved), _leaves(current)
+    changes: dict[str, list[str]] = {"refused": [], "length": [], "on purpose": [], "free": []}
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if a != b:
+            changes[_kind(key)].append(f"{key}: checkpoint {a!r}, this run {b!r}")
+    return changes
+
+
+def check_compatible(path: Path, ckpt: Checkpoint, current: dict[str, Any]) -> None:
+    """Refuse what may not change; log what did."""
+    typed = typed_config(ckpt.config, str(path))  # keys added since it was written: defaults
+    saved = {**OmegaConf.to_container(typed, resolve=True, enum_to_str=True),
+             "vocab_size": ckpt.vocab_size}  # fmt: skip
+    changes = config_changes(saved, current)
+    if changes["refused"]:
+        raise CheckpointError(
+            f"cannot resume from {path}: these settings differ from the checkpoint's, and "
+            "would change the steps it already took or would not take effect (the checkpoint "
+            "holds their state):\n" + "\n".join(f"  - {d}" for d in changes["refused"])
+        )
+    notes = {
+        "length": "the run's length: the schedule follows the new horizon",
+        "on purpose": "takes effect from the next step",
+        "free": "logging, cadence or paths",
+    }
+    for kind, note in notes.items():
+        for change in changes[kind]:
+            log.info("resume: changed since the checkpoint (%s): %s", note, change)
+
+
+def restore(
+    ckpt: Checkpoint,
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    scaler: torch.amp.GradScaler,
+    rank: int = 0,
+) -> None:
+    """Load the checkpoint's states into the built objects, RNG states last."""
+    if ckpt.progress is None:
+        raise CheckpointError(f"cannot resume from {path}: it has no training progress in it")
+    try:
+        model.load_state_dict(ckpt.model)
+        optimizer.load_state_dict(ckpt.optimizer)
+        schedule.scheduler.load_state_dict(ckpt.scheduler)
+        if ckpt.scaler and scaler.is_enabled():
+            scaler.load_state_dict(ckpt.scaler)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"cannot resume from {path}: {err}") from err
+    _move_horizon(schedule, optimizer)
+    # Last, since building the model drew from the RNGs. Under torchrun each rank takes its
+    # own state when the world size is unchanged.
+    per_rank = ckpt.rng_per_rank
+    set_rng_state(per_rank[rank] if per_rank and rank < len(per_rank) else ckpt.rng)
+    p = ckpt.progress
+    log.info(
+        "resuming from %s: epoch %d, batch %d, step %d", path, p["epoch"], p["batch"], p["step"]
+    )
+
+
+def _move_horizon(schedule: Schedule, optimizer: torch.optim.Optimizer) -> None:
+    """The saved scheduler state carries the old run length; give it this run's, and set the
+    lr that the schedule planned with the new length gives at the current step."""
+    scheduler = schedule.scheduler
+    moved = {k: v for k, v in schedule.horizon.items() if getattr(scheduler, k, v) != v}
+    if not moved:
+        return
+    for key, value in moved.items():
+        log.info("resume: scheduler %s %s -> %s", key, getattr(scheduler, key), value)
+        setattr(scheduler, key, value)
+    scheduler._get_lr_called_within_step = True  # as step() does: get_lr is the closed form
+    lrs = scheduler.get_lr()
+    scheduler._get_lr_called_within_step = False
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)

@@ -1,0 +1,74 @@
+"""Where the loop stands: `Progress`, saved in every checkpoint as plain values.
+
+Everything the loop carries from step to step lives here, so a run resumed from any
+checkpoint (end of epoch, every `checkpoint_every_steps`, or on SIGINT/SIGTERM) continues
+exactly where it stopped: same batches, same meters, same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _new_window() -> dict[str, float]:
+    return dict(loss=0.0, norm=0.0, tokens=0, batches=0)
+
+
+@dataclass
+class Progress:
+    epoch: int = 1  # the epoch in progress (1-based)
+    batch: int = 0  # batches of that epoch already done
+    step: int = 0  # optimizer steps so far (batches, skipped ones included): TB's x-axis
+    best_val_loss: float = math.inf
+    best_epoch: int | None = None
+    epoch_loss: float = 0.0  # sum over this epoch's batches of loss * tokens
+    epoch_tokens: int = 0
+    epoch_seconds: float = 0.0
+    window: dict[str, float] = field(default_factory=_new_window)  # since the last log line
+    # Steady-state throughput: steps after the first `throughput_warmup_steps` of each
+    # process (allocator and kernel warm-up, compilation) are timed.
+    timed_tokens: int = 0
+    timed_seconds: float = 0.0
+    untimed_steps: int = 0
+    wall_seconds: float = 0.0  # before this process started (earlier tries of the run)
+    skipped_batches: int = 0  # non-finite batches skipped (trainer.on_nonfinite=skip)
+    scaler_skipped_steps: int = 0  # fp16: steps the gradient scaler skipped (inf gradients)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> Progress:
+        return cls(**saved)  # older checkpoints lack the newer fields: their defaults apply
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def count_step(self, loss: float, norm: float, tokens: int) -> None:
+        """One optimizer step done; a skipped one (nan loss) counts in no meter."""
+        self.step += 1
+        self.batch += 1
+        if math.isfinite(loss):
+            self.epoch_loss += loss * tokens
+            self.epoch_tokens += tokens
+            self.window["loss"] += loss
+            self.window["norm"] += norm
+            self.window["tokens"] += tokens
+            self.window["batches"] += 1
+
+    def count_time(self, seconds: float, tokens: int, timed: bool) -> None:
+        self.epoch_seconds += seconds
+        if timed:
+            self.timed_tokens += tokens
+            self.timed_seconds += seconds
+        else:
+            self.untimed_steps += 1
+
+    def reset_window(self) -> None:
+        self.window = _new_window()
+
+    def next_epoch(self) -> None:
+        """The next epoch's state, so that a resume from here starts it."""
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.epoch_loss, self.epoch_tokens, self.epoch_seconds = 0.0, 0, 0.0

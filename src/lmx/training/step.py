@@ -1,0 +1,96 @@
+"""One optimizer step: forward, backward, clip, update.
+
+fp16 on CUDA trains through a `torch.amp.GradScaler`: the loss is scaled before the backward
+so that small gradients do not underflow in fp16, the gradients are unscaled before the clip,
+and a step whose gradients overflowed is skipped while the scale shrinks. With any other
+precision the scaler is disabled and each of its calls is the plain operation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lmx.config.schema import Precision
+from lmx.errors import LmxError
+from lmx.runtime.device import autocast
+
+
+class NonFiniteLoss(LmxError):
+    """The loss or gradient norm became inf/nan and trainer.on_nonfinite=stop."""
+
+
+def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_, also for sparse gradients (a sparse embedding), which
+    torch's own version cannot take a norm of. Returns the total norm before clipping."""
+    params = [p for p in parameters if p.grad is not None]
+    if not any(p.grad.is_sparse for p in params):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()  # repeated token rows summed, as the dense grad has them
+    norms = [torch.linalg.vector_norm(p.grad._values() if p.grad.is_sparse else p.grad)
+             for p in params]  # fmt: skip
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)  # torch's formula
+    for p in params:
+        p.grad.mul_(scale)
+    return total
+
+
+def make_scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler:
+    """Enabled for fp16 on CUDA only (config rules refuse fp16 elsewhere)."""
+    enabled = precision == Precision.fp16 and device.type == "cuda"
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+@dataclass
+class StepResult:
+    loss: float  # the step's mean loss (global under torchrun); nan when it was not applied
+    norm: float  # gradient norm before clipping; nan when not applied
+    nonfinite: str | None = None  # e.g. "loss (nan)": why it was not applied
+    stop_requested: bool = False  # a signal arrived on some rank (agreed under torchrun)
+    scaler_skipped: bool = False  # fp16: the scaler found inf gradients and skipped it
+
+
+def train_step(
+    model: torch.nn.Module,
+    parameters: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    data: torch.Tensor,
+    targets: torch.Tensor,
+    precision: Precision,
+    grad_clip: float | None,
+    world,
+    stop_requested: bool,
+) -> StepResult:
+    """Forward, backward, clip, update; a non-finite loss or gradient norm updates nothing.
+
+    `model` is what trains (DDP-wrapped under torchrun); `parameters` are its weights.
+    """
+    device = data.device
+    with autocast(device, precision):
+        loss = model(data, targets)  # mean cross-entropy over the step's tokens
+    loss_value = loss.item()
+    if world.enabled:  # every rank sees the global loss and the same stop decision
+        loss_sum, stops = world.sum([loss_value, stop_requested], device)
+        loss_value, stop_requested = loss_sum / world.world_size, stops > 0
+    optimizer.zero_grad(set_to_none=True)
+    if not math.isfinite(loss_value):
+        return StepResult(math.nan, math.nan, f"loss ({loss_value})", stop_requested)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # the clip below sees the true gradients
+    norm = clip_grad_norm(parameters, grad_clip if grad_clip is not None else math.inf).item()
+    if not math.isfinite(norm):
+        if scaler.is_enabled():  # an overflow at this scale: skip the step, shrink the scale
+            scaler.step(optimizer)
+            scaler.update()
+            return StepResult(math.nan, math.nan, None, stop_requested, scaler_skipped=True)
+        optimizer.zero_grad(set_to_none=True)
+        return StepResult(math.nan, math.nan, f"gradient norm ({norm})", stop_requested)
+    scaler.step(optimizer)
+    scaler.update()
+    return StepResult(loss_value, norm, None, stop_requested)
