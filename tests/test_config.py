@@ -47,11 +47,36 @@ def test_every_preset_says_what_it_is_for():
         assert header[1].startswith(f"# {preset.stem}: "), preset.name
 
 
-def test_seed_tutorial_is_the_defaults():
-    assert (
-        run_cli("experiment=seed_tutorial", "--cfg", "job").stdout == run_cli("--cfg", "job").stdout
+def assert_tutorial(cfg) -> None:
+    """The hyperparameters of ../shared/docs/tutorial-spec.md, written out, not read back."""
+    m, d, t = cfg.model, cfg.data, cfg.trainer
+    assert (m.d_model, m.nhead, m.d_hid, m.nlayers, m.dropout, m.tie_weights) == (
+        200,
+        2,
+        200,
+        2,
+        0.2,
+        False,
     )
-    assert compose_cfg(["experiment=seed_tutorial"]) == compose_cfg()
+    assert (m.norm_first, m.activation, m.attn_dropout) == (False, "relu", None)
+    assert (d.batch_size, d.eval_batch_size, d.bptt) == (20, 10, 35)
+    assert d.hub_config == "wikitext-2-v1"
+    assert d.tokenizer.normalization.value == "basic_english" and not d.tokenizer.eos
+    assert d.tokenizer.vocab_size is None  # no silent cap
+    assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim.lr == 5.0
+    assert cfg.optim.momentum == 0.0 and cfg.optim.weight_decay == 0.0
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
+    assert (cfg.scheduler.step_size, cfg.scheduler.gamma) == (1, 0.95)
+    assert cfg.scheduler.interval.value == "epoch"
+    assert cfg.device.precision.value == "fp32"
+    assert (t.epochs, t.grad_clip, t.log_interval) == (3, 0.5, 200)
+    assert t.limit_train_batches is None and t.limit_eval_batches is None
+
+
+def test_seed_tutorial_is_the_tutorial():
+    assert_tutorial(compose_cfg(["experiment=seed_tutorial"]))
+    job = run_cli("experiment=seed_tutorial", "--cfg", "job").stdout
+    assert "lr: 5.0" in job and "gamma: 0.95" in job and "bptt: 35" in job
 
 
 def test_presets_change_what_they_say():
@@ -71,27 +96,8 @@ def test_every_shipped_option_composes_and_validates(group, option):
 
 def test_defaults_are_the_tutorial():
     cfg = compose_cfg()
-    m, d, t = cfg.model, cfg.data, cfg.trainer
-    assert (m.d_model, m.nhead, m.d_hid, m.nlayers, m.dropout, m.tie_weights) == (
-        200,
-        2,
-        200,
-        2,
-        0.2,
-        False,
-    )
-    assert (d.batch_size, d.eval_batch_size, d.bptt) == (20, 10, 35)
-    assert d.hub_config == "wikitext-2-v1"
-    assert d.tokenizer.normalization.value == "basic_english" and not d.tokenizer.eos
-    assert d.tokenizer.vocab_size is None  # no silent cap
-    assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim.lr == 5.0
-    assert cfg.optim.momentum == 0.0 and cfg.optim.weight_decay == 0.0
-    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
-    assert (cfg.scheduler.step_size, cfg.scheduler.gamma) == (1, 0.95)
-    assert cfg.scheduler.interval.value == "epoch"
-    assert cfg.device.type.value == "auto" and cfg.device.precision.value == "fp32"
-    assert (t.epochs, t.grad_clip, t.log_interval) == (3, 0.5, 200)
-    assert t.limit_train_batches is None and t.limit_eval_batches is None
+    assert_tutorial(cfg)
+    assert cfg.device.type.value == "auto"
 
 
 def test_override_reaches_the_built_model():
@@ -219,3 +225,76 @@ def test_the_command_line_is_checked_whole_before_any_work(tmp_path):
 )
 def test_which_arguments_the_check_reads(argv, expected):
     assert overrides_of(argv) == expected
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("+trainer.no_such_key=1", "trainer.no_such_key: no component reads this key"),
+        (
+            "+model.nheads=4",
+            "model.nheads: no component reads this key, so it would have no "
+            "effect; did you mean model.nhead?",
+        ),  # fmt: skip
+        ("++data.batchsize=4", "data.batchsize: no component reads this key"),
+    ],
+)
+def test_an_added_key_that_nothing_reads_is_refused_before_any_work(tmp_path, override, expected):
+    proc = run_cli(override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and expected in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_keys_for_an_optimizer_or_scheduler_constructor_may_be_added():
+    from omegaconf import OmegaConf
+
+    from lmx.config.rules import config_problems
+
+    cfg = compose_cfg(["optim._target_=torch.optim.RMSprop", "+optim.alpha=0.9"])
+    assert config_problems(cfg) == []
+    # The same check runs on a config built in Python, as Hydra's `+key=` builds it.
+    OmegaConf.update(cfg, "trainer.max_stepz", 100, force_add=True)
+    assert config_problems(cfg) == [
+        "trainer.max_stepz: no component reads this key, so it would have no effect"
+    ]
+    assert OmegaConf.select(cfg, "optim.alpha") == 0.9
+
+
+def test_sparse_adam_is_refused_at_preflight(tmp_path):
+    proc = run_cli("optim._target_=torch.optim.SparseAdam", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert "optim._target_=torch.optim.SparseAdam takes sparse gradients only" in proc.stderr
+
+
+def test_fp16_needs_cuda(monkeypatch):
+    import torch
+
+    from lmx.config.rules import config_problems
+    from lmx.runtime.device import resolve_device
+
+    problems = config_problems(compose_cfg(["device=cpu", "device.precision=fp16"]))
+    assert any(p.startswith("device.precision=fp16 needs a CUDA device") for p in problems)
+    # device=auto on a machine without a GPU: refused when the device is resolved
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_cfg(["device.precision=fp16"])
+    assert config_problems(cfg) == []
+    with pytest.raises(ConfigError, match="device.precision=bf16"):
+        resolve_device(cfg.device)
+
+
+def test_declared_dependency_floors_cover_what_the_code_calls():
+    # torch.is_autocast_enabled(device_type), torch.get_autocast_dtype and fused AdamW on CPU
+    # arrived in torch 2.4; tokenizers' encode_batch_fast in 0.21.
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((config_dir().parent / "pyproject.toml").read_text())["project"]
+    floors = {}
+    for line in project["dependencies"]:
+        req = Requirement(line)
+        lows = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        floors[req.name] = max(lows) if lows else None
+    assert floors["torch"] >= Version("2.4")
+    assert floors["tokenizers"] >= Version("0.21")
+    assert floors["hydra-core"] >= Version("1.3") and floors["omegaconf"] >= Version("2.3")

@@ -180,3 +180,57 @@ def test_a_truncated_checkpoint_is_named_when_resuming(corpus_dir, cache_dir, tm
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1
     assert f"cannot load checkpoint {last}" in output and "Traceback" not in output
+
+
+def test_a_run_whose_every_validation_is_nan_fails_clearly(
+    corpus_dir, cache_dir, tmp_path, monkeypatch
+):
+    from lmx.perplexity import Score
+    from lmx.training import loop
+
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: Score(float("nan"), 10, 10))
+    cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, "trainer.limit_train_batches=3"))
+    with pytest.raises(NonFiniteLoss) as err:
+        train(cfg, tmp_path / "run")
+    assert "every validation loss was non-finite (epoch 1: nan, epoch 2: nan)" in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+
+def test_the_fp16_scaler_scales_unscales_and_skips_overflowing_steps():
+    # Built for CUDA; its arithmetic is checked here on a CPU GradScaler (no GPU in CI).
+    from lmx.config.schema import Precision
+    from lmx.runtime.distributed import World
+    from lmx.training.step import make_scaler, train_step
+
+    assert not make_scaler(torch.device("cpu"), Precision.fp16).is_enabled()
+    assert not make_scaler(torch.device("cpu"), Precision.bf16).is_enabled()
+
+    def step(scaler, overflow=False):
+        torch.manual_seed(0)
+        model = TransformerLM(30, d_model=8, nhead=2, d_hid=8, nlayers=1, dropout=0.0)
+        if overflow:  # what an fp16 overflow leaves in a scaled gradient
+            model.decoder.bias.register_hook(lambda g: g * float("inf"))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        data, targets = torch.randint(0, 30, (2, 5)), torch.randint(0, 30, (2, 5))
+        args = (data, targets, Precision.fp32, 0.5, World(), False)
+        return model, train_step(model, list(model.parameters()), opt, scaler, *args)
+
+    plain_model, plain = step(torch.amp.GradScaler("cpu", enabled=False))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scaled_model, scaled = step(scaler)
+    assert scaled.loss == plain.loss and scaled.norm == pytest.approx(plain.norm, rel=1e-6)
+    for a, b in zip(plain_model.parameters(), scaled_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)  # unscaled before the clip and the update
+    assert scaler.get_scale() == 2.0**10  # no overflow: the scale holds
+
+    overflowing = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    model, result = step(overflowing, overflow=True)
+    assert result.scaler_skipped and result.nonfinite is None  # not a stop under fp16
+    assert overflowing.get_scale() == 2.0**9  # the scale shrank
+    torch.manual_seed(0)
+    fresh = TransformerLM(30, d_model=8, nhead=2, d_hid=8, nlayers=1, dropout=0.0)
+    for a, b in zip(fresh.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)  # the skipped step changed nothing
+    # Without a scaler the same overflow is a non-finite gradient norm: the policy decides.
+    _, unscaled = step(torch.amp.GradScaler("cpu", enabled=False), overflow=True)
+    assert unscaled.nonfinite.startswith("gradient norm") and not unscaled.scaler_skipped

@@ -68,7 +68,26 @@ def test_sparse_embedding_needs_a_sparse_capable_optimizer_and_untied_weights():
     assert config_problems(compose_cfg(["experiment=seed_fast"])) == []
 
 
-def test_throughput_leaves_out_the_warmup_steps(corpus_dir, cache_dir, tmp_path):
+def test_throughput_leaves_out_the_warmup_steps(corpus_dir, cache_dir, tmp_path, monkeypatch):
+    # A fake clock: every reading advances 1 s, and the first 4 steps take 100 s more each.
+    # If those steps were timed, tokens/s would be far below tokens per step / 1 s.
+    from lmx.training import loop
+
+    clock = {"t": 0.0, "steps": 0}
+
+    def now():
+        clock["t"] += 1.0
+        return clock["t"]
+
+    step = loop.train_step
+
+    def slow_at_first(*args, **kwargs):
+        clock["steps"] += 1
+        clock["t"] += 100.0 if clock["steps"] <= 4 else 0.0
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(loop.time, "perf_counter", now)
+    monkeypatch.setattr(loop, "train_step", slow_at_first)
     cfg = compose_cfg(
         tiny_overrides(
             corpus_dir,
@@ -78,7 +97,9 @@ def test_throughput_leaves_out_the_warmup_steps(corpus_dir, cache_dir, tmp_path)
         )
     )
     metrics = train(cfg, tmp_path / "run")
-    assert metrics["throughput_excluded_steps"] == 4 and metrics["train_tokens_per_s"] > 0
+    assert metrics["steps"] == 12 and metrics["throughput_excluded_steps"] == 4
+    tokens_per_step = cfg.data.batch_size * cfg.data.bptt
+    assert metrics["train_tokens_per_s"] == pytest.approx(tokens_per_step / 1.0)
 
 
 def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
@@ -110,7 +131,12 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
         assert [len(xs) for xs in iterates] == [3, 3] and len({*iterates[0], *iterates[1]}) == 6
         every = iterates[0] + iterates[1]
         assert math.isclose(result["iterate_val_ppl"], math.exp(sum(every) / 6))
-    assert len(figures["levers"]) >= 5
+    from lmx.bench.settings import LEVERS
+
+    assert list(figures["levers"]) == list(LEVERS)  # every lever measured, none failed
+    for name, lever in figures["levers"].items():
+        assert "error" not in lever, name
+        assert lever["train_tokens_per_s"] > 0 and lever["eval_tokens_per_s"] > 0, name
     assert figures["data"]["cold_s"] > figures["data"]["cached_s"] > 0
     assert all(v > 0 for v in figures["startup"].values())
     assert "| tutorial_loop |" in proc.stdout and "1.00x" in proc.stdout

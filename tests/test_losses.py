@@ -54,12 +54,34 @@ def test_bf16_autocast_stays_close_to_fp32():
     assert torch.nn.functional.cosine_similarity(g_ours.flatten(), g_ref.flatten(), dim=0) > 0.99
 
 
-def test_per_token_losses_and_no_grad_path():
+def test_per_token_losses_without_grad():
     h, w, b, t = _inputs(n=12)
     with torch.no_grad():
         ours = linear_cross_entropy(h.view(3, 4, -1), w, b, t.view(3, 4), reduction="none")
     ref = F.cross_entropy(F.linear(h, w, b), t, reduction="none").view(3, 4)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("no_grad", [torch.inference_mode, torch.no_grad])
+def test_evaluation_does_no_gradient_work(no_grad, monkeypatch):
+    # Evaluation runs with real parameters, which require grad, under inference_mode: only the
+    # forward matmul and a logsumexp may run, not the softmax and the two gradient matmuls.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = TransformerLM(60, d_model=16, nhead=2, d_hid=16, nlayers=1)
+    assert all(p.requires_grad for p in model.parameters())
+    hidden = torch.randn(40, 16)
+    targets = torch.randint(0, 60, (40,))
+
+    def no_softmax(*args, **kwargs):
+        raise AssertionError("the gradient path ran in evaluation")
+
+    monkeypatch.setattr(losses, "_token_losses", no_softmax)
+    with no_grad(), FlopCounterMode(display=False) as flops:
+        loss = linear_cross_entropy(hidden, model.decoder.weight, model.decoder.bias, targets)
+    assert flops.get_total_flops() == 2 * 40 * 16 * 60  # one [N, D] x [D, V] matmul
+    ref = F.cross_entropy(F.linear(hidden, model.decoder.weight, model.decoder.bias), targets)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
 
 
 def test_training_after_inference_mode_eval():
@@ -77,11 +99,20 @@ def test_training_after_inference_mode_eval():
     assert w.grad is not None
 
 
-def test_a_target_with_underflowing_probability_keeps_its_exact_loss():
-    hidden = torch.tensor([[1.0]])
-    weight = torch.tensor([[200.0], [0.0]])  # logit gap 200: p(target=1) = e^-200 underflows
+def test_a_target_with_underflowing_probability_keeps_its_exact_loss_and_gradient(monkeypatch):
+    # Training path: p(target) = e^-200 underflows fp32's softmax to 0, so -log p would be inf;
+    # such rows are redone with logsumexp. The spy shows the fallback ran.
+    hidden = torch.tensor([[1.0]], requires_grad=True)
+    weight = torch.tensor([[200.0], [0.0]], requires_grad=True)  # logits [200, 0], target 1
+    redone = []
+    logsumexp = torch.logsumexp
+    monkeypatch.setattr(torch, "logsumexp", lambda *a, **k: redone.append(1) or logsumexp(*a, **k))
     loss = linear_cross_entropy(hidden, weight, None, torch.tensor([1]))
-    assert loss.item() == pytest.approx(200.0, rel=1e-6)
+    assert redone and loss.item() == pytest.approx(200.0, rel=1e-6)
+    loss.backward()
+    # d loss / d logits = softmax - one_hot = [1, -1] (to fp32 precision)
+    torch.testing.assert_close(hidden.grad, torch.tensor([[200.0]]))
+    torch.testing.assert_close(weight.grad, torch.tensor([[1.0], [-1.0]]))
 
 
 def test_weighted_token_losses_are_refused_rather_than_wrong():

@@ -66,3 +66,49 @@ def test_causal_mask_also_holds_in_training_mode_gradients():
     model.decoder(x)[0, 4].sum().backward()
     assert emb.grad[0, 5:].abs().max() == 0
     assert emb.grad[0, :5].abs().max() > 0
+
+
+def _trains(model: TransformerLM, steps: int = 8) -> list[float]:
+    """Losses of a few SGD steps on one fixed batch: they must fall."""
+    src, tgt = torch.randint(0, 40, (4, 12)), torch.randint(0, 40, (4, 12))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for _ in range(steps):
+        model.train()
+        loss = model(src, tgt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_pre_norm_has_a_final_layernorm_and_trains():
+    model = tiny(norm_first=True, dropout=0.0)
+    assert isinstance(model.encoder.norm, torch.nn.LayerNorm)
+    assert all(layer.norm_first for layer in model.encoder.layers)
+    assert tiny().encoder.norm is None  # the tutorial: post-norm, no final norm
+    losses = _trains(model)
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+
+
+def test_gelu_is_the_feed_forward_activation_and_trains():
+    model = tiny(activation="gelu", dropout=0.0)
+    layer = model.encoder.layers[0]
+    x = torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(layer.activation(x), torch.nn.functional.gelu(x))
+    assert not torch.allclose(tiny().encoder.layers[0].activation(x), layer.activation(x))
+    losses = _trains(model)
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+
+
+def test_attention_dropout_is_its_own_rate_and_takes_effect():
+    src = torch.randint(0, 40, (2, 10))
+    model = tiny(dropout=0.0, attn_dropout=0.5).train()
+    assert model.encoder.layers[0].self_attn.dropout == 0.5
+    assert not torch.equal(model(src), model(src))  # attention weights dropped at random
+    still = tiny(dropout=0.0, attn_dropout=0.0).train()
+    assert torch.equal(still(src), still(src))
+    assert tiny(dropout=0.3).encoder.layers[0].self_attn.dropout == 0.3  # None: same as dropout
+    losses = _trains(tiny(dropout=0.0, attn_dropout=0.1))
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]

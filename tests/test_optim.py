@@ -63,3 +63,15 @@ def test_unbuildable_optimizer_is_a_config_error():
     cfg = compose_cfg(["optim._target_=torch.optim.NoSuchThing"])
     with pytest.raises(ConfigError, match="torch.optim.NoSuchThing"):
         build_optimizer(cfg.optim, param())
+
+
+def test_a_warmup_longer_than_the_run_is_a_warning_naming_both(caplog):
+    cfg = compose_cfg(["optim=adamw", "scheduler=cosine"])  # warm-up 200 steps
+    opt = build_optimizer(cfg.optim, [torch.nn.Parameter(torch.zeros(2))])
+    build_scheduler(cfg.scheduler, opt, steps_per_epoch=20, epochs=1)
+    assert "scheduler.warmup_steps=200 is not shorter than the run's 20 scheduler steps" in (
+        caplog.text
+    )
+    caplog.clear()
+    build_scheduler(cfg.scheduler, opt, steps_per_epoch=300, epochs=1)
+    assert "warmup_steps" not in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,8 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import REPO, compose_cfg, run_cli, tiny_overrides
 from lmx.errors import CheckpointError
 from lmx.train import train
-from lmx.training.checkpoint import load_checkpoint
 from lmx.training import loop
+from lmx.training.checkpoint import load_checkpoint
 from lmx.training.signals import Interrupted
 
 # Dropout on, so that a resume that lost the RNG state would draw different masks.
@@ -151,3 +152,87 @@ def test_resume_from_a_path_checks_the_config(corpus_dir, cache_dir, tmp_path):
     )
     with pytest.raises(CheckpointError, match="nowhere: no such file or run dir"):
         train(missing, tmp_path / "fourth")
+
+
+def _lrs(run_dir):
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars("train/lr")}
+
+
+def test_resuming_to_train_longer_follows_the_new_cosine_horizon(
+    corpus_dir, cache_dir, tmp_path, caplog
+):
+    # The case: a 1-epoch cosine run, resumed to 3 epochs. The lr must not sit at 0.
+    cosine = ("optim=adamw", "optim.lr=1e-3", "scheduler=cosine", "scheduler.warmup_steps=0",
+              "trainer.log_interval=1", "trainer.limit_train_batches=10")  # fmt: skip
+    run_dir = tmp_path / "run"
+    first = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *cosine, "trainer.epochs=1")),
+                  run_dir)  # fmt: skip
+    assert first["history"][0]["lr"] == 0.0  # the 1-epoch curve ends at its floor
+    caplog.set_level("INFO")
+    longer = tiny_overrides(corpus_dir, cache_dir, *cosine, "trainer.epochs=3",
+                            "trainer.resume=auto")  # fmt: skip
+    metrics = train(compose_cfg(longer), run_dir)
+    assert metrics["steps"] == 30
+    lrs = _lrs(run_dir)  # after each step: the lr the next step uses
+    assert sorted(lrs) == list(range(1, 31))
+    assert all(lrs[s] > 0 for s in range(11, 30)) and lrs[30] == pytest.approx(0.0, abs=1e-12)
+    # From step 10 on, the curve of a run planned for 30 steps.
+    for s in range(11, 31):
+        assert lrs[s] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * s / 30)), rel=1e-5)
+    assert "trainer.epochs: checkpoint 1, this run 3" in caplog.text
+    assert "scheduler total_steps 10 -> 30" in caplog.text
+    val = [h["val_loss"] for h in metrics["history"]]
+    assert len(set(val)) == 3  # each epoch moved the model
+
+
+def test_resume_takes_changes_that_act_on_later_steps_and_refuses_the_rest(
+    corpus_dir, cache_dir, tmp_path, caplog
+):
+    first = tmp_path / "first"
+    train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1")), first)
+    caplog.set_level("INFO")
+    # Dropout and the loss kernel may change on purpose: they act on the steps to come.
+    on_purpose = tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=2", "model.dropout=0.1",
+                                "model.fused_loss=false", f"trainer.resume={first}")  # fmt: skip
+    metrics = train(compose_cfg(on_purpose), tmp_path / "second")
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert "model.dropout: checkpoint 0.2, this run 0.1" in caplog.text
+    assert "takes effect from the next step" in caplog.text
+    # Optimizer settings and the seed live in the checkpoint's state: a change would not act.
+    held = tiny_overrides(corpus_dir, cache_dir, "optim.lr=0.5", "trainer.seed=3",
+                          f"trainer.resume={first}")  # fmt: skip
+    with pytest.raises(CheckpointError) as err:
+        train(compose_cfg(held), tmp_path / "third")
+    assert "optim.lr: checkpoint 1.0, this run 0.5" in str(err.value)
+    assert "trainer.seed: checkpoint 0, this run 3" in str(err.value)
+
+
+def test_the_newest_checkpoint_is_the_one_with_the_most_steps(tmp_path):
+    from lmx.training.checkpoint import Checkpoint, newest_checkpoint, save_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    for name, step in (("last.pt", 12), ("best.pt", 5)):
+        progress = {"step": step, "epoch": 2, "best_val_loss": 1.0}
+        save_checkpoint(folder / name, Checkpoint(model={}, config={}, vocab_size=3,
+                                                  progress=progress))  # fmt: skip
+    future = time.time() + 60  # best.pt written last, e.g. copied back by hand
+    os.utime(folder / "best.pt", (future, future))
+    assert newest_checkpoint(folder) == folder / "last.pt"
+
+
+def test_resume_onto_fewer_gpus_restores_what_it_can_and_says_so(monkeypatch, caplog):
+    from lmx.training import checkpoint
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i=0: restored.append(i))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: restored.extend(range(len(s))))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [])
+    state = checkpoint.rng_state()
+    state["cuda"] = [torch.zeros(8, dtype=torch.uint8), torch.ones(8, dtype=torch.uint8)]
+    checkpoint.set_rng_state(state)
+    assert restored == [0]
+    assert "RNG states of 2 GPU(s) and this machine has 1" in caplog.text

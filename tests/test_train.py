@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from conftest import compose_cfg, run_cli, tiny_overrides
+from conftest import compose_cfg, run_cli, run_module, tiny_overrides
 from lmx.data.batching import batchify
 from lmx.data.cache import load_corpus
 from lmx.perplexity import evaluate
@@ -80,7 +80,7 @@ def test_tensorboard_has_the_scalars_and_hparams(tiny_run):
         "hparam/val_tokens_scored",
         "hparam/test_tokens_scored",
     }
-    assert hparams["eval_partial"].bool_value is False  # the tiny run scores whole splits
+    assert hparams["eval_partial"].number_value == 0  # the tiny run scores whole splits
     assert math.isclose(
         events.Scalars("hparam/test_ppl")[0].value, metrics["test_ppl"], rel_tol=1e-5
     )
@@ -177,3 +177,48 @@ def test_zero_epochs_tests_the_untrained_model(corpus_dir, cache_dir, tmp_path):
     metrics = train(cfg, run_dir)
     assert metrics["steps"] == 0 and metrics["best_epoch"] == 0 and metrics["status"] == "done"
     assert load_checkpoint(run_dir / "checkpoints" / "best.pt").progress["epoch"] == 1
+
+
+def test_a_partial_evaluation_is_labelled_everywhere_and_paths_are_stored_resolved(
+    corpus_dir, cache_dir, tmp_path
+):
+    # From the corpus's parent folder, with the data path typed relative to it.
+    work = corpus_dir.parent
+    args = [a for a in tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1",
+                                      "trainer.limit_eval_batches=2")
+            if not a.startswith("data.local_dir=")]  # fmt: skip
+    run_dir = tmp_path / "run"
+    proc = run_cli(*args, "data.local_dir=corpus", f"hydra.run.dir={run_dir}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    per_window = 2 * 8  # eval_batch_size rows x bptt
+    assert metrics["val_tokens_scored"] == metrics["test_tokens_scored"] == 2 * per_window
+    assert metrics["val_tokens_total"] > metrics["val_tokens_scored"]
+    assert metrics["test_tokens_total"] > metrics["test_tokens_scored"]
+    assert metrics["eval_partial"] is True
+    log = (run_dir / "train.log").read_text()
+    valid_line = next(line for line in log.splitlines() if "valid ppl" in line)
+    test_line = next(line for line in log.splitlines() if "test ppl" in line)
+    for line, split in ((valid_line, "val"), (test_line, "test")):
+        assert f"(partial: 32 of {metrics[f'{split}_tokens_total']:,} tokens)" in line
+
+    # The config holds the data path resolved, the overrides the form that was typed.
+    assert OmegaConf.load(run_dir / "config.yaml").data.local_dir == str(corpus_dir)
+    assert "data.local_dir=corpus" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_module("lmx.evaluate", f"ckpt={run_dir}", cwd=elsewhere)  # no data override
+    assert proc.returncode == 0, proc.stderr
+    total = metrics["test_tokens_total"]
+    assert f"| 32 of {total:,} word-level tokens (partial: trainer.limit_eval_batches=2" in (
+        proc.stdout
+    )
+    report = run_module("lmx.report", str(run_dir)).stdout
+    assert "partial: val" in report and "test" in report
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["eval_partial"].number_value == 1  # true

@@ -88,10 +88,10 @@ def unread_keys(cfg: DictConfig) -> list[str]:
             if full.split(".", 1)[0] in _OPEN_NODES:
                 continue
             if fields is not None and key not in fields:
-                known = [f"{prefix}{f}" for f in sorted(fields)]
+                close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.6)
+                hint = f"; did you mean {prefix}{close[0]}?" if close else ""
                 problems.append(
-                    f"{full}: no component reads this key, so it would have no effect"
-                    f"{did_you_mean(full, known)}"
+                    f"{full}: no component reads this key, so it would have no effect{hint}"
                 )
                 continue
             child = node._get_node(key)

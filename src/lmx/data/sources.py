@@ -119,5 +119,3 @@ def _read_hub(cfg: DataConfig, cache_root: Path) -> dict[str, list[str]]:
     except Exception as err:
         raise DataError(f"cannot load {name} from the Hugging Face Hub: {err}. {hint}") from err
     return {s: _lines(ds[_HUB_SPLIT[s]]) for s in SPLITS}
-
-

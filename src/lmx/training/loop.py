@@ -195,8 +195,11 @@ class Trainer:
         )
         metrics["eval_partial"] = metrics["eval_partial"] or bool(score and score.partial)
         self._write_metrics(metrics)
-        hparams = {k: metrics[k] for k in ("best_val_ppl", "test_ppl", "val_tokens_scored",
-                                           "test_tokens_scored") if metrics[k] is not None}
+        hparams = {
+            k: metrics[k]
+            for k in ("best_val_ppl", "test_ppl", "val_tokens_scored", "test_tokens_scored")
+            if metrics[k] is not None
+        }
         run.tb.hparams({**run.checkpoint_meta["config"], "eval_partial": metrics["eval_partial"]},
                        {f"hparam/{k}": v for k, v in hparams.items()})  # fmt: skip
         return metrics
