@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import REPO, compose_cfg, run_module
 from lmx.evaluate import evaluate_checkpoint
@@ -19,24 +20,14 @@ from lmx.train import train
 from lmx.training.checkpoint import load_checkpoint
 
 FIXTURE = REPO / "tests" / "fixtures" / "v0_run"
-# The settings the fixture was trained with (its README has the whole command).
-FIXTURE_OVERRIDES = [
-    "model.d_model=16",
-    "model.nhead=2",
-    "model.d_hid=32",
-    "model.nlayers=1",
-    "data.batch_size=4",
-    "data.eval_batch_size=2",
-    "data.bptt=8",
-    "trainer.log_interval=50",
-    "trainer.progress=false",
-    "optim=adamw",
-    "optim.lr=0.01",
-    "scheduler=cosine",
-    "scheduler.warmup_steps=5",
-    "device=cpu",
-    "trainer.tensorboard=false",
-]
+
+
+def fixture_overrides() -> list[str]:
+    """The overrides the fixture was trained with, as its run recorded them, less where its
+    data, cache and run dir were."""
+    recorded = OmegaConf.load(FIXTURE / "run" / ".hydra" / "overrides.yaml")
+    skip = ("data.local_dir=", "data.cache_dir=", "hydra.")
+    return [str(o) for o in recorded if not str(o).startswith(skip)]
 
 
 @pytest.fixture
@@ -79,7 +70,7 @@ def test_an_old_checkpoint_generates_and_evaluates_from_the_command_line(tmp_pat
 def test_an_old_run_resumes_to_train_longer(old_run, tmp_path, caplog):
     # The fixture ran 1 epoch of a cosine schedule planned for 1 epoch: its lr ended at 0.
     overrides = [
-        *FIXTURE_OVERRIDES,
+        *fixture_overrides(),
         f"data.local_dir={FIXTURE / 'corpus'}",
         f"data.cache_dir={tmp_path / 'cache'}",
         "trainer.epochs=2",

@@ -17,7 +17,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,10 @@ import torch
 from lmx.config.legacy import upgrade_config
 from lmx.errors import CheckpointError
 from lmx.files import atomic_write
+
+if TYPE_CHECKING:
+    from lmx.training.loop import Run
+    from lmx.training.state import Progress
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,25 @@ class Checkpoint:
         known["config"] = upgrade_config(state["config"])
         known.setdefault("format", 1)
         return cls(**known)
+
+
+def save_run(path: Path, run: Run, progress: Progress) -> None:
+    """A training run's checkpoint. Called on every rank: rank 0 writes, with every rank's
+    RNG state; the others wait until the file is complete."""
+    rngs = run.world.gather(rng_state())
+    if run.world.is_main:
+        ckpt = Checkpoint(
+            model=run.model.state_dict(),
+            optimizer=run.optimizer.state_dict(),
+            scheduler=run.schedule.scheduler.state_dict(),
+            scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            progress=progress.to_dict(),
+            rng=rngs[0],
+            rng_per_rank=rngs if run.world.enabled else None,
+            **run.checkpoint_meta,
+        )
+        save_checkpoint(path, ckpt)
+    run.world.barrier()
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:

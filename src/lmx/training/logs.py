@@ -4,11 +4,17 @@ entry, and the run summary in metrics.json. Only rank 0 writes; elsewhere these 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lmx.files import METRICS_FILE, write_json
 from lmx.perplexity import Score, ppl
+
+if TYPE_CHECKING:
+    from lmx.training.loop import Run
+    from lmx.training.state import Progress
 
 log = logging.getLogger("lmx.training")
 
@@ -59,16 +65,30 @@ class TensorBoard:
 
 
 # ---------------------------------------------------------------------------- log lines
-def log_train(epoch: int, batch: int, n_steps: int, lr: float, ms: float, loss: float) -> None:
+def log_window(run: Run, p: Progress, n_steps: int, seconds: float) -> None:
+    """The tutorial's train line and the TensorBoard scalars of the steps since the last one."""
+    w, lr = p.window, run.optimizer.param_groups[0]["lr"]
+    n = max(w["batches"], 1)
+    loss = w["loss"] / n
     log.info(
         "| epoch %3d | %5d/%5d batches | lr %.3g | ms/batch %6.1f | loss %5.2f | ppl %8.2f",
-        epoch,
-        batch,
+        p.epoch,
+        p.batch,
         n_steps,
         lr,
-        ms,
+        1000 * seconds / n,
         loss,
         ppl(loss),
+    )
+    run.tb.scalars(
+        {
+            "train/loss": loss,
+            "train/ppl": ppl(loss),
+            "train/lr": lr,
+            "train/grad_norm": w["norm"] / n,
+            "train/tokens_per_s": w["tokens"] / seconds,
+        },
+        p.step,
     )
 
 
@@ -83,6 +103,9 @@ def log_validation(epoch: int, seconds: float, score: Score) -> None:
         score.coverage(),
     )
     log.info("-" * 89)
+    if not math.isfinite(score.loss):
+        log.warning("validation loss is %s after epoch %d: it cannot be the best", score.loss,
+                    epoch)  # fmt: skip
 
 
 def log_test(best_epoch: int, score: Score | None) -> None:
@@ -106,3 +129,55 @@ def score_fields(split: str, score: Score | None) -> dict[str, Any]:
     if score is None:
         return {f"{split}_tokens_scored": None, f"{split}_tokens_total": None}
     return {f"{split}_tokens_scored": score.tokens, f"{split}_tokens_total": score.total}
+
+
+def summary(
+    run: Run, p: Progress, status: str, val: Score | None, wall: float, test: Score | None = None
+) -> dict[str, Any]:
+    """metrics.json: the run so far. `val` is this process's latest validation; a resumed
+    run that has not validated yet takes the figures of the last one it recorded. A finished
+    run ("done") adds its best epoch and its test figures (null when trainer.test=false)."""
+    last = p.history[-1] if p.history else {}
+    scored = score_fields("val", val) if val else {
+        k: last.get(k) for k in ("val_tokens_scored", "val_tokens_total")}  # fmt: skip
+    out = {
+        "status": status,
+        "vocab_size": run.checkpoint_meta["vocab_size"],
+        "train_tokens": run.train_tokens,
+        "epochs": len(p.history),
+        "steps": p.step,
+        "history": p.history,
+        "best_val_loss": p.best_val_loss,
+        "best_val_ppl": ppl(p.best_val_loss),
+        **scored,
+        "eval_partial": scored["val_tokens_scored"] != scored["val_tokens_total"],
+        "train_tokens_per_s": p.timed_tokens / p.timed_seconds if p.timed_seconds else None,
+        "throughput_excluded_steps": p.untimed_steps,
+        "skipped_batches": p.skipped_batches,
+        "scaler_skipped_steps": p.scaler_skipped_steps,
+        "world_size": run.world.world_size,
+        "wall_time_s": wall,
+    }
+    if status == "done":
+        out.update(
+            best_epoch=p.best_epoch,
+            test_loss=test.loss if test else None,
+            test_ppl=test.ppl if test else None,
+            **score_fields("test", test),
+        )
+        out["eval_partial"] = out["eval_partial"] or bool(test and test.partial)
+    return out
+
+
+def write_metrics(run: Run, metrics: dict[str, Any]) -> None:
+    if run.world.is_main:
+        write_json(run.run_dir / METRICS_FILE, metrics)
+
+
+def hparams(run: Run, metrics: dict[str, Any]) -> None:
+    """The HParams entry: the flattened config (and whether evaluation was partial) against
+    the figures a sweep is compared by."""
+    keys = ("best_val_ppl", "test_ppl", "val_tokens_scored", "test_tokens_scored")
+    values = {f"hparam/{k}": metrics[k] for k in keys if metrics[k] is not None}
+    run.tb.hparams({**run.checkpoint_meta["config"], "eval_partial": metrics["eval_partial"]},
+                   values)  # fmt: skip

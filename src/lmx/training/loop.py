@@ -9,7 +9,6 @@ checkpoint holds is checkpoint.py's; the log lines and TensorBoard are logs.py's
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -22,11 +21,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lmx.config.schema import Interval, NonFinite, Precision, TrainerConfig
 from lmx.data.batching import batch_starts, get_batch, num_steps
-from lmx.files import METRICS_FILE, write_json
-from lmx.perplexity import Score, evaluate, ppl
+from lmx.perplexity import Score, evaluate
 from lmx.runtime.distributed import World
 from lmx.training import logs
-from lmx.training.checkpoint import Checkpoint, load_checkpoint, rng_state, save_checkpoint
+from lmx.training.checkpoint import Checkpoint, load_checkpoint, save_run
 from lmx.training.optim import Schedule
 from lmx.training.signals import Interrupted, StopSignals
 from lmx.training.state import Progress
@@ -70,14 +68,10 @@ class Trainer:
         self.warmup_left = cfg.throughput_warmup_steps
         self.stop = StopSignals()
         self.val_score: Score | None = None  # this process's latest validation
-        self.eval_args = dict(
-            bptt=run.bptt,
-            device=run.device,
-            precision=run.precision,
-            limit=cfg.limit_eval_batches,
-            tokens_per_forward=cfg.eval_tokens_per_forward,
-            reduce=lambda values: run.world.sum(values, run.device),
-        )
+        self.eval_args = dict(bptt=run.bptt, device=run.device, precision=run.precision,
+                              limit=cfg.limit_eval_batches,
+                              tokens_per_forward=cfg.eval_tokens_per_forward,
+                              reduce=lambda values: run.world.sum(values, run.device))  # fmt: skip
 
     def fit(self) -> dict[str, Any]:
         """Train to cfg.epochs, then test the best checkpoint. Returns the run summary."""
@@ -133,32 +127,14 @@ class Trainer:
         lr = self._lr()
         if run.schedule.interval == Interval.epoch:
             run.schedule.scheduler.step()
-        logs.log_validation(p.epoch, p.epoch_seconds, score)
-        if not math.isfinite(score.loss):
-            log.warning("validation loss is %s after epoch %d: it cannot be the best", score.loss,
-                        p.epoch)  # fmt: skip
+        logs.log_validation(p.epoch, p.epoch_seconds, score)  # warns when it is inf or nan
         run.tb.scalars({"val/loss": score.loss, "val/ppl": score.ppl}, p.step)
         run.tb.flush()
-        p.history.append(
-            {
-                "epoch": p.epoch,
-                "step": p.step,
-                "train_loss": p.epoch_loss / max(p.epoch_tokens, 1),
-                "val_loss": score.loss,
-                "val_ppl": score.ppl,
-                **logs.score_fields("val", score),
-                "lr": lr,
-                "train_seconds": p.epoch_seconds,
-            }
-        )
-        improved = score.loss < p.best_val_loss
-        if improved:
-            p.best_val_loss, p.best_epoch = score.loss, p.epoch
-        p.next_epoch()
+        improved = p.end_epoch(score.loss, {**logs.score_fields("val", score), "lr": lr})
         if improved:
             self._save(self.best_path)
         self._save_last()
-        self._write_metrics(self._summary("running"))  # nothing lost
+        logs.write_metrics(self.run, self._summary("running"))  # nothing lost
 
     def settle_best(self) -> None:
         """After the epochs: a best model exists, or say why there is none."""
@@ -186,22 +162,9 @@ class Trainer:
             score = evaluate(run.model, run.splits["test"], **self.eval_args)
             run.tb.scalars({"test/loss": score.loss, "test/ppl": score.ppl}, p.step)
         logs.log_test(p.best_epoch, score)
-        metrics = self._summary("done")
-        metrics.update(
-            best_epoch=p.best_epoch,
-            test_loss=score.loss if score else None,
-            test_ppl=score.ppl if score else None,
-            **logs.score_fields("test", score),
-        )
-        metrics["eval_partial"] = metrics["eval_partial"] or bool(score and score.partial)
-        self._write_metrics(metrics)
-        hparams = {
-            k: metrics[k]
-            for k in ("best_val_ppl", "test_ppl", "val_tokens_scored", "test_tokens_scored")
-            if metrics[k] is not None
-        }
-        run.tb.hparams({**run.checkpoint_meta["config"], "eval_partial": metrics["eval_partial"]},
-                       {f"hparam/{k}": v for k, v in hparams.items()})  # fmt: skip
+        metrics = self._summary("done", test=score)
+        logs.write_metrics(run, metrics)
+        logs.hparams(run, metrics)
         return metrics
 
     # ------------------------------------------------------------------ helpers
@@ -209,56 +172,22 @@ class Trainer:
         return self.run.optimizer.param_groups[0]["lr"]
 
     def _log_window(self, n_steps: int) -> None:
-        p, w = self.progress, self.progress.window
-        seconds = time.perf_counter() - self.window_start
-        n = max(w["batches"], 1)
-        mean_loss = w["loss"] / n
-        logs.log_train(p.epoch, p.batch, n_steps, self._lr(), 1000 * seconds / n, mean_loss)
-        self.run.tb.scalars(
-            {
-                "train/loss": mean_loss,
-                "train/ppl": ppl(mean_loss),
-                "train/lr": self._lr(),
-                "train/grad_norm": w["norm"] / n,
-                "train/tokens_per_s": w["tokens"] / seconds,
-            },
-            p.step,
-        )
-        p.reset_window()
+        logs.log_window(self.run, self.progress, n_steps, time.perf_counter() - self.window_start)
+        self.progress.reset_window()
         self.window_start = time.perf_counter()
 
     def _nonfinite(self, what: str) -> None:
         """trainer.on_nonfinite: count and skip the batch, or stop the run."""
         p = self.progress
         where = f"step {p.step + 1} (epoch {p.epoch}, batch {p.batch + 1})"
-        if self.cfg.on_nonfinite == NonFinite.skip:
-            p.skipped_batches += 1
-            log.warning("non-finite %s at %s: batch skipped", what, where)
-            return
-        best = f"{self.best_path} (epoch {p.best_epoch})" if p.best_epoch else "no best.pt yet"
-        raise NonFiniteLoss(
-            f"non-finite {what} at {where}; training stopped. Best checkpoint: {best}. Lower "
-            "optim.lr or tighten trainer.grad_clip, or set trainer.on_nonfinite=skip to skip "
-            "such batches."
-        )
+        if self.cfg.on_nonfinite == NonFinite.stop:
+            best = f"{self.best_path} (epoch {p.best_epoch})" if p.best_epoch else "no best.pt yet"
+            raise NonFiniteLoss.at(what, where, best)
+        p.skipped_batches += 1
+        log.warning("non-finite %s at %s: batch skipped", what, where)
 
     def _save(self, path: Path) -> None:
-        """Called on every rank: rank 0 writes, with each rank's RNG state."""
-        run = self.run
-        rngs = run.world.gather(rng_state())
-        if run.world.is_main:
-            ckpt = Checkpoint(
-                model=run.model.state_dict(),
-                optimizer=run.optimizer.state_dict(),
-                scheduler=run.schedule.scheduler.state_dict(),
-                scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
-                progress=self.progress.to_dict(),
-                rng=rngs[0],
-                rng_per_rank=rngs if run.world.enabled else None,
-                **run.checkpoint_meta,
-            )
-            save_checkpoint(path, ckpt)
-        run.world.barrier()  # nobody reads the file before it is complete
+        save_run(path, self.run, self.progress)
 
     def _save_last(self) -> None:
         self.progress.wall_seconds = self._wall_seconds()
@@ -271,41 +200,11 @@ class Trainer:
     def _interrupt(self) -> None:
         self._save_last()
         signum = self.stop.requested or signal.SIGTERM  # another rank got it
-        name = "SIGINT" if signum == 2 else "SIGTERM" if signum == 15 else f"signal {signum}"
-        p = self.progress
-        raise Interrupted(
-            f"{name}: stopped after step {p.step} (epoch {p.epoch}, batch {p.batch}) and saved "
-            f"{self.last_path}. Continue with trainer.resume=auto "
-            f"hydra.run.dir={self.run.run_dir}",
-            signum,
-        )
+        raise Interrupted.after(signum, self.progress, self.last_path, self.run.run_dir)
 
-    def _summary(self, status: str) -> dict[str, Any]:
-        p, run = self.progress, self.run
-        last = p.history[-1] if p.history else {}  # a resumed run that validated before
-        val = logs.score_fields("val", self.val_score) if self.val_score else {
-            k: last.get(k) for k in ("val_tokens_scored", "val_tokens_total")}  # fmt: skip
-        return {
-            "status": status,
-            "vocab_size": run.checkpoint_meta["vocab_size"],
-            "train_tokens": run.train_tokens,
-            "epochs": len(p.history),
-            "steps": p.step,
-            "history": p.history,
-            "best_val_loss": p.best_val_loss,
-            "best_val_ppl": ppl(p.best_val_loss),
-            **val,
-            "eval_partial": bool(val["val_tokens_scored"] != val["val_tokens_total"]),
-            "train_tokens_per_s": p.timed_tokens / p.timed_seconds if p.timed_seconds else None,
-            "throughput_excluded_steps": p.untimed_steps,
-            "skipped_batches": p.skipped_batches,
-            "world_size": run.world.world_size,
-            "wall_time_s": self._wall_seconds(),
-        }
-
-    def _write_metrics(self, metrics: dict[str, Any]) -> None:
-        if self.run.world.is_main:
-            write_json(self.run.run_dir / METRICS_FILE, metrics)
+    def _summary(self, status: str, test: Score | None = None) -> dict[str, Any]:
+        wall = self._wall_seconds()
+        return logs.summary(self.run, self.progress, status, self.val_score, wall, test)
 
 
 def fit(run: Run, cfg: TrainerConfig, resume_from: Checkpoint | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 from lmx.errors import LmxError
@@ -22,6 +23,17 @@ class Interrupted(LmxError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
+
+    @classmethod
+    def after(cls, signum: int, progress, last_path: Path, run_dir: Path) -> Interrupted:
+        """The message once `last_path` holds the state after `progress`'s last step."""
+        name = "SIGINT" if signum == 2 else "SIGTERM" if signum == 15 else f"signal {signum}"
+        p = progress
+        return cls(
+            f"{name}: stopped after step {p.step} (epoch {p.epoch}, batch {p.batch}) and saved "
+            f"{last_path}. Continue with trainer.resume=auto hydra.run.dir={run_dir}",
+            signum,
+        )
 
 
 class StopSignals:

@@ -65,6 +65,26 @@ class Progress:
         else:
             self.untimed_steps += 1
 
+    def end_epoch(self, val_loss: float, details: dict[str, Any]) -> bool:
+        """Record the epoch's validation in the history, keep the best, and move to the next
+        epoch (so that a resume from here starts it). True: this epoch is the new best."""
+        self.history.append(
+            {
+                "epoch": self.epoch,
+                "step": self.step,
+                "train_loss": self.epoch_loss / max(self.epoch_tokens, 1),
+                "val_loss": val_loss,
+                "val_ppl": math.exp(val_loss) if val_loss < 700 else math.inf,
+                **details,
+                "train_seconds": self.epoch_seconds,
+            }
+        )
+        improved = val_loss < self.best_val_loss  # never for nan
+        if improved:
+            self.best_val_loss, self.best_epoch = val_loss, self.epoch
+        self.next_epoch()
+        return improved
+
     def reset_window(self) -> None:
         self.window = _new_window()
 

@@ -21,6 +21,14 @@ from lmx.runtime.device import autocast
 class NonFiniteLoss(LmxError):
     """The loss or gradient norm became inf/nan and trainer.on_nonfinite=stop."""
 
+    @classmethod
+    def at(cls, what: str, where: str, best: str) -> NonFiniteLoss:
+        return cls(
+            f"non-finite {what} at {where}; training stopped. Best checkpoint: {best}. Lower "
+            "optim.lr or tighten trainer.grad_clip, or set trainer.on_nonfinite=skip to skip "
+            "such batches."
+        )
+
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
     """torch.nn.utils.clip_grad_norm_, also for sparse gradients (a sparse embedding), which
