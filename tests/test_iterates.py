@@ -1,4 +1,4 @@
-"""lmx.iterates: scoring consecutive SGD iterates continues the run the trainer would have."""
+"""lmx.bench.iterates: scoring consecutive SGD iterates continues the run the trainer would have."""
 
 from __future__ import annotations
 
