@@ -50,7 +50,9 @@ def _lmx():
 
         def rows(cfg):
             corpus = load_corpus(cfg.data)
-            valid = batchify(corpus.splits["valid"], cfg.data.eval_batch_size, "valid", 35)
+            valid = batchify(
+                corpus.splits["valid"], cfg.data.eval_batch_size, "valid", cfg.data.bptt
+            )
             return valid, corpus.vocab_size
 
         return compose, evaluate, rows

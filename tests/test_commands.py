@@ -78,3 +78,10 @@ def test_generate_cli_and_errors(tiny_run):
         generate(run_dir, "   ")
     proc = run_module("lmx.generate", f"ckpt={run_dir}", "prompt=x", "top_k=many")
     assert proc.returncode == 2 and "bad number" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_fp16_run_evaluates_on_a_cpu(tiny_run):
+    # Training refuses fp16 on a CPU (no gradient scaler there); scoring a checkpoint does not.
+    _, run_dir, metrics = tiny_run
+    result = evaluate_checkpoint(run_dir, "test", ["device.precision=fp16"])
+    assert math.isclose(result["ppl"], metrics["test_ppl"], rel_tol=0.05)

@@ -231,6 +231,9 @@ def test_the_fp16_scaler_scales_unscales_and_skips_overflowing_steps():
     fresh = TransformerLM(30, d_model=8, nhead=2, d_hid=8, nlayers=1, dropout=0.0)
     for a, b in zip(fresh.parameters(), model.parameters(), strict=True):
         assert torch.equal(a, b)  # the skipped step changed nothing
+    # At a loss scale of 1 the gradients overflow at their true size: a non-finite gradient.
+    _, at_one = step(torch.amp.GradScaler("cpu", init_scale=1.0), overflow=True)
+    assert at_one.nonfinite.startswith("gradient norm") and not at_one.scaler_skipped
     # Without a scaler the same overflow is a non-finite gradient norm: the policy decides.
     _, unscaled = step(torch.amp.GradScaler("cpu", enabled=False), overflow=True)
     assert unscaled.nonfinite.startswith("gradient norm") and not unscaled.scaler_skipped

@@ -220,6 +220,8 @@ def test_the_newest_checkpoint_is_the_one_with_the_most_steps(tmp_path):
     future = time.time() + 60  # best.pt written last, e.g. copied back by hand
     os.utime(folder / "best.pt", (future, future))
     assert newest_checkpoint(folder) == folder / "last.pt"
+    (folder / "last.pt").write_bytes(b"damaged")  # the other one still resumes
+    assert newest_checkpoint(folder) == folder / "best.pt"
 
 
 def test_resume_onto_fewer_gpus_restores_what_it_can_and_says_so(monkeypatch, caplog):
@@ -236,3 +238,61 @@ def test_resume_onto_fewer_gpus_restores_what_it_can_and_says_so(monkeypatch, ca
     checkpoint.set_rng_state(state)
     assert restored == [0]
     assert "RNG states of 2 GPU(s) and this machine has 1" in caplog.text
+
+
+def test_a_new_epoch_length_moves_the_horizon_to_the_steps_taken_plus_those_to_come(
+    corpus_dir, cache_dir, tmp_path
+):
+    cosine = ("optim=adamw", "optim.lr=1e-3", "scheduler=cosine", "scheduler.warmup_steps=0",
+              "trainer.log_interval=1")  # fmt: skip
+    run_dir = tmp_path / "run"
+    first = tiny_overrides(corpus_dir, cache_dir, *cosine, "trainer.epochs=1",
+                           "trainer.limit_train_batches=10")  # fmt: skip
+    train(compose_cfg(first), run_dir)
+    # Then epochs of 20 steps: 10 taken + 20 to come = 30, not 2 x 20.
+    longer = tiny_overrides(corpus_dir, cache_dir, *cosine, "trainer.epochs=2",
+                            "trainer.limit_train_batches=20", "trainer.resume=auto")  # fmt: skip
+    metrics = train(compose_cfg(longer), run_dir)
+    lrs = _lrs(run_dir)
+    assert metrics["steps"] == 30 and lrs[30] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[20] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 20 / 30)), rel=1e-5)
+
+
+def test_a_schedule_that_cannot_move_its_horizon_refuses_a_new_length():
+    from lmx.config.schema import Interval
+    from lmx.training.optim import Schedule
+    from lmx.training.resume import ResumeRefused, _move_horizon
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    linear = torch.optim.lr_scheduler.LinearLR(opt, total_iters=10)
+    schedule = Schedule(linear, Interval.step, horizon={"total_iters": 10})
+    progress = {"step": 10, "epoch": 2, "batch": 0}
+    _move_horizon(schedule, opt, progress, steps_per_epoch=10, epochs=1)  # same length: fine
+    with pytest.raises(ResumeRefused, match="LinearLR cannot move its horizon"):
+        _move_horizon(schedule, opt, progress, steps_per_epoch=10, epochs=3)
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(corpus_dir, cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1")
+    train(compose_cfg(args), run_dir)
+    config, metrics = (run_dir / "config.yaml").read_text(), _metrics(run_dir)
+    proc = run_cli(*args, "optim.lr=0.5", "trainer.resume=auto", f"hydra.run.dir={run_dir}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "optim.lr: checkpoint 1.0, this run 0.5" in output
+    assert (run_dir / "config.yaml").read_text() == config  # not the refused settings
+    assert _metrics(run_dir) == metrics and not (run_dir / "error.txt").exists()
+
+
+def test_old_configs_drop_the_keys_nothing_read(caplog):
+    from lmx.config.legacy import typed_config
+
+    saved = {
+        "model": {"_target_": "lmx.model.TransformerLM", "nheads": 4},
+        "trainer": {"max_steps": 100, "epochs": 2},
+        "optim": {"_target_": "torch.optim.RMSprop", "alpha": 0.9},
+    }
+    cfg = typed_config(saved, "old.pt")
+    assert cfg.trainer.epochs == 2 and cfg.optim.alpha == 0.9  # constructor arguments stay
+    assert cfg.model._target_ == "lmx.models.transformer.TransformerLM"
+    assert "old.pt holds keys that no component reads; ignored: model.nheads, " in caplog.text

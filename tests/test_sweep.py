@@ -201,3 +201,25 @@ def test_mark_failed_never_downgrades_a_finished_run(tmp_path):
     status = read_status(tmp_path / "broken")
     assert status == {"status": "failed", "error": "RuntimeError: boom second line"}
     assert "RuntimeError: boom" in (tmp_path / "broken" / "error.txt").read_text()
+
+
+def test_a_finished_job_of_an_older_sweep_is_found_by_its_relative_data_path(tmp_path, monkeypatch):
+    # Older lmx saved data.local_dir as typed (relative); today's job config holds it absolute.
+    from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
+    from lmx.config.compose import absolute_paths
+    from lmx.runs.sweep import find_finished
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus").mkdir()
+    old = compose_cfg(["data.local_dir=corpus"])
+    run_dir = tmp_path / "sweep" / "0"
+    run_dir.mkdir(parents=True)
+    old_saved = OmegaConf.to_container(old, resolve=True, enum_to_str=True)
+    old_saved["model"]["_target_"] = "lmx.model.TransformerLM"  # and the old module path
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(old_saved))
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "done"}))
+    job = absolute_paths(compose_cfg(["data.local_dir=corpus"]))
+    job_hash = config_hash(OmegaConf.to_container(job, resolve=True, enum_to_str=True))
+    assert find_finished(tmp_path / "sweep", job_hash) == run_dir

@@ -32,7 +32,7 @@ def evaluate_checkpoint(
         raise ConfigError(f"split={split}: expected one of {', '.join(SPLITS)}")
     trained = load_trained(path, overrides)  # on cpu; the saved config names the device
     cfg = trained.cfg
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, training=False)
     trained.model.to(device)
     data = streams(cfg.data, (split,), device, tokenizer=trained.tokenizer)
     score = evaluate(

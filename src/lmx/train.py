@@ -23,6 +23,7 @@ from lmx.errors import LmxError
 from lmx.paths import config_dir
 from lmx.runs.status import ERROR_FILE, mark_failed, mark_interrupted, read_status
 from lmx.runs.sweep import config_hash, find_finished
+from lmx.training.resume import ResumeRefused
 from lmx.training.signals import Interrupted
 
 log = logging.getLogger("lmx.train")
@@ -91,7 +92,8 @@ def _hydra_main(cfg: DictConfig) -> float:
                     "trainer.resume=auto hydra.run.dir=%s", run_dir)  # fmt: skip
         sys.exit(130)
     except Exception as err:
-        mark_failed(run_dir, err)
+        if not isinstance(err, ResumeRefused):  # that run is untouched: still resumable
+            mark_failed(run_dir, err)
         expected = isinstance(err, LmxError)
         if debug() or not (expected or multirun):
             raise  # an lmx bug: the traceback helps (it is in error.txt too)

@@ -7,11 +7,16 @@ reader of a saved config passes it through `upgrade_config` first.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import typing
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from lmx.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 MOVED_TARGETS = {
     "lmx.model.TransformerLM": "lmx.models.transformer.TransformerLM",
@@ -34,11 +39,32 @@ def upgrade_config(tree: Any) -> Any:
 
 
 def typed_config(saved: dict[str, Any], origin: str = "the checkpoint") -> DictConfig:
-    """A saved config on today's schema: moved targets renamed, and keys that did not exist
-    when it was written at their defaults (the value the run behaved with)."""
+    """A saved config on today's schema: moved targets renamed, keys that did not exist when
+    it was written at their defaults (the value the run behaved with), and keys that no
+    component reads (older lmx accepted `+trainer.max_steps=...` and saved it) dropped."""
     from lmx.config.schema import TrainConfig
 
+    unread: list[str] = []
+    known = _known_keys(upgrade_config(saved), TrainConfig, "", unread)
+    if unread:
+        log.warning("%s holds keys that no component reads; ignored: %s", origin,
+                    ", ".join(unread))  # fmt: skip
     try:
-        return OmegaConf.merge(OmegaConf.structured(TrainConfig), upgrade_config(saved))
-    except Exception as err:  # a key this lmx does not know, or a value of the wrong type
+        return OmegaConf.merge(OmegaConf.structured(TrainConfig), known)
+    except Exception as err:  # a value of the wrong type
         raise CheckpointError(f"the config saved in {origin} does not fit this lmx: {err}") from err
+
+
+def _known_keys(tree: dict[str, Any], schema: type, prefix: str, unread: list[str]) -> dict:
+    """`tree` less the keys that `schema` (a config dataclass) has no field for, recursively.
+    Fields typed Any (optim, scheduler: any constructor's arguments) keep everything."""
+    hints = typing.get_type_hints(schema)
+    out = {}
+    for key, value in tree.items():
+        if key not in hints:
+            unread.append(f"{prefix}{key}")
+            continue
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            value = _known_keys(value, hints[key], f"{prefix}{key}.", unread)
+        out[key] = value
+    return out

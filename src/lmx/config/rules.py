@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -59,6 +60,16 @@ def all_keys(cfg: DictConfig) -> list[str]:
 
     walk(cfg, "")
     return keys
+
+
+def leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A plain config tree's leaves by dotted key: {"a": {"b": 1}} -> {"a.b": 1}."""
+    if not isinstance(tree, Mapping):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(leaves(value, f"{prefix}{key}."))
+    return out
 
 
 def did_you_mean(key: str, known: list[str]) -> str:

@@ -123,8 +123,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if bool((g == g[0]).all()):  # one scale for all rows: mean or sum, maybe scaled
             grads = list(ctx.saved_tensors)
             ratio = (g[0] / torch.tensor(ctx.grad_scale, dtype=g.dtype)).item()
-            if ratio != 1.0:  # not the reduction the forward expected
-                grads = [None if x is None else x * ratio for x in grads]
+            if ratio != 1.0:  # not the reduction the forward expected, or a loss scaler's
+                grads = [None if x is None else (x.float() * ratio).to(x.dtype) for x in grads]
             if grads[0] is not None:
                 grads[0] = grads[0].to(ctx.input_dtypes[0])
             return grads[0], grads[1], grads[2], None, None, None

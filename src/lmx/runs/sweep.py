@@ -15,6 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from lmx.config.compose import absolute_paths
 from lmx.config.legacy import upgrade_config
 from lmx.runs.status import ERROR_FILE, STATUS_FILE, read_status
 
@@ -33,7 +34,8 @@ def find_finished(sweep_dir: Path, job_hash: str) -> Path | None:
         run_dir = metrics.parent
         if read_status(run_dir).get("status") != "done" or not (run_dir / "config.yaml").is_file():
             continue
-        saved = upgrade_config(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
+        saved = absolute_paths(OmegaConf.load(run_dir / "config.yaml"))  # older runs: relative
+        saved = upgrade_config(OmegaConf.to_container(saved))
         if config_hash(saved) == job_hash:
             return run_dir
     return None

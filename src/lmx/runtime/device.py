@@ -14,8 +14,11 @@ from lmx.runtime.distributed import World
 _DTYPES = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
-def resolve_device(cfg: DeviceConfig, world: World | None = None) -> torch.device:
-    """The configured device; under torchrun each rank takes the GPU of its local rank."""
+def resolve_device(
+    cfg: DeviceConfig, world: World | None = None, training: bool = True
+) -> torch.device:
+    """The configured device; under torchrun each rank takes the GPU of its local rank.
+    Training refuses fp16 on a CPU (it needs CUDA's gradient scaler); evaluation takes it."""
     if cfg.type == DeviceType.auto:
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     elif cfg.type == DeviceType.cuda and not torch.cuda.is_available():
@@ -25,7 +28,7 @@ def resolve_device(cfg: DeviceConfig, world: World | None = None) -> torch.devic
         )
     else:
         kind = cfg.type.value
-    if kind == "cpu" and cfg.precision == Precision.fp16:  # device=auto found no GPU
+    if training and kind == "cpu" and cfg.precision == Precision.fp16:  # auto found no GPU
         raise ConfigError(FP16_ON_CPU)
     if kind == "cuda" and world is not None and world.enabled:
         return torch.device("cuda", world.local_rank)

@@ -40,13 +40,8 @@ def build_run(
     cfg: DictConfig, run_dir: Path, world: World, device: torch.device
 ) -> tuple[Run, Checkpoint | None]:
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     d = cfg.data
     data = streams(d, device=device, world=world)
-    if world.is_main:
-        shutil.copy(data.tokenizer_path, run_dir / "tokenizer.json")
     log.info(
         "data: %s | vocab %d | tokens train %d, valid %d, test %d",
         d.local_dir or f"{d.hub_path} ({d.hub_config})",
@@ -80,9 +75,14 @@ def build_run(
     if path is not None:
         resume_from = load_checkpoint(path, map_location=device)
         check_compatible(path, resume_from, {**resolved, "vocab_size": data.vocab_size})
-        restore(resume_from, path, model, optimizer, schedule, scaler, world.rank)
+        restore(resume_from, path, model, optimizer, schedule, scaler, steps_per_epoch,
+                cfg.trainer.epochs, world.rank)  # fmt: skip
     elif cfg.trainer.resume == "auto":
         log.info("trainer.resume=auto: no checkpoint in %s yet; starting fresh", run_dir)
+    if world.is_main:  # after the resume check: a refused resume leaves the run dir as it was
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        shutil.copy(data.tokenizer_path, run_dir / "tokenizer.json")
 
     train_model = model
     if world.enabled:

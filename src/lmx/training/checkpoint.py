@@ -56,7 +56,9 @@ class Checkpoint:
         return self.progress["step"] if self.progress else 0
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        # Shallow: dataclasses.asdict would deep-copy every tensor of the model and optimizer.
+        fields = (f.name for f in dataclasses.fields(self))
+        out = {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
         if self.progress:
             p = self.progress
             out.update(epoch=p["epoch"] - 1, step=p["step"], best_val_loss=p["best_val_loss"])
@@ -117,7 +119,13 @@ def newest_checkpoint(folder: Path) -> Path | None:
     found = [folder / n for n in CHECKPOINT_NAMES if (folder / n).is_file()]
     if len(found) < 2:
         return found[0] if found else None
-    steps = [load_checkpoint(p).step for p in found]
+    steps = []
+    for path in found:
+        try:
+            steps.append(load_checkpoint(path).step)
+        except CheckpointError as err:  # e.g. a damaged best.pt: last.pt can still resume
+            log.warning("resume: skipping %s: %s", path, err)
+            steps.append(-1)
     return found[steps.index(max(steps))]
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmx.config.rules import leaves
 from lmx.files import METRICS_FILE, write_json
 from lmx.perplexity import Score, ppl
 
@@ -19,18 +20,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("lmx.training")
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists and None become strings (HParams takes scalars)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
+    scalar = (bool, int, float, str)
+    return {k: v if isinstance(v, scalar) else str(v) for k, v in leaves(tree).items()}
 
 
 class TensorBoard:

@@ -24,11 +24,20 @@ import torch
 from omegaconf import OmegaConf
 
 from lmx.config.legacy import typed_config
+from lmx.config.rules import leaves
+from lmx.config.schema import Interval
 from lmx.errors import CheckpointError
 from lmx.training.checkpoint import Checkpoint, newest_checkpoint, set_rng_state
 from lmx.training.optim import Schedule
+from lmx.training.schedules import WarmupCosineLR
 
 log = logging.getLogger(__name__)
+
+
+class ResumeRefused(CheckpointError):
+    """The resumed run's config differs from the checkpoint's in a way that cannot hold. The
+    run dir is left as it was (its status, config.yaml and checkpoints)."""
+
 
 LENGTH = ("trainer.epochs", "trainer.limit_train_batches")
 ON_PURPOSE = (
@@ -72,15 +81,6 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
     raise CheckpointError(f"trainer.resume={resume}: no such file or run dir")
 
 
-def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_leaves(value, f"{prefix}{key}."))
-    return out
-
-
 def _kind(key: str) -> str:
     for kind, prefixes in (("length", LENGTH), ("on purpose", ON_PURPOSE), ("free", FREE)):
         if any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes):
@@ -90,7 +90,7 @@ def _kind(key: str) -> str:
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, list[str]]:
     """Each differing setting as 'key: checkpoint X, this run Y', grouped by its kind."""
-    old, new = _leaves(saved), _leaves(current)
+    old, new = leaves(saved), leaves(current)
     changes: dict[str, list[str]] = {"refused": [], "length": [], "on purpose": [], "free": []}
     for key in sorted(old.keys() | new.keys()):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
@@ -106,7 +106,7 @@ def check_compatible(path: Path, ckpt: Checkpoint, current: dict[str, Any]) -> N
              "vocab_size": ckpt.vocab_size}  # fmt: skip
     changes = config_changes(saved, current)
     if changes["refused"]:
-        raise CheckpointError(
+        raise ResumeRefused(
             f"cannot resume from {path}: these settings differ from the checkpoint's, and "
             "would change the steps it already took or would not take effect (the checkpoint "
             "holds their state):\n" + "\n".join(f"  - {d}" for d in changes["refused"])
@@ -118,7 +118,8 @@ def check_compatible(path: Path, ckpt: Checkpoint, current: dict[str, Any]) -> N
     }
     for kind, note in notes.items():
         for change in changes[kind]:
-            log.info("resume: changed since the checkpoint (%s): %s", note, change)
+            if not change.startswith("trainer.resume:"):  # it always differs on a resume
+                log.info("resume: changed since the checkpoint (%s): %s", note, change)
 
 
 def restore(
@@ -128,6 +129,8 @@ def restore(
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
     scaler: torch.amp.GradScaler,
+    steps_per_epoch: int,
+    epochs: int,
     rank: int = 0,
 ) -> None:
     """Load the checkpoint's states into the built objects, RNG states last."""
@@ -141,7 +144,7 @@ def restore(
             scaler.load_state_dict(ckpt.scaler)
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"cannot resume from {path}: {err}") from err
-    _move_horizon(schedule, optimizer)
+    _move_horizon(schedule, optimizer, ckpt.progress, steps_per_epoch, epochs)
     # Last, since building the model drew from the RNGs. Under torchrun each rank takes its
     # own state when the world size is unchanged.
     per_rank = ckpt.rng_per_rank
@@ -152,19 +155,34 @@ def restore(
     )
 
 
-def _move_horizon(schedule: Schedule, optimizer: torch.optim.Optimizer) -> None:
-    """The saved scheduler state carries the old run length; give it this run's, and set the
-    lr that the schedule planned with the new length gives at the current step."""
+def _move_horizon(
+    schedule: Schedule, optimizer: torch.optim.Optimizer, p: dict[str, Any], steps_per_epoch: int,
+    epochs: int,
+) -> None:  # fmt: skip
+    """The saved scheduler state carries the old run length; give it this run's (the steps
+    already taken plus the steps still to come), and set the lr that the schedule planned
+    with the new length gives at the current step."""
     scheduler = schedule.scheduler
-    moved = {k: v for k, v in schedule.horizon.items() if getattr(scheduler, k, v) != v}
+    if not schedule.horizon:
+        return
+    if schedule.interval == Interval.step:
+        left = max(0, steps_per_epoch - p["batch"]) + max(0, epochs - p["epoch"]) * steps_per_epoch
+        total = p["step"] + left if p["epoch"] <= epochs else p["step"]
+    else:
+        total = epochs
+    moved = {k: max(1, total) for k in schedule.horizon if getattr(scheduler, k) != max(1, total)}
     if not moved:
         return
+    if not isinstance(scheduler, WarmupCosineLR):  # its lr is a closed form of the step
+        raise ResumeRefused(
+            f"the run's length changed, and {type(scheduler).__name__} cannot move its horizon "
+            f"({', '.join(moved)}) to the new length; keep trainer.epochs and "
+            "trainer.limit_train_batches as they were"
+        )
     for key, value in moved.items():
         log.info("resume: scheduler %s %s -> %s", key, getattr(scheduler, key), value)
         setattr(scheduler, key, value)
-    scheduler._get_lr_called_within_step = True  # as step() does: get_lr is the closed form
     lrs = scheduler.get_lr()
-    scheduler._get_lr_called_within_step = False
     for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
     scheduler._last_lr = list(lrs)

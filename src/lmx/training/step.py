@@ -93,7 +93,9 @@ def train_step(
     scaler.unscale_(optimizer)  # the clip below sees the true gradients
     norm = clip_grad_norm(parameters, grad_clip if grad_clip is not None else math.inf).item()
     if not math.isfinite(norm):
-        if scaler.is_enabled():  # an overflow at this scale: skip the step, shrink the scale
+        # fp16: an overflow at this loss scale skips the step and shrinks the scale. At a scale
+        # of 1 or less the gradients overflow at their true size: a real non-finite gradient.
+        if scaler.is_enabled() and scaler.get_scale() > 1.0:
             scaler.step(optimizer)
             scaler.update()
             return StepResult(math.nan, math.nan, None, stop_requested, scaler_skipped=True)
