@@ -260,6 +260,7 @@ def test_a_new_epoch_length_moves_the_horizon_to_the_steps_taken_plus_those_to_c
 
 def test_a_schedule_that_cannot_move_its_horizon_refuses_a_new_length():
     from lmx.config.schema import Interval
+    from lmx.training.budget import Budget
     from lmx.training.optim import Schedule
     from lmx.training.resume import ResumeRefused, _move_horizon
 
@@ -267,9 +268,9 @@ def test_a_schedule_that_cannot_move_its_horizon_refuses_a_new_length():
     linear = torch.optim.lr_scheduler.LinearLR(opt, total_iters=10)
     schedule = Schedule(linear, Interval.step, horizon={"total_iters": 10})
     progress = {"step": 10, "epoch": 2, "batch": 0}
-    _move_horizon(schedule, opt, progress, steps_per_epoch=10, epochs=1)  # same length: fine
+    _move_horizon(schedule, opt, progress, Budget(epochs=1, steps_per_epoch=10))  # same length
     with pytest.raises(ResumeRefused, match="LinearLR cannot move its horizon"):
-        _move_horizon(schedule, opt, progress, steps_per_epoch=10, epochs=3)
+        _move_horizon(schedule, opt, progress, Budget(epochs=3, steps_per_epoch=10))
 
 
 def test_a_refused_resume_leaves_the_run_as_it_was(corpus_dir, cache_dir, tmp_path):
@@ -289,7 +290,7 @@ def test_old_configs_drop_the_keys_nothing_read(caplog):
 
     saved = {
         "model": {"_target_": "lmx.model.TransformerLM", "nheads": 4},
-        "trainer": {"max_steps": 100, "epochs": 2},
+        "trainer": {"max_stepz": 100, "epochs": 2},
         "optim": {"_target_": "torch.optim.RMSprop", "alpha": 0.9},
     }
     cfg = typed_config(saved, "old.pt")

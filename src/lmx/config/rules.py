@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmx.config.schema import DeviceType, Precision, TokenizerKind
 from lmx.errors import ConfigError
+from lmx.training.budget import parse_duration
 
 # Optimizers whose step takes the sparse embedding gradient alongside the dense ones.
 _SPARSE_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adagrad")
@@ -210,5 +211,11 @@ def _trainer(cfg: DictConfig, check: Check) -> None:
         f"trainer.eval_tokens_per_forward={t.eval_tokens_per_forward} must be >= 1",
     )
     check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip={t.grad_clip} must be > 0")
-    for key in ("limit_train_batches", "limit_eval_batches", "checkpoint_every_steps"):
+    if t.max_time is not None:
+        try:
+            parse_duration(t.max_time)
+        except ValueError as err:
+            check(False, f"trainer.max_time={t.max_time}: {err}")
+    keys = ("max_steps", "limit_train_batches", "limit_eval_batches", "checkpoint_every_steps")
+    for key in keys:
         check(t[key] is None or t[key] >= 1, f"trainer.{key}={t[key]} must be >= 1 or null")

@@ -18,6 +18,7 @@ from lmx.data.batching import num_steps
 from lmx.data.streams import streams
 from lmx.errors import ConfigError
 from lmx.runtime.distributed import World
+from lmx.training.budget import Budget, parse_duration
 from lmx.training.checkpoint import Checkpoint, load_checkpoint
 from lmx.training.logs import TensorBoard
 from lmx.training.loop import Run
@@ -62,7 +63,10 @@ def build_run(
     )
     optimizer = build_optimizer(cfg.optim, model.parameters())
     steps_per_epoch = num_steps(data.rows["train"], d.bptt, cfg.trainer.limit_train_batches)
-    schedule = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, cfg.trainer.epochs)
+    t = cfg.trainer
+    budget = Budget(t.epochs, steps_per_epoch, t.max_steps,
+                    parse_duration(t.max_time) if t.max_time is not None else None)  # fmt: skip
+    schedule = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, t.epochs, t.max_steps)
     scaler = make_scaler(device, cfg.device.precision)
     meta = {
         "config": resolved,
@@ -75,8 +79,7 @@ def build_run(
     if path is not None:
         resume_from = load_checkpoint(path, map_location=device)
         check_compatible(path, resume_from, {**resolved, "vocab_size": data.vocab_size})
-        restore(resume_from, path, model, optimizer, schedule, scaler, steps_per_epoch,
-                cfg.trainer.epochs, world.rank)  # fmt: skip
+        restore(resume_from, path, model, optimizer, schedule, scaler, budget, world.rank)
     elif cfg.trainer.resume == "auto":
         log.info("trainer.resume=auto: no checkpoint in %s yet; starting fresh", run_dir)
     if world.is_main:  # after the resume check: a refused resume leaves the run dir as it was
@@ -100,6 +103,7 @@ def build_run(
         optimizer=optimizer,
         schedule=schedule,
         scaler=scaler,
+        budget=budget,
         splits=data.rows,
         train_tokens=data.tokens["train"],
         bptt=d.bptt,

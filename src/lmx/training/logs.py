@@ -125,11 +125,18 @@ def score_fields(split: str, score: Score | None) -> dict[str, Any]:
 
 
 def summary(
-    run: Run, p: Progress, status: str, val: Score | None, wall: float, test: Score | None = None
+    run: Run,
+    p: Progress,
+    status: str,
+    val: Score | None,
+    wall: float,
+    test: Score | None = None,
+    stopped_by: str | None = None,
 ) -> dict[str, Any]:
     """metrics.json: the run so far. `val` is this process's latest validation; a resumed
     run that has not validated yet takes the figures of the last one it recorded. A finished
-    run ("done") adds its best epoch and its test figures (null when trainer.test=false)."""
+    run ("done") adds its best epoch, its test figures (null when trainer.test=false) and
+    which limit ended training (epochs, max_steps or max_time)."""
     last = p.history[-1] if p.history else {}
     scored = score_fields("val", val) if val else {
         k: last.get(k) for k in ("val_tokens_scored", "val_tokens_total")}  # fmt: skip
@@ -157,6 +164,7 @@ def summary(
             test_loss=test.loss if test else None,
             test_ppl=test.ppl if test else None,
             **score_fields("test", test),
+            stopped_by=stopped_by or "epochs",
         )
         out["eval_partial"] = out["eval_partial"] or bool(test and test.partial)
     return out

@@ -19,16 +19,17 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from lmx.config.schema import Interval, NonFinite, Precision, TrainerConfig
+from lmx.config.schema import Interval, Precision, TrainerConfig
 from lmx.data.batching import batch_starts, get_batch, num_steps
 from lmx.perplexity import Score, evaluate
 from lmx.runtime.distributed import World
 from lmx.training import logs
+from lmx.training.budget import Budget
 from lmx.training.checkpoint import Checkpoint, load_checkpoint, save_run
-from lmx.training.optim import Schedule
+from lmx.training.optim import Schedule, TimeHorizon
 from lmx.training.signals import Interrupted, StopSignals
 from lmx.training.state import Progress
-from lmx.training.step import NonFiniteLoss, train_step
+from lmx.training.step import NonFiniteLoss, apply_nonfinite_policy, train_step
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     scaler: torch.amp.GradScaler
+    budget: Budget  # when training ends: epochs, max_steps, max_time
     splits: dict[str, torch.Tensor]  # batchified: split -> [rows, length]
     train_tokens: int  # length of the training stream before batchify
     bptt: int
@@ -68,6 +70,8 @@ class Trainer:
         self.warmup_left = cfg.throughput_warmup_steps
         self.stop = StopSignals()
         self.val_score: Score | None = None  # this process's latest validation
+        self.horizon = TimeHorizon(run.schedule, run.budget)
+        self.stopped_by: str | None = None  # the budget that ended training, if one did
         self.eval_args = dict(bptt=run.bptt, device=run.device, precision=run.precision,
                               limit=cfg.limit_eval_batches,
                               tokens_per_forward=cfg.eval_tokens_per_forward,
@@ -77,7 +81,7 @@ class Trainer:
         """Train to cfg.epochs, then test the best checkpoint. Returns the run summary."""
         p = self.progress
         with self.stop:
-            while p.epoch <= self.cfg.epochs:
+            while p.epoch <= self.cfg.epochs and not self._budget_spent():
                 self.train_epoch()
                 self.validate()
         self.settle_best()
@@ -99,38 +103,44 @@ class Trainer:
                                     run.scaler, data, targets, run.precision, cfg.grad_clip,
                                     run.world, self.stop.requested is not None)  # fmt: skip
                 if result.nonfinite:
-                    self._nonfinite(result.nonfinite)
+                    apply_nonfinite_policy(result.nonfinite, p, cfg.on_nonfinite, self.best_path)
                 p.scaler_skipped_steps += result.scaler_skipped
-                if run.schedule.interval == Interval.step:
-                    run.schedule.scheduler.step()
                 tokens = targets.numel() * run.world.world_size  # equal shares
                 p.count_step(result.loss, result.norm, tokens)
                 p.count_time(time.perf_counter() - start, tokens, timed=self.warmup_left <= 0)
                 self.warmup_left -= 1
+                if run.schedule.interval == Interval.step:
+                    self.horizon.after_step(p.step, self._wall_seconds(), self.warmup_left < 0)
+                    run.schedule.scheduler.step()
                 bar.update()
                 bar.set_postfix(loss=f"{result.loss:.2f}", lr=f"{self._lr():.3g}")
-                if p.batch % cfg.log_interval == 0 or p.batch == n_steps:
+                spent = self._budget_spent()
+                if p.batch % cfg.log_interval == 0 or p.batch == n_steps or spent:
                     self._log_window(n_steps)
                 stop = result.stop_requested if run.world.enabled else self.stop.requested
                 if stop:
                     bar.close()
                     self._interrupt()
                 every = cfg.checkpoint_every_steps
-                if every and p.step % every == 0 and p.batch < n_steps:
+                if every and p.step % every == 0 and p.batch < n_steps and not spent:
                     self._save_last()  # the epoch's end saves anyway
+                if spent:
+                    break
         bar.close()
 
     def validate(self) -> None:
-        """End of an epoch: score valid, step an epoch schedule, keep the best, save."""
+        """End of an epoch, or of training when a budget ends it part-way through one: score
+        valid, step an epoch schedule (after a whole epoch), keep the best, save."""
         run, p = self.run, self.progress
+        whole = p.batch >= self.steps_per_epoch
         score = self.val_score = evaluate(run.model, run.splits["valid"], **self.eval_args)
         lr = self._lr()
-        if run.schedule.interval == Interval.epoch:
+        if run.schedule.interval == Interval.epoch and whole:
             run.schedule.scheduler.step()
         logs.log_validation(p.epoch, p.epoch_seconds, score)  # warns when it is inf or nan
         run.tb.scalars({"val/loss": score.loss, "val/ppl": score.ppl}, p.step)
         run.tb.flush()
-        improved = p.end_epoch(score.loss, {**logs.score_fields("val", score), "lr": lr})
+        improved = p.end_epoch(score.loss, {**logs.score_fields("val", score), "lr": lr}, whole)
         if improved:
             self._save(self.best_path)
         self._save_last()
@@ -176,15 +186,9 @@ class Trainer:
         self.progress.reset_window()
         self.window_start = time.perf_counter()
 
-    def _nonfinite(self, what: str) -> None:
-        """trainer.on_nonfinite: count and skip the batch, or stop the run."""
-        p = self.progress
-        where = f"step {p.step + 1} (epoch {p.epoch}, batch {p.batch + 1})"
-        if self.cfg.on_nonfinite == NonFinite.stop:
-            best = f"{self.best_path} (epoch {p.best_epoch})" if p.best_epoch else "no best.pt yet"
-            raise NonFiniteLoss.at(what, where, best)
-        p.skipped_batches += 1
-        log.warning("non-finite %s at %s: batch skipped", what, where)
+    def _budget_spent(self) -> str | None:
+        self.stopped_by = self.run.budget.spent(self.progress.step, self._wall_seconds())
+        return self.stopped_by
 
     def _save(self, path: Path) -> None:
         save_run(path, self.run, self.progress)
@@ -203,8 +207,8 @@ class Trainer:
         raise Interrupted.after(signum, self.progress, self.last_path, self.run.run_dir)
 
     def _summary(self, status: str, test: Score | None = None) -> dict[str, Any]:
-        wall = self._wall_seconds()
-        return logs.summary(self.run, self.progress, status, self.val_score, wall, test)
+        p, wall = self.progress, self._wall_seconds()
+        return logs.summary(self.run, p, status, self.val_score, wall, test, self.stopped_by)
 
 
 def fit(run: Run, cfg: TrainerConfig, resume_from: Checkpoint | None = None) -> dict[str, Any]:

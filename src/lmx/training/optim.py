@@ -19,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmx.config.schema import Interval
 from lmx.errors import ConfigError
+from lmx.training.budget import Budget
+from lmx.training.schedules import WarmupCosineLR
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,24 @@ def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]):
 
 
 def build_scheduler(
-    cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int
+    cfg: DictConfig,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    epochs: int,
+    max_steps: int | None = None,
 ) -> Schedule:
-    """The schedule; a null `total_steps` becomes the run's length in scheduler steps."""
+    """The schedule; a null `total_steps` becomes the run's length in scheduler steps (the
+    epochs' steps, or the step budget if that comes first)."""
     kwargs = _plain(cfg)
     interval = Interval(kwargs.pop("interval", "epoch"))
-    per_epoch = steps_per_epoch if interval == Interval.step else 1
+    if interval == Interval.step:
+        length = steps_per_epoch * epochs
+        length = min(length, max_steps) if max_steps is not None else length
+    else:
+        length = epochs
     horizon = {}
     if "total_steps" in kwargs and kwargs["total_steps"] is None:
-        horizon["total_steps"] = kwargs["total_steps"] = max(1, per_epoch * epochs)
+        horizon["total_steps"] = kwargs["total_steps"] = max(1, length)
     warmup, total = kwargs.get("warmup_steps"), kwargs.get("total_steps")
     if warmup and total and warmup >= total:
         log.warning(
@@ -66,3 +77,31 @@ def build_scheduler(
             total,
         )
     return Schedule(_build("scheduler", kwargs, optimizer), interval, horizon)
+
+
+class TimeHorizon:
+    """With a time budget (trainer.max_time), a step schedule's horizon is an estimate: the
+    steps so far plus those the remaining time holds at the pace since warm-up. It is
+    re-estimated after every step, so the lr reaches its floor when time runs out. Only a
+    schedule whose lr is a closed form of the step (WarmupCosineLR) can follow it."""
+
+    def __init__(self, schedule: Schedule, budget: Budget):
+        self.schedule, self.budget = schedule, budget
+        self.on = (
+            budget.max_time_s is not None
+            and schedule.interval == Interval.step
+            and bool(schedule.horizon)
+            and isinstance(schedule.scheduler, WarmupCosineLR)
+        )
+        self.start: tuple[int, float] | None = None  # (step, wall seconds) after warm-up
+
+    def after_step(self, step: int, wall_s: float, warm: bool) -> None:
+        if not self.on or not warm:
+            return
+        if self.start is None:
+            self.start = (step, wall_s)
+            return
+        paced = (step - self.start[0], wall_s - self.start[1])
+        estimate = self.budget.estimate_steps(step, wall_s, *paced)
+        for key in self.schedule.horizon:
+            setattr(self.schedule.scheduler, key, max(1, estimate))

@@ -27,6 +27,7 @@ from lmx.config.legacy import typed_config
 from lmx.config.rules import leaves
 from lmx.config.schema import Interval
 from lmx.errors import CheckpointError
+from lmx.training.budget import Budget
 from lmx.training.checkpoint import Checkpoint, newest_checkpoint, set_rng_state
 from lmx.training.optim import Schedule
 from lmx.training.schedules import WarmupCosineLR
@@ -39,7 +40,7 @@ class ResumeRefused(CheckpointError):
     run dir is left as it was (its status, config.yaml and checkpoints)."""
 
 
-LENGTH = ("trainer.epochs", "trainer.limit_train_batches")
+LENGTH = ("trainer.epochs", "trainer.limit_train_batches", "trainer.max_steps", "trainer.max_time")
 ON_PURPOSE = (
     "model.dropout",
     "model.attn_dropout",
@@ -129,8 +130,7 @@ def restore(
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
     scaler: torch.amp.GradScaler,
-    steps_per_epoch: int,
-    epochs: int,
+    budget: Budget,
     rank: int = 0,
 ) -> None:
     """Load the checkpoint's states into the built objects, RNG states last."""
@@ -144,7 +144,7 @@ def restore(
             scaler.load_state_dict(ckpt.scaler)
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"cannot resume from {path}: {err}") from err
-    _move_horizon(schedule, optimizer, ckpt.progress, steps_per_epoch, epochs)
+    _move_horizon(schedule, optimizer, ckpt.progress, budget)
     # Last, since building the model drew from the RNGs. Under torchrun each rank takes its
     # own state when the world size is unchanged.
     per_rank = ckpt.rng_per_rank
@@ -156,18 +156,19 @@ def restore(
 
 
 def _move_horizon(
-    schedule: Schedule, optimizer: torch.optim.Optimizer, p: dict[str, Any], steps_per_epoch: int,
-    epochs: int,
-) -> None:  # fmt: skip
+    schedule: Schedule, optimizer: torch.optim.Optimizer, p: dict[str, Any], budget: Budget
+) -> None:
     """The saved scheduler state carries the old run length; give it this run's (the steps
     already taken plus the steps still to come), and set the lr that the schedule planned
     with the new length gives at the current step."""
     scheduler = schedule.scheduler
     if not schedule.horizon:
         return
+    spe, epochs = budget.steps_per_epoch, budget.epochs
     if schedule.interval == Interval.step:
-        left = max(0, steps_per_epoch - p["batch"]) + max(0, epochs - p["epoch"]) * steps_per_epoch
+        left = max(0, spe - p["batch"]) + max(0, epochs - p["epoch"]) * spe
         total = p["step"] + left if p["epoch"] <= epochs else p["step"]
+        total = min(total, budget.max_steps) if budget.max_steps is not None else total
     else:
         total = epochs
     moved = {k: max(1, total) for k in schedule.horizon if getattr(scheduler, k) != max(1, total)}

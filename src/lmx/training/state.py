@@ -65,9 +65,11 @@ class Progress:
         else:
             self.untimed_steps += 1
 
-    def end_epoch(self, val_loss: float, details: dict[str, Any]) -> bool:
+    def end_epoch(self, val_loss: float, details: dict[str, Any], whole: bool = True) -> bool:
         """Record the epoch's validation in the history, keep the best, and move to the next
-        epoch (so that a resume from here starts it). True: this epoch is the new best."""
+        epoch (so that a resume from here starts it). A budget that ends training part-way
+        through an epoch (`whole` false) records it as partial and leaves the epoch open, so
+        that a resume with a larger budget finishes it. True: this is the new best."""
         self.history.append(
             {
                 "epoch": self.epoch,
@@ -77,12 +79,14 @@ class Progress:
                 "val_ppl": math.exp(val_loss) if val_loss < 700 else math.inf,
                 **details,
                 "train_seconds": self.epoch_seconds,
+                **({} if whole else {"partial_epoch": True}),
             }
         )
         improved = val_loss < self.best_val_loss  # never for nan
         if improved:
             self.best_val_loss, self.best_epoch = val_loss, self.epoch
-        self.next_epoch()
+        if whole:
+            self.next_epoch()
         return improved
 
     def reset_window(self) -> None:

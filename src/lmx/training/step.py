@@ -8,14 +8,18 @@ precision the scaler is disabled and each of its calls is the plain operation.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from lmx.config.schema import Precision
+from lmx.config.schema import NonFinite, Precision
 from lmx.errors import LmxError
 from lmx.runtime.device import autocast
+
+log = logging.getLogger("lmx.training")
 
 
 class NonFiniteLoss(LmxError):
@@ -28,6 +32,16 @@ class NonFiniteLoss(LmxError):
             "optim.lr or tighten trainer.grad_clip, or set trainer.on_nonfinite=skip to skip "
             "such batches."
         )
+
+
+def apply_nonfinite_policy(what: str, p, policy: NonFinite, best_path: Path) -> None:
+    """trainer.on_nonfinite for a step that was not applied: count and skip it, or stop."""
+    where = f"step {p.step + 1} (epoch {p.epoch}, batch {p.batch + 1})"
+    if policy == NonFinite.stop:
+        best = f"{best_path} (epoch {p.best_epoch})" if p.best_epoch else "no best.pt yet"
+        raise NonFiniteLoss.at(what, where, best)
+    p.skipped_batches += 1
+    log.warning("non-finite %s at %s: batch skipped", what, where)
 
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:

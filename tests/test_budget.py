@@ -1,0 +1,114 @@
+"""Budgets: training ends at trainer.epochs, trainer.max_steps or trainer.max_time, whichever
+comes first, then validates and tests as a normal end does; a step schedule's horizon is the
+budget's."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import compose_cfg, run_cli, tiny_overrides
+from lmx.train import train
+from lmx.training.budget import Budget, parse_duration
+from lmx.training.checkpoint import load_checkpoint
+
+COSINE = ("optim=adamw", "optim.lr=1e-3", "scheduler=cosine", "scheduler.warmup_steps=0",
+          "scheduler.min_lr_ratio=0.1", "trainer.log_interval=1")  # fmt: skip
+
+
+def _lrs(run_dir) -> dict[int, float]:
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars("train/lr")}
+
+
+@pytest.mark.parametrize(
+    "text,seconds", [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("2.5h", 9000)]
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_a_duration_without_a_unit_is_refused(tmp_path):
+    proc = run_cli("trainer.max_time=90", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert "trainer.max_time=90: '90' is not a duration: write it as 90s, 30m" in proc.stderr
+
+
+def test_max_steps_stops_at_that_step_and_the_cosine_ends_at_its_floor(
+    corpus_dir, cache_dir, tmp_path
+):
+    run_dir = tmp_path / "run"
+    extra = (*COSINE, "trainer.epochs=3", "trainer.limit_train_batches=10", "trainer.max_steps=15")
+    metrics = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra)), run_dir)
+    assert metrics["steps"] == 15 and metrics["stopped_by"] == "max_steps"
+    assert metrics["test_ppl"] is not None and (run_dir / "checkpoints" / "best.pt").is_file()
+    last = metrics["history"][-1]
+    assert last["step"] == 15 and last["epoch"] == 2 and last["partial_epoch"] is True
+    lrs = _lrs(run_dir)
+    assert max(lrs) == 15 and lrs[15] == pytest.approx(1e-4, rel=1e-6)  # the floor at the end
+    assert lrs[14] > 1e-4
+
+
+def test_max_time_stops_at_the_step_that_crosses_it_with_the_lr_at_its_floor(
+    corpus_dir, cache_dir, tmp_path, monkeypatch
+):
+    # A fake clock that advances 10 s per training step and not otherwise.
+    from lmx.training import loop
+
+    clock = {"t": 0.0}
+    step = loop.train_step
+
+    def ten_seconds(*args, **kwargs):
+        clock["t"] += 10.0
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(loop, "train_step", ten_seconds)
+    run_dir = tmp_path / "run"
+    extra = (*COSINE, "trainer.epochs=100", "trainer.limit_train_batches=10",
+             "trainer.max_time=95s", "trainer.throughput_warmup_steps=2")  # fmt: skip
+    metrics = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra)), run_dir)
+    assert metrics["steps"] == 10 and metrics["stopped_by"] == "max_time"  # 100 s >= 95 s
+    assert metrics["test_ppl"] is not None
+    lrs = _lrs(run_dir)
+    peak, floor = 1e-3, 1e-4
+    assert lrs[10] - floor <= 0.05 * (peak - floor)  # within 5% of the range above the floor
+    assert lrs[5] > floor + 0.3 * (peak - floor)  # not at the floor long before the end
+
+
+def test_a_larger_budget_on_resume_finishes_the_open_epoch_as_one_run_would(
+    corpus_dir, cache_dir, tmp_path
+):
+    # SGD + StepLR per epoch, dropout on: the partial validation at step 15 must not step the
+    # epoch schedule or disturb the RNG, so 15 then 20 steps equals 20 steps.
+    args = tiny_overrides(
+        corpus_dir, cache_dir, "trainer.epochs=3", "trainer.limit_train_batches=10"
+    )
+    straight = train(compose_cfg([*args, "trainer.max_steps=20"]), tmp_path / "straight")
+    train(compose_cfg([*args, "trainer.max_steps=15"]), tmp_path / "resumed")
+    resumed = train(compose_cfg([*args, "trainer.max_steps=20", "trainer.resume=auto"]),
+                    tmp_path / "resumed")  # fmt: skip
+    assert resumed["steps"] == straight["steps"] == 20
+    assert [h["step"] for h in resumed["history"]] == [10, 15, 20]
+    assert [h["step"] for h in straight["history"]] == [10, 20]
+    assert resumed["history"][-1]["lr"] == straight["history"][-1]["lr"]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt").model
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt").model
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert saved["stopped_by"] == "max_steps"
+
+
+def test_the_time_estimate_follows_the_pace_and_the_other_limits():
+    budget = Budget(epochs=3, steps_per_epoch=100, max_steps=250, max_time_s=1000.0)
+    assert budget.planned_steps() == 250
+    assert budget.estimate_steps(step=50, wall_s=200.0, paced_steps=40, paced_s=160.0) == 250
+    slow = Budget(epochs=3, steps_per_epoch=100, max_time_s=1000.0)
+    assert slow.estimate_steps(step=50, wall_s=500.0, paced_steps=50, paced_s=500.0) == 100
+    assert slow.spent(100, 999.0) is None and slow.spent(101, 1000.0) == "max_time"
+    assert math.isclose(slow.estimate_steps(50, 500.0, 0, 0.0), 300)  # no pace yet: the plan
