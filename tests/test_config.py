@@ -169,7 +169,7 @@ def test_cli_help_lists_groups_and_cfg_prints_config():
     for line in (
         "model: transformer",
         "optim: adamw, sgd",
-        "scheduler: constant, cosine, step",
+        "scheduler: constant, cosine, linear, step, wsd",
         "device: auto, cpu, cuda",
         "data/tokenizer: basic_english, bpe, whitespace_eos",
     ):
@@ -255,7 +255,8 @@ def test_keys_for_an_optimizer_or_scheduler_constructor_may_be_added():
     # The same check runs on a config built in Python, as Hydra's `+key=` builds it.
     OmegaConf.update(cfg, "trainer.max_stepz", 100, force_add=True)
     assert config_problems(cfg) == [
-        "trainer.max_stepz: no component reads this key, so it would have no effect"
+        "trainer.max_stepz: no component reads this key, so it would have no effect; did you "
+        "mean trainer.max_steps?"
     ]
     assert OmegaConf.select(cfg, "optim.alpha") == 0.9
 

@@ -75,3 +75,45 @@ def test_a_warmup_longer_than_the_run_is_a_warning_naming_both(caplog):
     caplog.clear()
     build_scheduler(cfg.scheduler, opt, steps_per_epoch=300, epochs=1)
     assert "warmup_steps" not in caplog.text
+
+
+def _factors(scheduler_option: str, total: int, *extra: str) -> list[float]:
+    cfg = compose_cfg(["optim=adamw", f"scheduler={scheduler_option}", *extra])
+    opt = build_optimizer(cfg.optim, [torch.nn.Parameter(torch.zeros(2))])
+    schedule = build_scheduler(cfg.scheduler, opt, steps_per_epoch=total, epochs=1)
+    assert schedule.horizon == {"total_steps": total}
+    return [schedule.scheduler.factor(s) for s in range(total + 3)]
+
+
+def test_linear_decay_shape():
+    f = _factors("linear", 110, "scheduler.warmup_steps=10", "scheduler.min_lr_ratio=0.1")
+    assert f[4] == pytest.approx(0.5) and f[9] == pytest.approx(1.0)  # warm-up
+    assert f[10] == pytest.approx(1.0) and f[60] == pytest.approx(0.55)  # halfway: (1 + .1) / 2
+    assert f[110] == pytest.approx(0.1) and f[112] == pytest.approx(0.1)  # the floor, held
+
+
+def test_warmup_stable_decay_shape():
+    f = _factors("wsd", 100, "scheduler.warmup_steps=10", "scheduler.decay_ratio=0.2")
+    assert f[4] == pytest.approx(0.5)
+    assert all(x == 1.0 for x in f[10:81])  # stable: the full lr up to the decay's start
+    assert f[90] == pytest.approx(0.5) and f[100] == 0.0  # linear over the last 20 steps
+    sqrt = _factors("wsd", 100, "scheduler.warmup_steps=0", "scheduler.decay_shape=sqrt")
+    assert sqrt[90] == pytest.approx(1 - math.sqrt(0.5)) and sqrt[79] == 1.0
+
+
+def test_a_bad_wsd_shape_is_a_config_error():
+    cfg = compose_cfg(["optim=adamw", "scheduler=wsd", "scheduler.decay_shape=cubic"])
+    opt = build_optimizer(cfg.optim, [torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ConfigError, match="decay_shape one of"):
+        build_scheduler(cfg.scheduler, opt, steps_per_epoch=10, epochs=1)
+
+
+def test_wsd_takes_its_horizon_from_a_step_budget(corpus_dir, cache_dir, tmp_path):
+    from conftest import tiny_overrides
+    from lmx.train import train
+
+    extra = ("optim=adamw", "scheduler=wsd", "scheduler.warmup_steps=2", "trainer.epochs=5",
+             "trainer.limit_train_batches=10", "trainer.max_steps=20")  # fmt: skip
+    metrics = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra)), tmp_path / "r")
+    assert metrics["steps"] == 20 and metrics["history"][-1]["lr"] == 0.0  # decayed at step 20
+    assert metrics["history"][0]["lr"] == pytest.approx(1.0)  # step 10: still stable (tiny lr)

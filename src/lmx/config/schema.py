@@ -6,7 +6,8 @@ config (one sub-config per component):
     data       DataConfig          -> lmx.data.streams
       .tokenizer TokenizerConfig   -> lmx.data.tokenizer
     optim      SGDConfig | AdamWConfig | any torch.optim class   (instantiate, _partial_)
-    scheduler  StepLRConfig | WarmupCosineConfig | ConstantLRConfig (instantiate, _partial_)
+    scheduler  StepLRConfig | WarmupCosineConfig | WarmupLinearConfig | WSDConfig |
+               ConstantLRConfig                                      (instantiate, _partial_)
     device     DeviceConfig        -> lmx.runtime.device
     trainer    TrainerConfig       -> lmx.training.loop
     sweep      SweepConfig         -> lmx.runs.sweep (multirun resume)
@@ -137,6 +138,28 @@ class WarmupCosineConfig:
     _partial_: bool = True
     warmup_steps: int = 200
     total_steps: int | None = None  # None: the run's number of optimizer steps
+    min_lr_ratio: float = 0.0
+    interval: Interval = Interval.step
+
+
+@dataclass
+class WarmupLinearConfig:
+    _target_: str = "lmx.training.schedules.WarmupLinearLR"
+    _partial_: bool = True
+    warmup_steps: int = 200
+    total_steps: int | None = None  # None: the run's number of optimizer steps
+    min_lr_ratio: float = 0.0
+    interval: Interval = Interval.step
+
+
+@dataclass
+class WSDConfig:
+    _target_: str = "lmx.training.schedules.WarmupStableDecayLR"
+    _partial_: bool = True
+    warmup_steps: int = 200
+    total_steps: int | None = None  # None: the run's number of optimizer steps
+    decay_ratio: float = 0.2  # the last fifth of the steps decays
+    decay_shape: str = "linear"  # linear, cosine or sqrt
     min_lr_ratio: float = 0.0
     interval: Interval = Interval.step
 

@@ -12,6 +12,8 @@ from lmx.config.schema import (
     StepLRConfig,
     TrainConfig,
     WarmupCosineConfig,
+    WarmupLinearConfig,
+    WSDConfig,
 )
 
 
@@ -23,3 +25,5 @@ def register_configs() -> None:
     cs.store(group="schema/scheduler", name="step", node=StepLRConfig)
     cs.store(group="schema/scheduler", name="cosine", node=WarmupCosineConfig)
     cs.store(group="schema/scheduler", name="constant", node=ConstantLRConfig)
+    cs.store(group="schema/scheduler", name="linear", node=WarmupLinearConfig)
+    cs.store(group="schema/scheduler", name="wsd", node=WSDConfig)

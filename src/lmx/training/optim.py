@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmx.config.schema import Interval
 from lmx.errors import ConfigError
 from lmx.training.budget import Budget
-from lmx.training.schedules import WarmupCosineLR
+from lmx.training.schedules import ClosedFormLR
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class TimeHorizon:
     """With a time budget (trainer.max_time), a step schedule's horizon is an estimate: the
     steps so far plus those the remaining time holds at the pace since warm-up. It is
     re-estimated after every step, so the lr reaches its floor when time runs out. Only a
-    schedule whose lr is a closed form of the step (WarmupCosineLR) can follow it."""
+    schedule whose lr is a closed form of the step (lmx.training.schedules) can follow it."""
 
     def __init__(self, schedule: Schedule, budget: Budget):
         self.schedule, self.budget = schedule, budget
@@ -91,7 +91,7 @@ class TimeHorizon:
             budget.max_time_s is not None
             and schedule.interval == Interval.step
             and bool(schedule.horizon)
-            and isinstance(schedule.scheduler, WarmupCosineLR)
+            and isinstance(schedule.scheduler, ClosedFormLR)
         )
         self.start: tuple[int, float] | None = None  # (step, wall seconds) after warm-up
 

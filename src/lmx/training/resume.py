@@ -30,7 +30,7 @@ from lmx.errors import CheckpointError
 from lmx.training.budget import Budget
 from lmx.training.checkpoint import Checkpoint, newest_checkpoint, set_rng_state
 from lmx.training.optim import Schedule
-from lmx.training.schedules import WarmupCosineLR
+from lmx.training.schedules import ClosedFormLR
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _move_horizon(
     moved = {k: max(1, total) for k in schedule.horizon if getattr(scheduler, k) != max(1, total)}
     if not moved:
         return
-    if not isinstance(scheduler, WarmupCosineLR):  # its lr is a closed form of the step
+    if not isinstance(scheduler, ClosedFormLR):  # its lr is a closed form of the step
         raise ResumeRefused(
             f"the run's length changed, and {type(scheduler).__name__} cannot move its horizon "
             f"({', '.join(moved)}) to the new length; keep trainer.epochs and "
