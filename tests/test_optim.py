@@ -117,3 +117,32 @@ def test_wsd_takes_its_horizon_from_a_step_budget(corpus_dir, cache_dir, tmp_pat
     metrics = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra)), tmp_path / "r")
     assert metrics["steps"] == 20 and metrics["history"][-1]["lr"] == 0.0  # decayed at step 20
     assert metrics["history"][0]["lr"] == pytest.approx(1.0)  # step 10: still stable (tiny lr)
+
+
+def test_weight_decay_groups_hold_the_right_tensors_by_name(caplog):
+    from lmx.models.transformer import TransformerLM
+
+    caplog.set_level("INFO")
+    model = TransformerLM(50, d_model=16, nhead=2, d_hid=32, nlayers=1, norm_first=True)
+    cfg = compose_cfg(["optim=adamw", "optim.weight_decay=0.1"])
+    opt = build_optimizer(cfg.optim, model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed, plain = ([names[id(p)] for p in g["params"]] for g in opt.param_groups)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert set(decayed) == {
+        "embedding.weight",
+        "encoder.layers.0.self_attn.in_proj_weight",
+        "encoder.layers.0.self_attn.out_proj.weight",
+        "encoder.layers.0.linear1.weight",
+        "encoder.layers.0.linear2.weight",
+        "decoder.weight",
+    }
+    assert all(n.endswith("bias") or ".norm" in n or n.startswith("encoder.norm") for n in plain)
+    assert "encoder.layers.0.norm1.weight" in plain and "decoder.bias" in plain
+    assert len(decayed) + len(plain) == len(list(model.parameters()))
+    assert "optim: weight decay 0.1 on 6 tensors" in caplog.text
+    # decay_all: one group, everything decayed (lmx before the groups)
+    every = build_optimizer(compose_cfg(["optim=adamw", "optim.decay_all=true"]).optim, model)
+    assert len(every.param_groups) == 1 and every.param_groups[0]["weight_decay"] == 0.01
+    # No weight decay (the tutorial's SGD): one group, as before
+    assert len(build_optimizer(compose_cfg().optim, model).param_groups) == 1

@@ -53,7 +53,7 @@ def iterate_losses(
     if not cfg.optim._target_.endswith(".SGD") or cfg.optim.get("momentum", 0):
         raise ValueError("iterate_losses continues plain SGD runs only (no optimizer state)")
     bptt, precision = cfg.data.bptt, cfg.device.precision
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    optimizer = build_optimizer(cfg.optim, model)
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr

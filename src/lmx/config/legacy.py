@@ -25,16 +25,26 @@ MOVED_TARGETS = {
 }
 
 
-def upgrade_config(tree: Any) -> Any:
-    """A copy of a saved (plain) config with every moved `_target_` renamed."""
+def upgrade_config(config: Any) -> Any:
+    """A copy of a saved (plain) run config in today's terms: every moved `_target_` renamed,
+    and `optim.decay_all` where it predates weight-decay groups (those runs decayed every
+    tensor, so it is true wherever there was a weight decay)."""
+    out = _rename_targets(config)
+    optim = out.get("optim") if isinstance(out, dict) else None
+    if isinstance(optim, dict) and "decay_all" not in optim:
+        optim["decay_all"] = bool(optim.get("weight_decay"))
+    return out
+
+
+def _rename_targets(tree: Any) -> Any:
     if isinstance(tree, dict):
-        out = {k: upgrade_config(v) for k, v in tree.items()}
+        out = {k: _rename_targets(v) for k, v in tree.items()}
         target = out.get("_target_")
         if isinstance(target, str) and target in MOVED_TARGETS:
             out["_target_"] = MOVED_TARGETS[target]
         return out
     if isinstance(tree, list):
-        return [upgrade_config(v) for v in tree]
+        return [_rename_targets(v) for v in tree]
     return tree
 
 

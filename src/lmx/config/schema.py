@@ -108,6 +108,7 @@ class SGDConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     nesterov: bool = False
+    decay_all: bool = False  # lmx's own key: weight decay on every tensor (see AdamWConfig)
 
 
 @dataclass
@@ -119,6 +120,9 @@ class AdamWConfig:
     eps: float = 1e-8
     weight_decay: float = 0.01
     fused: bool | None = None  # one fused kernel for the update (CPU and CUDA); None: torch picks
+    # lmx's own key. false: decay only tensors of 2+ dims (matmul weights, embeddings), not
+    # biases and norm weights. true: every tensor (lmx before weight-decay groups).
+    decay_all: bool = False
 
 
 # ---------------------------------------------------------------------------- scheduler

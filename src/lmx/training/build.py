@@ -23,7 +23,12 @@ from lmx.training.checkpoint import Checkpoint, load_checkpoint
 from lmx.training.logs import TensorBoard
 from lmx.training.loop import Run
 from lmx.training.optim import build_optimizer, build_scheduler
-from lmx.training.resume import check_compatible, find_resume_checkpoint, restore
+from lmx.training.resume import (
+    check_compatible,
+    find_resume_checkpoint,
+    legacy_decay_all,
+    restore,
+)
 from lmx.training.step import make_scaler
 
 log = logging.getLogger("lmx.train")
@@ -61,7 +66,9 @@ def build_run(
         device,
         f" x {world.world_size} processes" if world.enabled else "",
     )
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    path = find_resume_checkpoint(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
+    resume_from = load_checkpoint(path, map_location=device) if path is not None else None
+    optimizer = build_optimizer(cfg.optim, model, legacy_decay_all(resume_from, resolved))
     steps_per_epoch = num_steps(data.rows["train"], d.bptt, cfg.trainer.limit_train_batches)
     t = cfg.trainer
     budget = Budget(t.epochs, steps_per_epoch, t.max_steps,
@@ -74,10 +81,7 @@ def build_run(
         "tokenizer": data.tokenizer.to_str(),  # the checkpoint alone can evaluate
     }
 
-    resume_from = None
-    path = find_resume_checkpoint(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
-    if path is not None:
-        resume_from = load_checkpoint(path, map_location=device)
+    if resume_from is not None:
         check_compatible(path, resume_from, {**resolved, "vocab_size": data.vocab_size})
         restore(resume_from, path, model, optimizer, schedule, scaler, budget, world.rank)
     elif cfg.trainer.resume == "auto":

@@ -45,8 +45,42 @@ def _build(kind: str, cfg: dict[str, Any], *args: Any) -> Any:
         raise ConfigError(f"cannot build {kind} {cfg.get('_target_')!r}: {err}") from err
 
 
-def build_optimizer(cfg: DictConfig, params: Iterable[torch.nn.Parameter]):
-    return _build("optimizer", _plain(cfg), params)
+def build_optimizer(
+    cfg: DictConfig,
+    params: torch.nn.Module | Iterable[torch.nn.Parameter],
+    decay_all: bool | None = None,
+):
+    """The optimizer over a model's parameters (or a plain list of them).
+
+    With a weight decay, only tensors of two or more dimensions (matmul weights, embeddings)
+    are decayed, as nanoGPT and HF do; biases and norm weights are not. optim.decay_all=true
+    (or `decay_all`, which overrides it) decays every tensor, as lmx did before."""
+    kwargs = _plain(cfg)
+    decay_all = kwargs.pop("decay_all", False) if decay_all is None else decay_all
+    kwargs.pop("decay_all", None)
+    named = list(params.named_parameters() if isinstance(params, torch.nn.Module)
+                 else ((str(i), p) for i, p in enumerate(params)))  # fmt: skip
+    groups = weight_decay_groups(named, kwargs.get("weight_decay") or 0.0, decay_all)
+    return _build("optimizer", kwargs, groups)
+
+
+def weight_decay_groups(
+    named: list[tuple[str, torch.nn.Parameter]], weight_decay: float, decay_all: bool
+) -> list[dict[str, Any]]:
+    """One group (no decay, or decay_all), or two: decayed (2+ dims) and not (the rest)."""
+    if not weight_decay or decay_all:
+        return [{"params": [p for _, p in named]}]
+    decay = [(n, p) for n, p in named if p.dim() >= 2]
+    rest = [(n, p) for n, p in named if p.dim() < 2]
+    for label, group in ((f"weight decay {weight_decay:g} on", decay), ("no decay on", rest)):
+        names = ", ".join(n for n, _ in group[:4]) + (", ..." if len(group) > 4 else "")
+        count = sum(p.numel() for _, p in group)
+        log.info("optim: %s %d tensors (%s parameters): %s", label, len(group), f"{count:,}",
+                 names or "-")  # fmt: skip
+    return [
+        {"params": [p for _, p in decay], "weight_decay": weight_decay},
+        {"params": [p for _, p in rest], "weight_decay": 0.0},
+    ]
 
 
 def build_scheduler(

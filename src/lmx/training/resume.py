@@ -123,6 +123,24 @@ def check_compatible(path: Path, ckpt: Checkpoint, current: dict[str, Any]) -> N
                 log.info("resume: changed since the checkpoint (%s): %s", note, change)
 
 
+def legacy_decay_all(ckpt: Checkpoint | None, resolved: dict[str, Any]) -> bool | None:
+    """A checkpoint from before weight-decay groups holds one parameter group: the run goes
+    on decaying every tensor (optim.decay_all=true, also written into `resolved`), and the
+    log says so. None: the optimizer is built as configured."""
+    if ckpt is None or ckpt.optimizer is None:
+        return None
+    optim = resolved["optim"]
+    one_group = len(ckpt.optimizer.get("param_groups", [])) == 1
+    if one_group and optim.get("weight_decay") and not optim.get("decay_all"):
+        log.warning(
+            "resume: the checkpoint decays every tensor (one parameter group, written before "
+            "weight-decay groups); this run goes on with optim.decay_all=true"
+        )
+        optim["decay_all"] = True
+        return True
+    return None
+
+
 def restore(
     ckpt: Checkpoint,
     path: Path,
