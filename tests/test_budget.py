@@ -112,3 +112,35 @@ def test_the_time_estimate_follows_the_pace_and_the_other_limits():
     assert slow.estimate_steps(step=50, wall_s=500.0, paced_steps=50, paced_s=500.0) == 100
     assert slow.spent(100, 999.0) is None and slow.spent(101, 1000.0) == "max_time"
     assert math.isclose(slow.estimate_steps(50, 500.0, 0, 0.0), 300)  # no pace yet: the plan
+
+
+@pytest.mark.parametrize(
+    "losses,patience,min_delta,stops_after",
+    [
+        ([5.0, 4.0, 4.0, 4.0, 3.0, 2.0], 2, 0.0, 4),  # a plateau at 4.0: epochs 3 and 4 stale
+        ([5.0, 4.8, 4.7, 4.6, 4.5, 4.4], 2, 0.5, 3),  # improvements smaller than min_delta
+        ([5.0, 4.0, 3.0, 2.0, 1.0, 0.5], 2, 0.0, 6),  # always better: all epochs
+    ],
+)
+def test_early_stopping_on_a_plateau_made_on_purpose(
+    corpus_dir, cache_dir, tmp_path, monkeypatch, losses, patience, min_delta, stops_after
+):
+    from lmx.perplexity import Score
+    from lmx.training import loop
+
+    scores = iter(losses)
+    monkeypatch.setattr(loop, "evaluate",
+                        lambda *a, **k: Score(next(scores, 9.0), 10, 10))  # fmt: skip
+    extra = ("trainer.epochs=6", "trainer.limit_train_batches=2",
+             f"trainer.early_stop.patience={patience}",
+             f"trainer.early_stop.min_delta={min_delta}")  # fmt: skip
+    metrics = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra)), tmp_path / "r")
+    assert metrics["epochs"] == stops_after
+    if stops_after < 6:
+        assert metrics["stopped_by"] == "early_stop"
+        assert (
+            f"in {patience} validations (trainer.early_stop.patience={patience})"
+            in (metrics["stop_reason"])
+        )
+    else:
+        assert metrics["stopped_by"] == "epochs" and metrics["stop_reason"] is None

@@ -216,6 +216,12 @@ def _trainer(cfg: DictConfig, check: Check) -> None:
             parse_duration(t.max_time)
         except ValueError as err:
             check(False, f"trainer.max_time={t.max_time}: {err}")
+    stop = t.early_stop
+    check(
+        stop.patience is None or stop.patience >= 1,
+        f"trainer.early_stop.patience={stop.patience} must be >= 1 or null",
+    )
+    check(stop.min_delta >= 0, f"trainer.early_stop.min_delta={stop.min_delta} must be >= 0")
     keys = ("max_steps", "limit_train_batches", "limit_eval_batches", "checkpoint_every_steps")
     for key in keys:
         check(t[key] is None or t[key] >= 1, f"trainer.{key}={t[key]} must be >= 1 or null")

@@ -187,12 +187,19 @@ class DeviceConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    patience: int | None = None  # stop after this many validations without improvement; None: off
+    min_delta: float = 0.0  # an improvement is a validation loss lower by more than this
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 3
     # Budgets: training ends at whichever of epochs, max_steps and max_time comes first, then
     # validates and tests as at a normal end. A step schedule's horizon follows the budget.
     max_steps: int | None = None  # optimizer steps
     max_time: str | None = None  # wall time of the run, all tries together: 30m, 2h, 1h30m
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     grad_clip: float | None = 0.5  # max gradient norm; None disables clipping
     log_interval: int = 200  # optimizer steps between train log lines / scalars
     seed: int = 0

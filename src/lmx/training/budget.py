@@ -1,14 +1,19 @@
 """When training ends: after `trainer.epochs`, or at a budget of optimizer steps
-(`trainer.max_steps`) or of wall time (`trainer.max_time`, e.g. 30m, 2h, 1h30m), whichever
-comes first. A step schedule whose horizon is the run's length takes it from the budget: a
-time budget estimates its step count from the pace so far and re-estimates it every step, so
-that the lr reaches its floor when time runs out."""
+(`trainer.max_steps`) or of wall time (`trainer.max_time`, e.g. 30m, 2h, 1h30m), or when
+validation stops improving (`trainer.early_stop`), whichever comes first. A step schedule
+whose horizon is the run's length takes it from the budget: a time budget estimates its step
+count from the pace so far and re-estimates it every step, so that the lr reaches its floor
+when time runs out."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("lmx.training")
 
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
@@ -53,3 +58,46 @@ class Budget:
             return planned
         left = max(0.0, self.max_time_s - wall_s) * paced_steps / paced_s
         return max(step, min(planned, step + math.ceil(left)))
+
+
+class Stopping:
+    """Why training ends before its epochs, if it does: `reason` is max_steps, max_time or
+    early_stop, and `message` says why in words (the log and metrics.json carry both).
+
+    Early stopping counts validations whose loss is not below the best so far by more than
+    `min_delta`; after `patience` of them in a row it stops. Its counters live in the run's
+    Progress (checkpointed), so a resumed run counts on."""
+
+    def __init__(self, budget: Budget, patience: int | None = None, min_delta: float = 0.0):
+        self.budget, self.patience, self.min_delta = budget, patience, min_delta
+        self.reason: str | None = None
+        self.message: str | None = None
+
+    def spent(self, p: Any, wall_s: float) -> str | None:
+        """The reason training ends now (p: the run's Progress), or None to go on."""
+        if self.reason is not None:
+            return self.reason
+        if self.patience is not None and p.stale_validations >= self.patience:
+            self.reason = "early_stop"
+            self.message = (
+                f"early stop: validation loss did not improve on {p.early_stop_best:.4f} by "
+                f"more than trainer.early_stop.min_delta={self.min_delta:g} in "
+                f"{p.stale_validations} validations (trainer.early_stop.patience={self.patience})"
+            )
+        elif (reason := self.budget.spent(p.step, wall_s)) is not None:
+            self.reason = reason
+            limit = f"max_steps={self.budget.max_steps}" if reason == "max_steps" else (
+                f"max_time ({self.budget.max_time_s:g} s)")  # fmt: skip
+            self.message = f"trainer.{limit} reached"
+        if self.message:
+            log.info("| End of training: %s", self.message)
+        return self.reason
+
+    def after_validation(self, p: Any, val_loss: float) -> None:
+        """Count this validation for early stopping (p: the run's Progress)."""
+        if self.patience is None:
+            return
+        if val_loss < p.early_stop_best - self.min_delta:
+            p.early_stop_best, p.stale_validations = val_loss, 0
+        else:
+            p.stale_validations += 1

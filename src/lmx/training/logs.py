@@ -14,6 +14,7 @@ from lmx.files import METRICS_FILE, write_json
 from lmx.perplexity import Score, ppl
 
 if TYPE_CHECKING:
+    from lmx.training.budget import Stopping
     from lmx.training.loop import Run
     from lmx.training.state import Progress
 
@@ -131,12 +132,12 @@ def summary(
     val: Score | None,
     wall: float,
     test: Score | None = None,
-    stopped_by: str | None = None,
+    stopping: Stopping | None = None,
 ) -> dict[str, Any]:
     """metrics.json: the run so far. `val` is this process's latest validation; a resumed
     run that has not validated yet takes the figures of the last one it recorded. A finished
     run ("done") adds its best epoch, its test figures (null when trainer.test=false) and
-    which limit ended training (epochs, max_steps or max_time)."""
+    what ended training (epochs, max_steps, max_time or early_stop) and why."""
     last = p.history[-1] if p.history else {}
     scored = score_fields("val", val) if val else {
         k: last.get(k) for k in ("val_tokens_scored", "val_tokens_total")}  # fmt: skip
@@ -164,7 +165,8 @@ def summary(
             test_loss=test.loss if test else None,
             test_ppl=test.ppl if test else None,
             **score_fields("test", test),
-            stopped_by=stopped_by or "epochs",
+            stopped_by=stopping.reason if stopping and stopping.reason else "epochs",
+            stop_reason=stopping.message if stopping else None,
         )
         out["eval_partial"] = out["eval_partial"] or bool(test and test.partial)
     return out

@@ -24,7 +24,7 @@ from lmx.data.batching import batch_starts, get_batch, num_steps
 from lmx.perplexity import Score, evaluate
 from lmx.runtime.distributed import World
 from lmx.training import logs
-from lmx.training.budget import Budget
+from lmx.training.budget import Budget, Stopping
 from lmx.training.checkpoint import Checkpoint, load_checkpoint, save_run
 from lmx.training.optim import Schedule, TimeHorizon
 from lmx.training.signals import Interrupted, StopSignals
@@ -71,7 +71,7 @@ class Trainer:
         self.stop = StopSignals()
         self.val_score: Score | None = None  # this process's latest validation
         self.horizon = TimeHorizon(run.schedule, run.budget)
-        self.stopped_by: str | None = None  # the budget that ended training, if one did
+        self.stopping = Stopping(run.budget, cfg.early_stop.patience, cfg.early_stop.min_delta)
         self.eval_args = dict(bptt=run.bptt, device=run.device, precision=run.precision,
                               limit=cfg.limit_eval_batches,
                               tokens_per_forward=cfg.eval_tokens_per_forward,
@@ -81,7 +81,7 @@ class Trainer:
         """Train to cfg.epochs, then test the best checkpoint. Returns the run summary."""
         p = self.progress
         with self.stop:
-            while p.epoch <= self.cfg.epochs and not self._budget_spent():
+            while p.epoch <= self.cfg.epochs and not self._spent():
                 self.train_epoch()
                 self.validate()
         self.settle_best()
@@ -114,7 +114,7 @@ class Trainer:
                     run.schedule.scheduler.step()
                 bar.update()
                 bar.set_postfix(loss=f"{result.loss:.2f}", lr=f"{self._lr():.3g}")
-                spent = self._budget_spent()
+                spent = self._spent()
                 if p.batch % cfg.log_interval == 0 or p.batch == n_steps or spent:
                     self._log_window(n_steps)
                 stop = result.stop_requested if run.world.enabled else self.stop.requested
@@ -141,6 +141,7 @@ class Trainer:
         run.tb.scalars({"val/loss": score.loss, "val/ppl": score.ppl}, p.step)
         run.tb.flush()
         improved = p.end_epoch(score.loss, {**logs.score_fields("val", score), "lr": lr}, whole)
+        self.stopping.after_validation(p, score.loss)  # counted before the save: resumable
         if improved:
             self._save(self.best_path)
         self._save_last()
@@ -186,9 +187,8 @@ class Trainer:
         self.progress.reset_window()
         self.window_start = time.perf_counter()
 
-    def _budget_spent(self) -> str | None:
-        self.stopped_by = self.run.budget.spent(self.progress.step, self._wall_seconds())
-        return self.stopped_by
+    def _spent(self) -> str | None:
+        return self.stopping.spent(self.progress, self._wall_seconds())
 
     def _save(self, path: Path) -> None:
         save_run(path, self.run, self.progress)
@@ -208,7 +208,7 @@ class Trainer:
 
     def _summary(self, status: str, test: Score | None = None) -> dict[str, Any]:
         p, wall = self.progress, self._wall_seconds()
-        return logs.summary(self.run, p, status, self.val_score, wall, test, self.stopped_by)
+        return logs.summary(self.run, p, status, self.val_score, wall, test, self.stopping)
 
 
 def fit(run: Run, cfg: TrainerConfig, resume_from: Checkpoint | None = None) -> dict[str, Any]:

@@ -40,7 +40,13 @@ class ResumeRefused(CheckpointError):
     run dir is left as it was (its status, config.yaml and checkpoints)."""
 
 
-LENGTH = ("trainer.epochs", "trainer.limit_train_batches", "trainer.max_steps", "trainer.max_time")
+LENGTH = (
+    "trainer.epochs",
+    "trainer.limit_train_batches",
+    "trainer.max_steps",
+    "trainer.max_time",
+    "trainer.early_stop.",
+)
 ON_PURPOSE = (
     "model.dropout",
     "model.attn_dropout",

@@ -36,6 +36,8 @@ class Progress:
     wall_seconds: float = 0.0  # before this process started (earlier tries of the run)
     skipped_batches: int = 0  # non-finite batches skipped (trainer.on_nonfinite=skip)
     scaler_skipped_steps: int = 0  # fp16: steps the gradient scaler skipped (inf gradients)
+    early_stop_best: float = math.inf  # early stopping: the best loss it counts from
+    stale_validations: int = 0  # validations since that loss improved by min_delta
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
