@@ -75,6 +75,11 @@ def test_two_gloo_processes_match_one_process(corpus_dir, cache_dir, tmp_path):
     assert_equivalent(single, ddp)
     # rank 0 alone writes: one run dir, one log, nothing from rank 1 left behind
     assert "x 2 processes" in (ddp / "train.log").read_text()
+    # With accumulation: 2 processes x 2 micro-batches of 1 row equal 1 process, 4 rows.
+    accumulated = tmp_path / "ddp_accumulate"
+    proc = torchrun(*args, "trainer.accumulate=2", f"hydra.run.dir={accumulated}")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert_equivalent(single, accumulated)
 
 
 def test_ddp_resume_continues_the_run(corpus_dir, cache_dir, tmp_path):

@@ -60,10 +60,13 @@ def assert_same_run(a, b):
     assert trajectory == [(h["train_loss"], h["val_loss"], h["lr"]) for h in mb["history"]]
 
 
+@pytest.mark.parametrize("accumulate", [1, 2])
 def test_a_run_stopped_by_sigint_and_resumed_equals_the_uninterrupted_run(
-    corpus_dir, cache_dir, tmp_path, monkeypatch
+    corpus_dir, cache_dir, tmp_path, monkeypatch, accumulate
 ):
-    overrides = tiny_overrides(corpus_dir, cache_dir, *RESUMABLE)
+    overrides = tiny_overrides(
+        corpus_dir, cache_dir, *RESUMABLE, f"trainer.accumulate={accumulate}"
+    )
     full = train(compose_cfg(overrides), tmp_path / "full")
     stop_at = full["steps"] // 3 + 2  # mid-epoch 2, between two periodic checkpoints
 

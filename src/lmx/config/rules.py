@@ -216,6 +216,12 @@ def _trainer(cfg: DictConfig, check: Check) -> None:
             parse_duration(t.max_time)
         except ValueError as err:
             check(False, f"trainer.max_time={t.max_time}: {err}")
+    check(t.accumulate >= 1, f"trainer.accumulate={t.accumulate} must be >= 1")
+    check(
+        t.accumulate <= cfg.data.batch_size,
+        f"trainer.accumulate={t.accumulate} needs at least as many batch rows "
+        f"(data.batch_size={cfg.data.batch_size}): each micro-batch takes whole rows",
+    )
     stop = t.early_stop
     check(
         stop.patience is None or stop.patience >= 1,

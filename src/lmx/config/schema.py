@@ -200,6 +200,9 @@ class TrainerConfig:
     max_steps: int | None = None  # optimizer steps
     max_time: str | None = None  # wall time of the run, all tries together: 30m, 2h, 1h30m
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    # Gradient accumulation: each batch's rows in this many micro-batches, one update. The
+    # batch (data.batch_size) and its loss stay the same; the peak memory falls.
+    accumulate: int = 1
     grad_clip: float | None = 0.5  # max gradient norm; None disables clipping
     log_interval: int = 200  # optimizer steps between train log lines / scalars
     seed: int = 0

@@ -93,6 +93,12 @@ def build_run(
 
     train_model = model
     if world.enabled:
+        if data.rows["train"].size(0) < cfg.trainer.accumulate:
+            raise ConfigError(
+                f"trainer.accumulate={cfg.trainer.accumulate} needs as many batch rows per "
+                f"process; each of the {world.world_size} processes has "
+                f"{data.rows['train'].size(0)} (data.batch_size / processes)"
+            )
         if cfg.model.sparse_embedding:
             raise ConfigError("model.sparse_embedding is for single-process runs")
         if resume_from is None:  # each rank draws its own dropout masks from here on

@@ -60,7 +60,8 @@ class TensorBoard:
 
 # ---------------------------------------------------------------------------- log lines
 def log_window(run: Run, p: Progress, n_steps: int, seconds: float) -> None:
-    """The tutorial's train line and the TensorBoard scalars of the steps since the last one."""
+    """The tutorial's train line and the TensorBoard scalars of the steps since the last one;
+    then a new window starts."""
     w, lr = p.window, run.optimizer.param_groups[0]["lr"]
     n = max(w["batches"], 1)
     loss = w["loss"] / n
@@ -84,6 +85,7 @@ def log_window(run: Run, p: Progress, n_steps: int, seconds: float) -> None:
         },
         p.step,
     )
+    p.reset_window()
 
 
 def log_validation(epoch: int, seconds: float, score: Score) -> None:

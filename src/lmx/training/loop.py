@@ -101,7 +101,8 @@ class Trainer:
                 data, targets = get_batch(source, i, run.bptt)
                 result = train_step(run.train_model, list(run.model.parameters()), run.optimizer,
                                     run.scaler, data, targets, run.precision, cfg.grad_clip,
-                                    run.world, self.stop.requested is not None)  # fmt: skip
+                                    run.world, self.stop.requested is not None,
+                                    cfg.accumulate)  # fmt: skip
                 if result.nonfinite:
                     apply_nonfinite_policy(result.nonfinite, p, cfg.on_nonfinite, self.best_path)
                 p.scaler_skipped_steps += result.scaler_skipped
@@ -184,7 +185,6 @@ class Trainer:
 
     def _log_window(self, n_steps: int) -> None:
         logs.log_window(self.run, self.progress, n_steps, time.perf_counter() - self.window_start)
-        self.progress.reset_window()
         self.window_start = time.perf_counter()
 
     def _spent(self) -> str | None:

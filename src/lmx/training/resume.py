@@ -55,6 +55,7 @@ ON_PURPOSE = (
     "device.",
     "trainer.grad_clip",
     "trainer.on_nonfinite",
+    "trainer.accumulate",
 )
 FREE = (
     "trainer.log_interval",

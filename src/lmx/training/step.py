@@ -8,6 +8,7 @@ precision the scaler is disabled and each of its calls is the plain operation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -88,22 +89,37 @@ def train_step(
     grad_clip: float | None,
     world,
     stop_requested: bool,
+    accumulate: int = 1,
 ) -> StepResult:
     """Forward, backward, clip, update; a non-finite loss or gradient norm updates nothing.
 
-    `model` is what trains (DDP-wrapped under torchrun); `parameters` are its weights.
+    `model` is what trains (DDP-wrapped under torchrun); `parameters` are its weights. With
+    `accumulate` K > 1 the batch's rows go through in K micro-batches (the data's order
+    unchanged) whose gradients add up before the one update; each micro-batch's loss is
+    weighted by its share of the batch's tokens, so the step's loss is still the mean over
+    all of them. Under DDP the gradients are all-reduced on the last micro-batch only.
     """
     device = data.device
-    with autocast(device, precision):
-        loss = model(data, targets)  # mean cross-entropy over the step's tokens
-    loss_value = loss.item()
+    optimizer.zero_grad(set_to_none=True)
+    micro = list(zip(data.tensor_split(accumulate), targets.tensor_split(accumulate), strict=True))
+    no_sync = getattr(model, "no_sync", None)
+    loss_value = 0.0
+    for k, (x, y) in enumerate(micro):
+        share = y.numel() / targets.numel()
+        syncs = no_sync is None or k == len(micro) - 1
+        with contextlib.nullcontext() if syncs else no_sync():
+            with autocast(device, precision):
+                loss = model(x, y)  # mean cross-entropy over the micro-batch's tokens
+            # Every rank runs every backward (a skipped one would stall DDP's all-reduce);
+            # a non-finite loss is caught below, and its gradients are thrown away.
+            scaler.scale(loss * share if len(micro) > 1 else loss).backward()
+        loss_value += loss.item() * share
     if world.enabled:  # every rank sees the global loss and the same stop decision
         loss_sum, stops = world.sum([loss_value, stop_requested], device)
         loss_value, stop_requested = loss_sum / world.world_size, stops > 0
-    optimizer.zero_grad(set_to_none=True)
     if not math.isfinite(loss_value):
+        optimizer.zero_grad(set_to_none=True)
         return StepResult(math.nan, math.nan, f"loss ({loss_value})", stop_requested)
-    scaler.scale(loss).backward()
     scaler.unscale_(optimizer)  # the clip below sees the true gradients
     norm = clip_grad_norm(parameters, grad_clip if grad_clip is not None else math.inf).item()
     if not math.isfinite(norm):
