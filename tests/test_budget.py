@@ -144,3 +144,34 @@ def test_early_stopping_on_a_plateau_made_on_purpose(
         )
     else:
         assert metrics["stopped_by"] == "epochs" and metrics["stop_reason"] is None
+
+
+def test_mid_epoch_validation_keeps_the_best_at_any_validation_and_leaves_training_alone(
+    corpus_dir, cache_dir, tmp_path, monkeypatch, caplog
+):
+    from lmx.perplexity import Score
+    from lmx.training import loop
+
+    args = tiny_overrides(
+        corpus_dir, cache_dir, "trainer.epochs=2", "trainer.limit_train_batches=10"
+    )
+    plain = train(compose_cfg(args), tmp_path / "plain")  # dropout on: RNG and train mode matter
+    evaluate, calls = loop.evaluate, []
+
+    def best_at_step_8(model, source, *a, **k):
+        score = evaluate(model, source, *a, **k)
+        calls.append(1)
+        return Score(1.0 if len(calls) == 2 else 2.0 + len(calls), score.tokens, score.total)
+
+    monkeypatch.setattr(loop, "evaluate", best_at_step_8)
+    caplog.set_level("INFO")
+    mid = train(compose_cfg([*args, "trainer.val_every_steps=4"]), tmp_path / "mid")
+    assert [h["step"] for h in mid["history"]] == [4, 8, 10, 12, 16, 20]  # every 4 steps
+    assert [bool(h.get("partial_epoch")) for h in mid["history"]] == [1, 1, 0, 1, 1, 0]
+    assert mid["epochs"] == 6 and mid["best_val_loss"] == 1.0 and mid["best_epoch"] == 1
+    assert load_checkpoint(tmp_path / "mid" / "checkpoints" / "best.pt").step == 8
+    assert "| epoch   1, step      4 |" in caplog.text
+    a = load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt").model
+    b = load_checkpoint(tmp_path / "mid" / "checkpoints" / "last.pt").model
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the validations changed no training step
+    assert mid["steps"] == plain["steps"] == 20

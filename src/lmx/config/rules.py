@@ -228,6 +228,7 @@ def _trainer(cfg: DictConfig, check: Check) -> None:
         f"trainer.early_stop.patience={stop.patience} must be >= 1 or null",
     )
     check(stop.min_delta >= 0, f"trainer.early_stop.min_delta={stop.min_delta} must be >= 0")
-    keys = ("max_steps", "limit_train_batches", "limit_eval_batches", "checkpoint_every_steps")
+    keys = ("max_steps", "val_every_steps", "limit_train_batches", "limit_eval_batches",
+            "checkpoint_every_steps")  # fmt: skip
     for key in keys:
         check(t[key] is None or t[key] >= 1, f"trainer.{key}={t[key]} must be >= 1 or null")

@@ -203,6 +203,9 @@ class TrainerConfig:
     # Gradient accumulation: each batch's rows in this many micro-batches, one update. The
     # batch (data.batch_size) and its loss stay the same; the peak memory falls.
     accumulate: int = 1
+    # Also validate every N optimizer steps inside epochs (long epochs such as WikiText-103's);
+    # "best" is then the best at any validation. null: at the end of each epoch only.
+    val_every_steps: int | None = None
     grad_clip: float | None = 0.5  # max gradient norm; None disables clipping
     log_interval: int = 200  # optimizer steps between train log lines / scalars
     seed: int = 0

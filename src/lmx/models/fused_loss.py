@@ -120,9 +120,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_losses):
         # The forward's gradients assume d loss / d losses[i] = grad_scale for every row.
         g = grad_losses.float()
-        if bool((g == g[0]).all()):  # one scale for all rows: mean or sum, maybe scaled
+        # One scale for all rows: mean or sum, maybe scaled. A non-finite one (a nan loss
+        # times something) gives non-finite gradients, which the step then refuses.
+        finite = bool(torch.isfinite(g).all())
+        if not finite or bool((g == g[0]).all()):
             grads = list(ctx.saved_tensors)
             ratio = (g[0] / torch.tensor(ctx.grad_scale, dtype=g.dtype)).item()
+            ratio = ratio if finite else float("nan")
             if ratio != 1.0:  # not the reduction the forward expected, or a loss scaler's
                 grads = [None if x is None else (x.float() * ratio).to(x.dtype) for x in grads]
             if grads[0] is not None:

@@ -95,6 +95,27 @@ def save_run(path: Path, run: Run, progress: Progress) -> None:
     run.world.barrier()
 
 
+class Saver:
+    """Where a run's checkpoints go (`best`, `last`), and the run's wall time that last.pt
+    carries (all its tries together), kept by the caller's clock so that tests can fake it."""
+
+    def __init__(self, run: Run, progress: Progress, clock):
+        self.run, self.progress, self.clock = run, progress, clock
+        self.best = run.run_dir / "checkpoints" / "best.pt"
+        self.last = run.run_dir / "checkpoints" / "last.pt"
+        self.start = clock()
+
+    def wall_seconds(self) -> float:
+        return self.progress.wall_seconds + self.clock() - self.start
+
+    def save(self, path: Path) -> None:
+        save_run(path, self.run, self.progress)
+
+    def save_last(self) -> None:
+        self.progress.wall_seconds, self.start = self.wall_seconds(), self.clock()
+        self.save(self.last)
+
+
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = ckpt.to_dict()

@@ -88,20 +88,22 @@ def log_window(run: Run, p: Progress, n_steps: int, seconds: float) -> None:
     p.reset_window()
 
 
-def log_validation(epoch: int, seconds: float, score: Score) -> None:
+def log_validation(p: Progress, score: Score, whole: bool) -> None:
+    """The tutorial's end-of-epoch line; inside an epoch (trainer.val_every_steps, or a
+    budget that ended training there) it names the step instead."""
+    where = f"end of epoch {p.epoch:3d}" if whole else f"epoch {p.epoch:3d}, step {p.step:6d}"
     log.info("-" * 89)
     log.info(
-        "| end of epoch %3d | time: %6.1fs | valid loss %5.2f | valid ppl %8.2f%s",
-        epoch,
-        seconds,
+        "| %s | time: %6.1fs | valid loss %5.2f | valid ppl %8.2f%s",
+        where,
+        p.epoch_seconds,
         score.loss,
         score.ppl,
         score.coverage(),
     )
     log.info("-" * 89)
     if not math.isfinite(score.loss):
-        log.warning("validation loss is %s after epoch %d: it cannot be the best", score.loss,
-                    epoch)  # fmt: skip
+        log.warning("validation loss is %s at %s: it cannot be the best", score.loss, where)
 
 
 def log_test(best_epoch: int, score: Score | None) -> None:

@@ -25,7 +25,7 @@ from lmx.perplexity import Score, evaluate
 from lmx.runtime.distributed import World
 from lmx.training import logs
 from lmx.training.budget import Budget, Stopping
-from lmx.training.checkpoint import Checkpoint, load_checkpoint, save_run
+from lmx.training.checkpoint import Checkpoint, Saver, load_checkpoint
 from lmx.training.optim import Schedule, TimeHorizon
 from lmx.training.signals import Interrupted, StopSignals
 from lmx.training.state import Progress
@@ -62,14 +62,13 @@ class Run:
 class Trainer:
     def __init__(self, run: Run, cfg: TrainerConfig, resume_from: Checkpoint | None = None):
         self.run, self.cfg = run, cfg
-        self.best_path = run.run_dir / "checkpoints" / "best.pt"
-        self.last_path = run.run_dir / "checkpoints" / "last.pt"
         self.steps_per_epoch = num_steps(run.splits["train"], run.bptt, cfg.limit_train_batches)
         self.progress = Progress.from_dict(resume_from.progress) if resume_from else Progress()
-        self.wall_start = time.perf_counter()
+        self.saver = Saver(run, self.progress, clock=lambda: time.perf_counter())
         self.warmup_left = cfg.throughput_warmup_steps
         self.stop = StopSignals()
         self.val_score: Score | None = None  # this process's latest validation
+        self.validated_at = -1  # the step of that validation
         self.horizon = TimeHorizon(run.schedule, run.budget)
         self.stopping = Stopping(run.budget, cfg.early_stop.patience, cfg.early_stop.min_delta)
         self.eval_args = dict(bptt=run.bptt, device=run.device, precision=run.precision,
@@ -83,7 +82,8 @@ class Trainer:
         with self.stop:
             while p.epoch <= self.cfg.epochs and not self._spent():
                 self.train_epoch()
-                self.validate()
+                if self.validated_at != p.step:  # not just done mid-epoch
+                    self.validate()
         self.settle_best()
         return self.test()
 
@@ -104,14 +104,14 @@ class Trainer:
                                     run.world, self.stop.requested is not None,
                                     cfg.accumulate)  # fmt: skip
                 if result.nonfinite:
-                    apply_nonfinite_policy(result.nonfinite, p, cfg.on_nonfinite, self.best_path)
+                    apply_nonfinite_policy(result.nonfinite, p, cfg.on_nonfinite, self.saver.best)
                 p.scaler_skipped_steps += result.scaler_skipped
                 tokens = targets.numel() * run.world.world_size  # equal shares
                 p.count_step(result.loss, result.norm, tokens)
                 p.count_time(time.perf_counter() - start, tokens, timed=self.warmup_left <= 0)
                 self.warmup_left -= 1
                 if run.schedule.interval == Interval.step:
-                    self.horizon.after_step(p.step, self._wall_seconds(), self.warmup_left < 0)
+                    self.horizon.after_step(p.step, self.saver.wall_seconds(), self.warmup_left < 0)
                     run.schedule.scheduler.step()
                 bar.update()
                 bar.set_postfix(loss=f"{result.loss:.2f}", lr=f"{self._lr():.3g}")
@@ -124,7 +124,14 @@ class Trainer:
                     self._interrupt()
                 every = cfg.checkpoint_every_steps
                 if every and p.step % every == 0 and p.batch < n_steps and not spent:
-                    self._save_last()  # the epoch's end saves anyway
+                    self.saver.save_last()  # the epoch's end saves anyway
+                every = cfg.val_every_steps
+                if every and p.step % every == 0 and p.batch < n_steps and not spent:
+                    eval_start = time.perf_counter()
+                    self.validate()  # the epoch stays open; best is best at any validation
+                    run.train_model.train()
+                    self.window_start += time.perf_counter() - eval_start  # not in ms/batch
+                    spent = self._spent()  # early stopping counts this validation
                 if spent:
                     break
         bar.close()
@@ -135,17 +142,18 @@ class Trainer:
         run, p = self.run, self.progress
         whole = p.batch >= self.steps_per_epoch
         score = self.val_score = evaluate(run.model, run.splits["valid"], **self.eval_args)
+        self.validated_at = p.step
         lr = self._lr()
         if run.schedule.interval == Interval.epoch and whole:
             run.schedule.scheduler.step()
-        logs.log_validation(p.epoch, p.epoch_seconds, score)  # warns when it is inf or nan
+        logs.log_validation(p, score, whole)  # warns when it is inf or nan
         run.tb.scalars({"val/loss": score.loss, "val/ppl": score.ppl}, p.step)
         run.tb.flush()
         improved = p.end_epoch(score.loss, {**logs.score_fields("val", score), "lr": lr}, whole)
         self.stopping.after_validation(p, score.loss)  # counted before the save: resumable
         if improved:
-            self._save(self.best_path)
-        self._save_last()
+            self.saver.save(self.saver.best)
+        self.saver.save_last()
         logs.write_metrics(self.run, self._summary("running"))  # nothing lost
 
     def settle_best(self) -> None:
@@ -162,15 +170,15 @@ class Trainer:
         # epochs=0: the untrained model is the best there is
         score = evaluate(self.run.model, self.run.splits["valid"], **self.eval_args)
         p.best_val_loss, p.best_epoch, self.val_score = score.loss, 0, score
-        self._save(self.best_path)
-        self._save(self.last_path)
+        self.saver.save(self.saver.best)
+        self.saver.save(self.saver.last)
 
     def test(self) -> dict[str, Any]:
         """Score the best checkpoint on test (unless trainer.test=false); write the summary."""
         run, p = self.run, self.progress
         score = None
         if self.cfg.test:
-            run.model.load_state_dict(load_checkpoint(self.best_path, run.device).model)
+            run.model.load_state_dict(load_checkpoint(self.saver.best, run.device).model)
             score = evaluate(run.model, run.splits["test"], **self.eval_args)
             run.tb.scalars({"test/loss": score.loss, "test/ppl": score.ppl}, p.step)
         logs.log_test(p.best_epoch, score)
@@ -188,26 +196,15 @@ class Trainer:
         self.window_start = time.perf_counter()
 
     def _spent(self) -> str | None:
-        return self.stopping.spent(self.progress, self._wall_seconds())
-
-    def _save(self, path: Path) -> None:
-        save_run(path, self.run, self.progress)
-
-    def _save_last(self) -> None:
-        self.progress.wall_seconds = self._wall_seconds()
-        self.wall_start = time.perf_counter()
-        self._save(self.last_path)
-
-    def _wall_seconds(self) -> float:
-        return self.progress.wall_seconds + time.perf_counter() - self.wall_start
+        return self.stopping.spent(self.progress, self.saver.wall_seconds())
 
     def _interrupt(self) -> None:
-        self._save_last()
+        self.saver.save_last()
         signum = self.stop.requested or signal.SIGTERM  # another rank got it
-        raise Interrupted.after(signum, self.progress, self.last_path, self.run.run_dir)
+        raise Interrupted.after(signum, self.progress, self.saver.last, self.run.run_dir)
 
     def _summary(self, status: str, test: Score | None = None) -> dict[str, Any]:
-        p, wall = self.progress, self._wall_seconds()
+        p, wall = self.progress, self.saver.wall_seconds()
         return logs.summary(self.run, p, status, self.val_score, wall, test, self.stopping)
 
 

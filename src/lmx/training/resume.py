@@ -56,6 +56,7 @@ ON_PURPOSE = (
     "trainer.grad_clip",
     "trainer.on_nonfinite",
     "trainer.accumulate",
+    "trainer.val_every_steps",
 )
 FREE = (
     "trainer.log_interval",
