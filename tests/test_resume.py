@@ -53,6 +53,10 @@ def assert_same_run(a, b):
     assert pa.keys() == pb.keys()
     for name in pa:
         assert torch.equal(pa[name], pb[name]), f"{name} differs"
+    ea, eb = (load_checkpoint(d / "checkpoints" / "last.pt").ema for d in (a, b))
+    assert (ea is None) == (eb is None)
+    for name in ea["weights"] if ea else ():
+        assert torch.equal(ea["weights"][name], eb["weights"][name]), f"average {name} differs"
     ma, mb = _metrics(a), _metrics(b)
     for key in ("steps", "best_val_loss", "best_epoch", "test_loss"):
         assert ma[key] == mb[key], key
@@ -60,13 +64,11 @@ def assert_same_run(a, b):
     assert trajectory == [(h["train_loss"], h["val_loss"], h["lr"]) for h in mb["history"]]
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
+@pytest.mark.parametrize("extra", [(), ("trainer.accumulate=2", "trainer.ema.decay=0.9")])
 def test_a_run_stopped_by_sigint_and_resumed_equals_the_uninterrupted_run(
-    corpus_dir, cache_dir, tmp_path, monkeypatch, accumulate
+    corpus_dir, cache_dir, tmp_path, monkeypatch, extra
 ):
-    overrides = tiny_overrides(
-        corpus_dir, cache_dir, *RESUMABLE, f"trainer.accumulate={accumulate}"
-    )
+    overrides = tiny_overrides(corpus_dir, cache_dir, *RESUMABLE, *extra)
     full = train(compose_cfg(overrides), tmp_path / "full")
     stop_at = full["steps"] // 3 + 2  # mid-epoch 2, between two periodic checkpoints
 
@@ -94,7 +96,9 @@ def test_a_run_stopped_by_sigint_and_resumed_equals_the_uninterrupted_run(
 
 
 def test_sigkill_then_resume_equals_the_uninterrupted_run(corpus_dir, cache_dir, tmp_path):
-    args = tiny_overrides(corpus_dir, cache_dir, *RESUMABLE, "trainer.resume=auto")
+    # With accumulation and the weight average on: both must resume bit for bit too.
+    extra = ("trainer.accumulate=2", "trainer.ema.decay=0.9", "trainer.resume=auto")
+    args = tiny_overrides(corpus_dir, cache_dir, *RESUMABLE, *extra)
     proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'full'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
 

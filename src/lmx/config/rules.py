@@ -222,6 +222,11 @@ def _trainer(cfg: DictConfig, check: Check) -> None:
         f"trainer.accumulate={t.accumulate} needs at least as many batch rows "
         f"(data.batch_size={cfg.data.batch_size}): each micro-batch takes whole rows",
     )
+    check(
+        t.ema.decay is None or 0.0 < t.ema.decay < 1.0,
+        f"trainer.ema.decay={t.ema.decay} must be in (0, 1) or null",
+    )
+    check(t.ema.start_step >= 0, f"trainer.ema.start_step={t.ema.start_step} must be >= 0")
     stop = t.early_stop
     check(
         stop.patience is None or stop.patience >= 1,

@@ -193,6 +193,12 @@ class EarlyStopConfig:
 
 
 @dataclass
+class EMAConfig:
+    decay: float | None = None  # average <- decay * average + (1 - decay) * weights; None: off
+    start_step: int = 0  # up to this step the average is the weights themselves
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 3
     # Budgets: training ends at whichever of epochs, max_steps and max_time comes first, then
@@ -206,6 +212,8 @@ class TrainerConfig:
     # Also validate every N optimizer steps inside epochs (long epochs such as WikiText-103's);
     # "best" is then the best at any validation. null: at the end of each epoch only.
     val_every_steps: int | None = None
+    # A moving average of the weights: validated, kept as best and tested in their place.
+    ema: EMAConfig = field(default_factory=EMAConfig)
     grad_clip: float | None = 0.5  # max gradient norm; None disables clipping
     log_interval: int = 200  # optimizer steps between train log lines / scalars
     seed: int = 0

@@ -54,7 +54,7 @@ def load_trained(
     except Exception as err:  # OmegaConf's errors name the key and the expected type
         raise ConfigError(f"bad override: {err}") from err
     model = instantiate(cfg.model, ntoken=ckpt.vocab_size)
-    model.load_state_dict(ckpt.model)
+    model.load_state_dict(ckpt.eval_weights())  # the weight average, if the run kept one
     model.to(device).eval()
     return Trained(model, _tokenizer(ckpt, path), cfg, ckpt)
 

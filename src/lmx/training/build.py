@@ -18,6 +18,7 @@ from lmx.data.batching import num_steps
 from lmx.data.streams import streams
 from lmx.errors import ConfigError
 from lmx.runtime.distributed import World
+from lmx.training.averaging import WeightAverage
 from lmx.training.budget import Budget, parse_duration
 from lmx.training.checkpoint import Checkpoint, load_checkpoint
 from lmx.training.logs import TensorBoard
@@ -75,6 +76,7 @@ def build_run(
                     parse_duration(t.max_time) if t.max_time is not None else None)  # fmt: skip
     schedule = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, t.epochs, t.max_steps)
     scaler = make_scaler(device, cfg.device.precision)
+    average = WeightAverage(model, t.ema.decay, t.ema.start_step)
     meta = {
         "config": resolved,
         "vocab_size": data.vocab_size,
@@ -83,7 +85,7 @@ def build_run(
 
     if resume_from is not None:
         check_compatible(path, resume_from, {**resolved, "vocab_size": data.vocab_size})
-        restore(resume_from, path, model, optimizer, schedule, scaler, budget, world.rank)
+        restore(resume_from, path, model, optimizer, schedule, scaler, average, budget, world.rank)
     elif cfg.trainer.resume == "auto":
         log.info("trainer.resume=auto: no checkpoint in %s yet; starting fresh", run_dir)
     if world.is_main:  # after the resume check: a refused resume leaves the run dir as it was
@@ -114,6 +116,7 @@ def build_run(
         schedule=schedule,
         scaler=scaler,
         budget=budget,
+        average=average,
         splits=data.rows,
         train_tokens=data.tokens["train"],
         bptt=d.bptt,

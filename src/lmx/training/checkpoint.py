@@ -46,10 +46,15 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None  # the fp16 gradient scaler's state (CUDA)
+    ema: dict[str, Any] | None = None  # the weight average (trainer.ema), if the run keeps one
     progress: dict[str, Any] | None = None  # lmx.training.state.Progress, as a dict
     rng: dict[str, Any] | None = None  # rank 0's RNG states
     rng_per_rank: list[dict[str, Any]] | None = None  # every rank's, under torchrun
     format: int = FORMAT
+
+    def eval_weights(self) -> dict[str, torch.Tensor]:
+        """The weights to score: the average where the run kept one, else the model's own."""
+        return {**self.model, **self.ema["weights"]} if self.ema else self.model
 
     @property
     def step(self) -> int:
@@ -86,6 +91,7 @@ def save_run(path: Path, run: Run, progress: Progress) -> None:
             optimizer=run.optimizer.state_dict(),
             scheduler=run.schedule.scheduler.state_dict(),
             scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            ema=run.average.state_dict(),
             progress=progress.to_dict(),
             rng=rngs[0],
             rng_per_rank=rngs if run.world.enabled else None,

@@ -122,6 +122,17 @@ def log_test(best_epoch: int, score: Score | None) -> None:
     log.info("=" * 89)
 
 
+def validation_record(score: Score, raw: Score | None) -> tuple[dict, dict]:
+    """TensorBoard scalars and history fields of one validation; `raw`: the model's own
+    weights where `score` is their average's (trainer.ema)."""
+    scalars = {"val/loss": score.loss, "val/ppl": score.ppl}
+    details = score_fields("val", score)
+    if raw is not None:
+        scalars.update({"val/loss_raw": raw.loss, "val/ppl_raw": raw.ppl})
+        details.update(val_loss_raw=raw.loss, val_ppl_raw=raw.ppl)
+    return scalars, details
+
+
 def score_fields(split: str, score: Score | None) -> dict[str, Any]:
     """metrics.json's fields for one split's evaluation: how much of it was scored."""
     if score is None:

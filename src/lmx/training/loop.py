@@ -24,6 +24,7 @@ from lmx.data.batching import batch_starts, get_batch, num_steps
 from lmx.perplexity import Score, evaluate
 from lmx.runtime.distributed import World
 from lmx.training import logs
+from lmx.training.averaging import WeightAverage
 from lmx.training.budget import Budget, Stopping
 from lmx.training.checkpoint import Checkpoint, Saver, load_checkpoint
 from lmx.training.optim import Schedule, TimeHorizon
@@ -43,6 +44,7 @@ class Run:
     schedule: Schedule
     scaler: torch.amp.GradScaler
     budget: Budget  # when training ends: epochs, max_steps, max_time
+    average: WeightAverage  # trainer.ema: what is validated, kept as best and tested
     splits: dict[str, torch.Tensor]  # batchified: split -> [rows, length]
     train_tokens: int  # length of the training stream before batchify
     bptt: int
@@ -67,8 +69,7 @@ class Trainer:
         self.saver = Saver(run, self.progress, clock=lambda: time.perf_counter())
         self.warmup_left = cfg.throughput_warmup_steps
         self.stop = StopSignals()
-        self.val_score: Score | None = None  # this process's latest validation
-        self.validated_at = -1  # the step of that validation
+        self.val_score, self.validated_at = None, -1  # this process's latest validation, step
         self.horizon = TimeHorizon(run.schedule, run.budget)
         self.stopping = Stopping(run.budget, cfg.early_stop.patience, cfg.early_stop.min_delta)
         self.eval_args = dict(bptt=run.bptt, device=run.device, precision=run.precision,
@@ -108,6 +109,7 @@ class Trainer:
                 p.scaler_skipped_steps += result.scaler_skipped
                 tokens = targets.numel() * run.world.world_size  # equal shares
                 p.count_step(result.loss, result.norm, tokens)
+                run.average.update(p.step)
                 p.count_time(time.perf_counter() - start, tokens, timed=self.warmup_left <= 0)
                 self.warmup_left -= 1
                 if run.schedule.interval == Interval.step:
@@ -141,15 +143,18 @@ class Trainer:
         valid, step an epoch schedule (after a whole epoch), keep the best, save."""
         run, p = self.run, self.progress
         whole = p.batch >= self.steps_per_epoch
-        score = self.val_score = evaluate(run.model, run.splits["valid"], **self.eval_args)
+        with run.average.applied():  # the weight average, if the run keeps one
+            score = self.val_score = evaluate(run.model, run.splits["valid"], **self.eval_args)
+        raw = evaluate(run.model, run.splits["valid"], **self.eval_args) if run.average.on else None
         self.validated_at = p.step
         lr = self._lr()
         if run.schedule.interval == Interval.epoch and whole:
             run.schedule.scheduler.step()
         logs.log_validation(p, score, whole)  # warns when it is inf or nan
-        run.tb.scalars({"val/loss": score.loss, "val/ppl": score.ppl}, p.step)
+        scalars, details = logs.validation_record(score, raw)
+        run.tb.scalars(scalars, p.step)
         run.tb.flush()
-        improved = p.end_epoch(score.loss, {**logs.score_fields("val", score), "lr": lr}, whole)
+        improved = p.end_epoch(score.loss, {**details, "lr": lr}, whole)
         self.stopping.after_validation(p, score.loss)  # counted before the save: resumable
         if improved:
             self.saver.save(self.saver.best)
@@ -178,7 +183,7 @@ class Trainer:
         run, p = self.run, self.progress
         score = None
         if self.cfg.test:
-            run.model.load_state_dict(load_checkpoint(self.saver.best, run.device).model)
+            run.model.load_state_dict(load_checkpoint(self.saver.best, run.device).eval_weights())
             score = evaluate(run.model, run.splits["test"], **self.eval_args)
             run.tb.scalars({"test/loss": score.loss, "test/ppl": score.ppl}, p.step)
         logs.log_test(p.best_epoch, score)

@@ -27,6 +27,7 @@ from lmx.config.legacy import typed_config
 from lmx.config.rules import leaves
 from lmx.config.schema import Interval
 from lmx.errors import CheckpointError
+from lmx.training.averaging import WeightAverage
 from lmx.training.budget import Budget
 from lmx.training.checkpoint import Checkpoint, newest_checkpoint, set_rng_state
 from lmx.training.optim import Schedule
@@ -57,6 +58,7 @@ ON_PURPOSE = (
     "trainer.on_nonfinite",
     "trainer.accumulate",
     "trainer.val_every_steps",
+    "trainer.ema.",
 )
 FREE = (
     "trainer.log_interval",
@@ -156,6 +158,7 @@ def restore(
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
     scaler: torch.amp.GradScaler,
+    average: WeightAverage,
     budget: Budget,
     rank: int = 0,
 ) -> None:
@@ -168,6 +171,8 @@ def restore(
         schedule.scheduler.load_state_dict(ckpt.scheduler)
         if ckpt.scaler and scaler.is_enabled():
             scaler.load_state_dict(ckpt.scaler)
+        if average.on and not average.load_state_dict(ckpt.ema):
+            log.info("resume: the checkpoint has no weight average; it starts from the weights")
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"cannot resume from {path}: {err}") from err
     _move_horizon(schedule, optimizer, ckpt.progress, budget)

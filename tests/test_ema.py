@@ -1,0 +1,65 @@
+"""Weight averaging (trainer.ema): the average is validated, kept as best and tested; the raw
+weights train on and resume; both validation losses are recorded."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import compose_cfg, tiny_overrides
+from lmx.evaluate import evaluate_checkpoint
+from lmx.models.transformer import TransformerLM
+from lmx.train import train
+from lmx.training.averaging import WeightAverage
+from lmx.training.checkpoint import load_checkpoint
+
+
+def test_the_average_follows_its_formula_and_swaps_in_and_out_exactly():
+    torch.manual_seed(0)
+    model = TransformerLM(30, d_model=8, nhead=2, d_hid=8, nlayers=1, tie_weights=True)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    average = WeightAverage(model, decay=0.75, start_step=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update(1)  # up to start_step: the average is the weights
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(4.0)
+    average.update(2)  # 0.75 * (w0 + 1) + 0.25 * (w0 + 5) = w0 + 2
+    with average.applied():
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p, w0[n] + 2.0)
+        assert model.decoder.weight is model.embedding.weight  # still tied
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p, w0[n] + 5.0)  # its own weights back, unchanged
+    assert not WeightAverage(model, decay=None).on
+
+
+def test_a_run_validates_and_tests_the_average(corpus_dir, cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(corpus_dir, cache_dir, "trainer.ema.decay=0.9")
+    metrics = train(compose_cfg(args), run_dir)
+    for h in metrics["history"]:
+        assert math.isfinite(h["val_loss"]) and h["val_loss"] != h["val_loss_raw"]
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best.ema is not None and best.ema["decay"] == 0.9
+    assert not torch.equal(best.ema["weights"]["decoder.weight"], best.model["decoder.weight"])
+    assert metrics["best_val_loss"] == min(h["val_loss"] for h in metrics["history"])
+    # Scoring the checkpoint uses the average: the recorded test ppl again.
+    result = evaluate_checkpoint(run_dir, "test")
+    assert result["ppl"] == pytest.approx(metrics["test_ppl"], rel=1e-5)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    raw = [e.value for e in events.Scalars("val/ppl_raw")]
+    assert raw == pytest.approx([h["val_ppl_raw"] for h in metrics["history"]], rel=1e-5)
+
+
+def test_ema_settings_are_checked():
+    from lmx.config.rules import config_problems
+
+    problems = config_problems(compose_cfg(["trainer.ema.decay=1.5"]))
+    assert "trainer.ema.decay=1.5 must be in (0, 1) or null" in problems
