@@ -211,9 +211,8 @@ def test_a_partial_evaluation_is_labelled_everywhere_and_paths_are_stored_resolv
     proc = run_module("lmx.evaluate", f"ckpt={run_dir}", cwd=elsewhere)  # no data override
     assert proc.returncode == 0, proc.stderr
     total = metrics["test_tokens_total"]
-    assert f"| 32 of {total:,} word-level tokens (partial: trainer.limit_eval_batches=2" in (
-        proc.stdout
-    )
+    expected = f"| 32 of {total:,} word-level tokens, windows of 8 tokens, no overlap (partial: "
+    assert expected + "trainer.limit_eval_batches=2" in proc.stdout
     report = run_module("lmx.report", str(run_dir)).stdout
     assert "partial: val" in report and "test" in report
 

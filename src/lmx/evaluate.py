@@ -43,12 +43,15 @@ def evaluate_checkpoint(
         cfg.device.precision,
         limit=cfg.trainer.limit_eval_batches,
         tokens_per_forward=cfg.trainer.eval_tokens_per_forward,
+        context=cfg.eval.context,
+        stride=cfg.eval.stride,
     )
     return {
         "split": split,
         "tokens": score.tokens,  # scored
         "tokens_total": score.total,  # a pass over the whole split
         "partial": score.partial,
+        "mode": score.mode,
         "limit_eval_batches": cfg.trainer.limit_eval_batches,
         "unit": trained.unit,
         "loss": score.loss,
@@ -59,9 +62,10 @@ def evaluate_checkpoint(
 def describe(result: dict[str, Any]) -> str:
     """'N word-level tokens', or for a partial pass how much of the split and why."""
     if not result["partial"]:
-        return f"{result['tokens']:,} {result['unit']} tokens"
+        return f"{result['tokens']:,} {result['unit']} tokens, {result['mode']}"
     return (
-        f"{result['tokens']:,} of {result['tokens_total']:,} {result['unit']} tokens (partial: "
+        f"{result['tokens']:,} of {result['tokens_total']:,} {result['unit']} tokens, "
+        f"{result['mode']} (partial: "
         f"trainer.limit_eval_batches={result['limit_eval_batches']}; "
         "trainer.limit_eval_batches=null scores the whole split)"
     )

@@ -4,7 +4,14 @@ Perplexity is exp(mean token cross-entropy), as in the tutorial. Each bptt windo
 on its own; several windows are stacked into one forward of up to `tokens_per_forward`
 tokens, which gives the same numbers (up to float rounding) with larger, faster matmuls.
 A `Score` carries how many tokens were scored out of how many a full pass scores, so a
-partial evaluation (`trainer.limit_eval_batches`) is labelled wherever it is shown.
+partial evaluation (`trainer.limit_eval_batches`) is labelled wherever it is shown, and how
+the windows were laid (`mode`).
+
+With `eval.stride` the windows overlap (HF's "perplexity of fixed-length models"): windows of
+`context` tokens advance by `stride` along each row, the first scores all its tokens and each
+next one only its last `stride`, so every token is scored once with at least
+context - stride tokens before it. A model that carries state from window to window (a
+recurrent one) needs no overlap: it would score non-overlapping windows with its state.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ from dataclasses import dataclass
 import torch
 
 from lmx.config.schema import Precision
-from lmx.data.batching import batch_starts, get_batch, num_steps
 from lmx.runtime.device import autocast
 
 
@@ -29,6 +35,7 @@ class Score:
     loss: float  # mean token cross-entropy over the tokens scored
     tokens: int  # tokens scored
     total: int  # tokens a pass over the whole split scores
+    mode: str = ""  # how the windows were laid, e.g. "windows of 35 tokens, no overlap"
 
     @property
     def ppl(self) -> float:
@@ -39,8 +46,23 @@ class Score:
         return self.tokens < self.total
 
     def coverage(self) -> str:
-        """'' for a whole split; else ' (partial: 7,000 of 217,646 tokens)'."""
-        return f" (partial: {self.tokens:,} of {self.total:,} tokens)" if self.partial else ""
+        """'' for a whole split in the tutorial's windows; else what differs, e.g.
+        ' (partial: 7,000 of 217,646 tokens)' or ' (windows of 64 tokens every 32)'."""
+        notes = [f"partial: {self.tokens:,} of {self.total:,} tokens"] if self.partial else []
+        notes += [self.mode] if "every" in self.mode else []  # overlapping windows
+        return f" ({'; '.join(notes)})" if notes else ""
+
+
+def window_plan(length: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, new) of each window over a row of `length` tokens: inputs start..end-1,
+    targets start+1..end, of which the last `new` are scored (not scored by a window before).
+    """
+    plan, start, scored = [], 0, 0  # scored: targets 1..scored are done
+    while scored < length - 1:
+        end = min(start + context, length - 1)
+        plan.append((start, end, end - scored))
+        scored, start = end, start + stride
+    return plan
 
 
 @torch.inference_mode()
@@ -53,30 +75,50 @@ def evaluate(
     limit: int | None = None,
     tokens_per_forward: int = 1,
     reduce: Callable[[list[float]], list[float]] | None = None,
+    context: int | None = None,
+    stride: int | None = None,
 ) -> Score:
     """Mean token cross-entropy over `source` [rows, length] (its first `limit` windows).
 
-    Under torchrun each rank scores its rows and `reduce` sums (loss total, tokens, tokens of
-    a full pass) over the ranks.
+    Without `stride`: non-overlapping windows of `context` (default `bptt`) tokens, the
+    tutorial's evaluation. With it: overlapping windows (module docstring). Under torchrun
+    each rank scores its rows and `reduce` sums (loss total, tokens, tokens of a full pass)
+    over the ranks.
     """
     model.eval()
     source = source.to(device)
-    starts = list(batch_starts(source, bptt)[: num_steps(source, bptt, limit)])
-    per_forward = max(1, tokens_per_forward // (source.size(0) * bptt))
-    # Full-length windows are stacked; a shorter last window goes alone.
-    full = [i for i in starts if i + bptt < source.size(1)]
-    groups = [full[k : k + per_forward] for k in range(0, len(full), per_forward)]
-    groups += [[i] for i in starts[len(full) :]]
+    context = context or bptt
+    stride = stride or context
+    plan = window_plan(source.size(1), context, stride)[:limit]
+    per_forward = max(1, tokens_per_forward // (source.size(0) * context))
+    # Windows of the same shape (length, tokens scored) are stacked into one forward.
+    groups: list[list[tuple[int, int, int]]] = []
+    for window in plan:
+        same = groups and len(groups[-1]) < per_forward and _shape(groups[-1][0]) == _shape(window)
+        groups[-1].append(window) if same else groups.append([window])
     total, count = 0.0, 0
     for group in groups:
-        pairs = [get_batch(source, i, bptt) for i in group]
-        data = torch.cat([d for d, _ in pairs])  # [len(group) * rows, T]
-        targets = torch.cat([t for _, t in pairs])
+        data = torch.cat([source[:, a:b] for a, b, _ in group])  # [len(group) * rows, T]
+        targets = torch.cat([source[:, a + 1 : b + 1] for a, b, _ in group])
+        new = group[0][2]
         with autocast(device, precision):
-            loss = model(data, targets)  # mean over the forward's tokens
-        total += loss.item() * targets.numel()
-        count += targets.numel()
+            if new == targets.size(1):  # every target scored: the mean is enough
+                loss = model(data, targets)
+                total += loss.item() * targets.numel()
+            else:
+                losses = model(data, targets, reduction="none")[
+                    :, -new:
+                ]  # [len(group) * rows, new]
+                total += losses.double().sum().item()
+        count += targets.size(0) * new
     whole = source.size(0) * (source.size(1) - 1)  # every position but the first is a target
     if reduce is not None:
         total, count, whole = reduce([total, count, whole])
-    return Score(loss=total / count, tokens=int(count), total=int(whole))
+    mode = (f"windows of {context} tokens, no overlap" if stride == context
+            else f"windows of {context} tokens every {stride}")  # fmt: skip
+    return Score(loss=total / count, tokens=int(count), total=int(whole), mode=mode)
+
+
+def _shape(window: tuple[int, int, int]) -> tuple[int, int]:
+    start, end, new = window
+    return end - start, new

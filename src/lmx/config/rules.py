@@ -43,6 +43,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     _optim(cfg, check)
     _device(cfg, check)
     _trainer(cfg, check)
+    _eval(cfg, check)
     return problems
 
 
@@ -190,6 +191,19 @@ def _device(cfg: DictConfig, check: Check) -> None:
         not (cfg.device.type == DeviceType.cpu and cfg.device.precision == Precision.fp16),
         FP16_ON_CPU,
     )
+
+
+def _eval(cfg: DictConfig, check: Check) -> None:
+    e = cfg.get("eval")
+    if e is None:
+        return
+    context = e.context if e.context is not None else cfg.data.bptt
+    check(context >= 1, f"eval.context={e.context} must be >= 1")
+    check(context <= cfg.model.max_len, f"eval.context={context} exceeds model.max_len="
+          f"{cfg.model.max_len}")  # fmt: skip
+    if e.stride is not None:
+        check(1 <= e.stride <= context, f"eval.stride={e.stride} must be in [1, eval.context="
+              f"{context}]")  # fmt: skip
 
 
 FP16_ON_CPU = (

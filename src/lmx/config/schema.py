@@ -237,6 +237,16 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Validation and test windows. null (the tutorial): non-overlapping windows of data.bptt.
+    # With a stride: windows of `context` tokens (null: data.bptt) that advance by `stride`;
+    # each token is scored once, with at least context - stride tokens before it (HF's
+    # "perplexity of fixed-length models", fairseq's --context-window).
+    context: int | None = None
+    stride: int | None = None
+
+
+@dataclass
 class SweepConfig:
     # Skip jobs whose config already finished in the sweep dir (use a fixed hydra.sweep.dir).
     resume: bool = False
@@ -250,4 +260,5 @@ class TrainConfig:
     scheduler: Any = MISSING  # one of the schema/scheduler entries
     device: DeviceConfig = field(default_factory=DeviceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)

@@ -100,15 +100,22 @@ class TransformerLM(nn.Module):
         nn.init.zeros_(self.decoder.bias)
         nn.init.uniform_(self.decoder.weight, -initrange, initrange)
 
-    def forward(self, src: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, src: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"
+    ) -> torch.Tensor:
         # src: [B, T] token ids; targets: [B, T] next-token ids or None
+        # reduction: "mean" (a scalar) or "none" (per-token losses [B, T], for evaluation)
         x = self.embedding(src) * math.sqrt(self.d_model)  # [B, T, D]
         x = self.pos_encoder(x)  # [B, T, D]
         mask = causal_mask(src.size(1), device=src.device)  # [T, T]
         x = self.encoder(x, mask=mask, is_causal=True)  # [B, T, D]
         if targets is None:
             return self.decoder(x)  # logits [B, T, V]
-        if self.fused_loss:  # mean cross-entropy, scalar
-            return linear_cross_entropy(x, self.decoder.weight, self.decoder.bias, targets)
+        if self.fused_loss:  # cross-entropy without the fp32 logits
+            w, b = self.decoder.weight, self.decoder.bias
+            return linear_cross_entropy(x, w, b, targets, reduction)
         logits = self.decoder(x)  # [B, T, V]
-        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        loss = nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction
+        )
+        return loss if reduction == "mean" else loss.view(targets.shape)

@@ -117,6 +117,7 @@ def build_run(
         scaler=scaler,
         budget=budget,
         average=average,
+        eval_windows={"context": cfg.eval.context, "stride": cfg.eval.stride},
         splits=data.rows,
         train_tokens=data.tokens["train"],
         bptt=d.bptt,

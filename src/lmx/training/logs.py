@@ -137,7 +137,11 @@ def score_fields(split: str, score: Score | None) -> dict[str, Any]:
     """metrics.json's fields for one split's evaluation: how much of it was scored."""
     if score is None:
         return {f"{split}_tokens_scored": None, f"{split}_tokens_total": None}
-    return {f"{split}_tokens_scored": score.tokens, f"{split}_tokens_total": score.total}
+    return {
+        f"{split}_tokens_scored": score.tokens,
+        f"{split}_tokens_total": score.total,
+        f"{split}_eval": score.mode,  # how the windows were laid
+    }
 
 
 def summary(

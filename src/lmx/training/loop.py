@@ -45,6 +45,7 @@ class Run:
     scaler: torch.amp.GradScaler
     budget: Budget  # when training ends: epochs, max_steps, max_time
     average: WeightAverage  # trainer.ema: what is validated, kept as best and tested
+    eval_windows: dict[str, int | None]  # eval.context and eval.stride (None: the tutorial's)
     splits: dict[str, torch.Tensor]  # batchified: split -> [rows, length]
     train_tokens: int  # length of the training stream before batchify
     bptt: int
@@ -61,6 +62,19 @@ class Run:
             self.train_model = self.model
 
 
+def eval_settings(run: Run, cfg: TrainerConfig) -> dict[str, Any]:
+    """How the loop scores valid and test (lmx.perplexity.evaluate's arguments)."""
+    return dict(
+        bptt=run.bptt,
+        device=run.device,
+        precision=run.precision,
+        limit=cfg.limit_eval_batches,
+        tokens_per_forward=cfg.eval_tokens_per_forward,
+        reduce=lambda values: run.world.sum(values, run.device),
+        **run.eval_windows,
+    )
+
+
 class Trainer:
     def __init__(self, run: Run, cfg: TrainerConfig, resume_from: Checkpoint | None = None):
         self.run, self.cfg = run, cfg
@@ -72,10 +86,7 @@ class Trainer:
         self.val_score, self.validated_at = None, -1  # this process's latest validation, step
         self.horizon = TimeHorizon(run.schedule, run.budget)
         self.stopping = Stopping(run.budget, cfg.early_stop.patience, cfg.early_stop.min_delta)
-        self.eval_args = dict(bptt=run.bptt, device=run.device, precision=run.precision,
-                              limit=cfg.limit_eval_batches,
-                              tokens_per_forward=cfg.eval_tokens_per_forward,
-                              reduce=lambda values: run.world.sum(values, run.device))  # fmt: skip
+        self.eval_args = eval_settings(run, cfg)
 
     def fit(self) -> dict[str, Any]:
         """Train to cfg.epochs, then test the best checkpoint. Returns the run summary."""
