@@ -168,10 +168,52 @@ def test_mid_epoch_validation_keeps_the_best_at_any_validation_and_leaves_traini
     mid = train(compose_cfg([*args, "trainer.val_every_steps=4"]), tmp_path / "mid")
     assert [h["step"] for h in mid["history"]] == [4, 8, 10, 12, 16, 20]  # every 4 steps
     assert [bool(h.get("partial_epoch")) for h in mid["history"]] == [1, 1, 0, 1, 1, 0]
-    assert mid["epochs"] == 6 and mid["best_val_loss"] == 1.0 and mid["best_epoch"] == 1
+    assert mid["epochs"] == 2 and mid["best_val_loss"] == 1.0 and mid["best_epoch"] == 1
     assert load_checkpoint(tmp_path / "mid" / "checkpoints" / "best.pt").step == 8
     assert "| epoch   1, step      4 |" in caplog.text
     a = load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt").model
     b = load_checkpoint(tmp_path / "mid" / "checkpoints" / "last.pt").model
     assert all(torch.equal(a[k], b[k]) for k in a)  # the validations changed no training step
     assert mid["steps"] == plain["steps"] == 20
+
+
+def test_a_validation_due_when_a_signal_stopped_the_run_happens_on_resume(
+    corpus_dir, cache_dir, tmp_path, monkeypatch
+):
+    import os
+    import signal
+
+    from lmx.training import loop
+    from lmx.training.signals import Interrupted
+
+    extra = ("trainer.epochs=2", "trainer.limit_train_batches=10", "trainer.val_every_steps=4")
+    args = tiny_overrides(corpus_dir, cache_dir, *extra)
+    straight = train(compose_cfg(args), tmp_path / "straight")
+    step, calls = loop.train_step, []
+
+    def sigint_at_step_4(*a, **k):
+        out = step(*a, **k)
+        calls.append(1)
+        if len(calls) == 4:  # a validation is due after this step
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(loop, "train_step", sigint_at_step_4)
+    with pytest.raises(Interrupted):
+        train(compose_cfg(args), tmp_path / "resumed")
+    monkeypatch.undo()
+    resumed = train(compose_cfg([*args, "trainer.resume=auto"]), tmp_path / "resumed")
+    steps = [h["step"] for h in resumed["history"]]
+    assert steps == [h["step"] for h in straight["history"]] == [4, 8, 10, 12, 16, 20]
+    assert [h["val_loss"] for h in resumed["history"]] == [
+        h["val_loss"] for h in straight["history"]
+    ]
+
+
+def test_a_stride_longer_than_the_context_is_refused_wherever_it_comes_from():
+    from lmx.errors import ConfigError
+    from lmx.perplexity import evaluate
+
+    model = torch.nn.Identity()
+    with pytest.raises(ConfigError, match=r"eval.stride=9 must be in \[1, eval.context=8\]"):
+        evaluate(model, torch.zeros(2, 20, dtype=torch.long), 8, torch.device("cpu"), stride=9)

@@ -63,3 +63,15 @@ def test_ema_settings_are_checked():
 
     problems = config_problems(compose_cfg(["trainer.ema.decay=1.5"]))
     assert "trainer.ema.decay=1.5 must be in (0, 1) or null" in problems
+
+
+def test_an_average_switched_on_at_resume_starts_from_the_restored_weights():
+    torch.manual_seed(0)
+    model = TransformerLM(30, d_model=8, nhead=2, d_hid=8, nlayers=1)
+    average = WeightAverage(model, decay=0.9)  # built before the checkpoint is loaded
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # the restored weights
+    assert average.load_state_dict(None) is False  # the checkpoint had no average
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(average.weights[n], p.detach())

@@ -88,7 +88,7 @@ def test_an_old_run_resumes_to_train_longer(old_run, tmp_path, caplog):
     assert len(lrs) >= 3 and all(lr > 0 for lr in lrs[:-1])  # the floor only at the last step
     assert "resume: changed since the checkpoint" in caplog.text and "trainer.epochs" in caplog.text
     last = load_checkpoint(old_run / "checkpoints" / "last.pt")
-    assert last.format == 2
+    assert last.format == 3
     # It was written before weight-decay groups (AdamW, one group): it goes on decaying all.
     assert "goes on with optim.decay_all=true" in caplog.text
     assert last.config["optim"]["decay_all"] is True and len(last.optimizer["param_groups"]) == 1

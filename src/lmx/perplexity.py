@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from lmx.config.schema import Precision
+from lmx.errors import ConfigError
 from lmx.runtime.device import autocast
 
 
@@ -89,6 +90,8 @@ def evaluate(
     source = source.to(device)
     context = context or bptt
     stride = stride or context
+    if not 1 <= stride <= context:
+        raise ConfigError(f"eval.stride={stride} must be in [1, eval.context={context}]")
     plan = window_plan(source.size(1), context, stride)[:limit]
     per_forward = max(1, tokens_per_forward // (source.size(0) * context))
     # Windows of the same shape (length, tokens scored) are stacked into one forward.

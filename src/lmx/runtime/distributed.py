@@ -42,6 +42,14 @@ class World:
         dist.all_reduce(t)
         return t.tolist()
 
+    def max(self, value: float, device: torch.device) -> float:
+        """The largest of the ranks' values (e.g. their wall clocks, so they agree)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.item()
+
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""
         if not self.enabled:

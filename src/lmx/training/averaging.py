@@ -71,11 +71,12 @@ class WeightAverage:
         return {"weights": self.weights, "decay": self.decay, "start_step": self.start_step}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> bool:
-        """The saved average; False (the average restarts from the weights) where the
-        checkpoint has none, e.g. EMA switched on when resuming."""
-        if not self.on or not state:
+        """The saved average; where the checkpoint has none (EMA switched on when resuming)
+        the average restarts from the model's weights, as they are now, and this says False."""
+        if not self.on:
             return False
+        params = dict(self._params())
         with torch.no_grad():
             for n in self.names:
-                self.weights[n].copy_(state["weights"][n])
-        return True
+                self.weights[n].copy_(state["weights"][n] if state else params[n])
+        return bool(state)

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 1: before `format` was stored (the layout before lmx's subpackages)
+# 1: before `format` was stored (the layout before lmx's subpackages); 2: subpackages;
+# 3: weight-decay groups (a one-group AdamW checkpoint before 3 decayed every tensor)
+FORMAT = 3
 CHECKPOINT_NAMES = ("last.pt", "best.pt")  # on a tie in steps, last.pt wins
 _SUMMARY = ("epoch", "step", "best_val_loss")  # derived from progress; for outside readers
 
@@ -111,8 +113,11 @@ class Saver:
         self.last = run.run_dir / "checkpoints" / "last.pt"
         self.start = clock()
 
-    def wall_seconds(self) -> float:
-        return self.progress.wall_seconds + self.clock() - self.start
+    def wall_seconds(self, agreed: bool = False) -> float:
+        """The run's wall time; `agreed`: the same on every rank under torchrun (a collective:
+        every rank must ask), for decisions such as a time budget."""
+        wall = self.progress.wall_seconds + self.clock() - self.start
+        return self.run.world.max(wall, self.run.device) if agreed else wall
 
     def save(self, path: Path) -> None:
         save_run(path, self.run, self.progress)

@@ -164,7 +164,7 @@ def summary(
         "status": status,
         "vocab_size": run.checkpoint_meta["vocab_size"],
         "train_tokens": run.train_tokens,
-        "epochs": len(p.history),
+        "epochs": sum(not h.get("partial_epoch") for h in p.history),  # whole epochs
         "steps": p.step,
         "history": p.history,
         "best_val_loss": p.best_val_loss,

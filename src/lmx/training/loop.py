@@ -83,7 +83,8 @@ class Trainer:
         self.saver = Saver(run, self.progress, clock=lambda: time.perf_counter())
         self.warmup_left = cfg.throughput_warmup_steps
         self.stop = StopSignals()
-        self.val_score, self.validated_at = None, -1  # this process's latest validation, step
+        self.val_score = None  # this process's latest validation; the step of the run's latest:
+        self.validated_at = self.progress.history[-1]["step"] if self.progress.history else -1
         self.horizon = TimeHorizon(run.schedule, run.budget)
         self.stopping = Stopping(run.budget, cfg.early_stop.patience, cfg.early_stop.min_delta)
         self.eval_args = eval_settings(run, cfg)
@@ -92,6 +93,8 @@ class Trainer:
         """Train to cfg.epochs, then test the best checkpoint. Returns the run summary."""
         p = self.progress
         with self.stop:
+            if self._validation_missed():
+                self.validate()
             while p.epoch <= self.cfg.epochs and not self._spent():
                 self.train_epoch()
                 if self.validated_at != p.step:  # not just done mid-epoch
@@ -124,17 +127,21 @@ class Trainer:
                 p.count_time(time.perf_counter() - start, tokens, timed=self.warmup_left <= 0)
                 self.warmup_left -= 1
                 if run.schedule.interval == Interval.step:
-                    self.horizon.after_step(p.step, self.saver.wall_seconds(), self.warmup_left < 0)
+                    self.horizon.after_step(p.step, self.saver.wall_seconds(agreed=True),
+                                            self.warmup_left < 0)  # fmt: skip
                     run.schedule.scheduler.step()
                 bar.update()
                 bar.set_postfix(loss=f"{result.loss:.2f}", lr=f"{self._lr():.3g}")
                 spent = self._spent()
                 if p.batch % cfg.log_interval == 0 or p.batch == n_steps or spent:
-                    self._log_window(n_steps)
+                    logs.log_window(run, p, n_steps, time.perf_counter() - self.window_start)
+                    self.window_start = time.perf_counter()
                 stop = result.stop_requested if run.world.enabled else self.stop.requested
                 if stop:
                     bar.close()
-                    self._interrupt()
+                    self.saver.save_last()
+                    signum = self.stop.requested or signal.SIGTERM  # another rank got it
+                    raise Interrupted.after(signum, p, self.saver.last, run.run_dir)
                 every = cfg.checkpoint_every_steps
                 if every and p.step % every == 0 and p.batch < n_steps and not spent:
                     self.saver.save_last()  # the epoch's end saves anyway
@@ -183,16 +190,14 @@ class Trainer:
                 f"every validation loss was non-finite ({losses}), so there is no best model "
                 "to test. The weights diverged: lower optim.lr or tighten trainer.grad_clip."
             )
-        # epochs=0: the untrained model is the best there is
-        score = evaluate(self.run.model, self.run.splits["valid"], **self.eval_args)
+        score = evaluate(self.run.model, self.run.splits["valid"], **self.eval_args)  # epochs=0
         p.best_val_loss, p.best_epoch, self.val_score = score.loss, 0, score
         self.saver.save(self.saver.best)
         self.saver.save(self.saver.last)
 
     def test(self) -> dict[str, Any]:
         """Score the best checkpoint on test (unless trainer.test=false); write the summary."""
-        run, p = self.run, self.progress
-        score = None
+        run, p, score = self.run, self.progress, None
         if self.cfg.test:
             run.model.load_state_dict(load_checkpoint(self.saver.best, run.device).eval_weights())
             score = evaluate(run.model, run.splits["test"], **self.eval_args)
@@ -207,17 +212,15 @@ class Trainer:
     def _lr(self) -> float:
         return self.run.optimizer.param_groups[0]["lr"]
 
-    def _log_window(self, n_steps: int) -> None:
-        logs.log_window(self.run, self.progress, n_steps, time.perf_counter() - self.window_start)
-        self.window_start = time.perf_counter()
-
     def _spent(self) -> str | None:
-        return self.stopping.spent(self.progress, self.saver.wall_seconds())
+        return self.stopping.spent(self.progress, self.saver.wall_seconds(agreed=True))
 
-    def _interrupt(self) -> None:
-        self.saver.save_last()
-        signum = self.stop.requested or signal.SIGTERM  # another rank got it
-        raise Interrupted.after(signum, self.progress, self.saver.last, self.run.run_dir)
+    def _validation_missed(self) -> bool:
+        """A resumed run whose last try stopped (a signal, a kill) where a validation was due:
+        at a trainer.val_every_steps step, or where a budget ended training."""
+        p, every = self.progress, self.cfg.val_every_steps
+        mid = bool(every) and p.step % every == 0 and 0 < p.batch < self.steps_per_epoch
+        return p.step > 0 and self.validated_at != p.step and (mid or bool(self._spent()))
 
     def _summary(self, status: str, test: Score | None = None) -> dict[str, Any]:
         p, wall = self.progress, self.saver.wall_seconds()

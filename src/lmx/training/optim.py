@@ -128,6 +128,7 @@ class TimeHorizon:
             and isinstance(schedule.scheduler, ClosedFormLR)
         )
         self.start: tuple[int, float] | None = None  # (step, wall seconds) after warm-up
+        self.warned = False
 
     def after_step(self, step: int, wall_s: float, warm: bool) -> None:
         if not self.on or not warm:
@@ -137,5 +138,10 @@ class TimeHorizon:
             return
         paced = (step - self.start[0], wall_s - self.start[1])
         estimate = self.budget.estimate_steps(step, wall_s, *paced)
+        warmup = getattr(self.schedule.scheduler, "warmup_steps", 0)
+        if estimate <= warmup and not self.warned:
+            self.warned = True
+            log.warning("trainer.max_time holds about %d steps at this pace, no more than the "
+                        "lr warm-up's %d: the lr will not decay", estimate, warmup)  # fmt: skip
         for key in self.schedule.horizon:
             setattr(self.schedule.scheduler, key, max(1, estimate))

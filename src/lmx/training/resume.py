@@ -141,7 +141,8 @@ def legacy_decay_all(ckpt: Checkpoint | None, resolved: dict[str, Any]) -> bool 
         return None
     optim = resolved["optim"]
     one_group = len(ckpt.optimizer.get("param_groups", [])) == 1
-    if one_group and optim.get("weight_decay") and not optim.get("decay_all"):
+    before = ckpt.format < 3  # format 3: weight-decay groups
+    if before and one_group and optim.get("weight_decay") and not optim.get("decay_all"):
         log.warning(
             "resume: the checkpoint decays every tensor (one parameter group, written before "
             "weight-decay groups); this run goes on with optim.decay_all=true"
@@ -193,8 +194,8 @@ def _move_horizon(
     already taken plus the steps still to come), and set the lr that the schedule planned
     with the new length gives at the current step."""
     scheduler = schedule.scheduler
-    if not schedule.horizon:
-        return
+    if not schedule.horizon or budget.max_time_s is not None:
+        return  # a time budget's horizon is the saved estimate, re-estimated as the run goes
     spe, epochs = budget.steps_per_epoch, budget.epochs
     if schedule.interval == Interval.step:
         left = max(0, spe - p["batch"]) + max(0, epochs - p["epoch"]) * spe
