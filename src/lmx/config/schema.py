@@ -137,7 +137,9 @@ class StepLRConfig:
 
 
 @dataclass
-class WarmupCosineConfig:
+class WarmupDecayConfig:
+    """What the warm-up-then-decay schedules share (lmx.training.schedules)."""
+
     _target_: str = "lmx.training.schedules.WarmupCosineLR"
     _partial_: bool = True
     warmup_steps: int = 200
@@ -147,25 +149,20 @@ class WarmupCosineConfig:
 
 
 @dataclass
-class WarmupLinearConfig:
-    _target_: str = "lmx.training.schedules.WarmupLinearLR"
-    _partial_: bool = True
-    warmup_steps: int = 200
-    total_steps: int | None = None  # None: the run's number of optimizer steps
-    min_lr_ratio: float = 0.0
-    interval: Interval = Interval.step
+class WarmupCosineConfig(WarmupDecayConfig):
+    _target_: str = "lmx.training.schedules.WarmupCosineLR"
 
 
 @dataclass
-class WSDConfig:
+class WarmupLinearConfig(WarmupDecayConfig):
+    _target_: str = "lmx.training.schedules.WarmupLinearLR"
+
+
+@dataclass
+class WSDConfig(WarmupDecayConfig):
     _target_: str = "lmx.training.schedules.WarmupStableDecayLR"
-    _partial_: bool = True
-    warmup_steps: int = 200
-    total_steps: int | None = None  # None: the run's number of optimizer steps
     decay_ratio: float = 0.2  # the last fifth of the steps decays
     decay_shape: str = "linear"  # linear, cosine or sqrt
-    min_lr_ratio: float = 0.0
-    interval: Interval = Interval.step
 
 
 @dataclass
