@@ -82,10 +82,11 @@ def test_a_run_stopped_by_sigint_and_resumed_equals_the_uninterrupted_run(
         return out
 
     monkeypatch.setattr(loop, "train_step", step_then_sigint)
+    handler = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     with pytest.raises(Interrupted, match=f"stopped after step {stop_at} .*trainer.resume=auto"):
         train(compose_cfg(overrides), tmp_path / "resumed")
     monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler  # the handler from before, restored
     saved = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt").progress
     assert saved["step"] == stop_at and saved["epoch"] == 2 and saved["batch"] > 0
 
