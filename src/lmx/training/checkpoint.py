@@ -117,7 +117,9 @@ class Saver:
         """The run's wall time; `agreed`: the same on every rank under torchrun (a collective:
         every rank must ask), for decisions such as a time budget."""
         wall = self.progress.wall_seconds + self.clock() - self.start
-        return self.run.world.max(wall, self.run.device) if agreed else wall
+        if agreed and self.run.budget.max_time_s is not None:  # only a time budget needs it
+            return self.run.world.max(wall, self.run.device)
+        return wall
 
     def save(self, path: Path) -> None:
         save_run(path, self.run, self.progress)
@@ -133,12 +135,15 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     atomic_write(path, lambda f: torch.save(state, f))  # WriteError names the path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> Checkpoint:
+    """mmap: tensors stay on disk until touched (cheap when only the metadata is wanted)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:
         raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
     if not isinstance(state, dict):
@@ -154,7 +159,7 @@ def newest_checkpoint(folder: Path) -> Path | None:
     steps = []
     for path in found:
         try:
-            steps.append(load_checkpoint(path).step)
+            steps.append(load_checkpoint(path, mmap=True).step)  # the step only
         except CheckpointError as err:  # e.g. a damaged best.pt: last.pt can still resume
             log.warning("resume: skipping %s: %s", path, err)
             steps.append(-1)

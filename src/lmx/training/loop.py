@@ -60,6 +60,7 @@ class Run:
     def __post_init__(self) -> None:
         if self.train_model is None:
             self.train_model = self.model
+        self.parameters = list(self.model.parameters())  # for the gradient clip, every step
 
 
 def eval_settings(run: Run, cfg: TrainerConfig) -> dict[str, Any]:
@@ -114,7 +115,7 @@ class Trainer:
             for i in batch_starts(source, run.bptt)[p.batch : n_steps]:
                 start = time.perf_counter()
                 data, targets = get_batch(source, i, run.bptt)
-                result = train_step(run.train_model, list(run.model.parameters()), run.optimizer,
+                result = train_step(run.train_model, run.parameters, run.optimizer,
                                     run.scaler, data, targets, run.precision, cfg.grad_clip,
                                     run.world, self.stop.requested is not None,
                                     cfg.accumulate)  # fmt: skip

@@ -56,8 +56,8 @@ def build_optimizer(
     are decayed, as nanoGPT and HF do; biases and norm weights are not. optim.decay_all=true
     (or `decay_all`, which overrides it) decays every tensor, as lmx did before."""
     kwargs = _plain(cfg)
-    decay_all = kwargs.pop("decay_all", False) if decay_all is None else decay_all
-    kwargs.pop("decay_all", None)
+    configured = kwargs.pop("decay_all", False)  # lmx's own key, not the constructor's
+    decay_all = configured if decay_all is None else decay_all
     named = list(params.named_parameters() if isinstance(params, torch.nn.Module)
                  else ((str(i), p) for i, p in enumerate(params)))  # fmt: skip
     groups = weight_decay_groups(named, kwargs.get("weight_decay") or 0.0, decay_all)
