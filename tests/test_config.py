@@ -149,7 +149,11 @@ def test_all_problems_reported_together(tmp_path):
 @pytest.mark.parametrize(
     "override,expected,code",
     [
-        ("model.nhed=4", "model.nhed: no such config key; did you mean model.nhead?", 2),
+        (
+            "model.nhed=4",
+            "model.nhed: model=transformer has no such key; did you mean model.nhead?",
+            2,
+        ),
         ("model.nhead=3", "not divisible by model.nhead=3", 2),
         ("data.local_dir=/no/such/wikitext", "/no/such/wikitext", 2),
         ("optim=adamx", "optim=adamx: no such option; did you mean adamw?", 2),
@@ -167,9 +171,9 @@ def test_cli_errors_are_one_message_without_traceback(tmp_path, override, expect
 def test_cli_help_lists_groups_and_cfg_prints_config():
     help_text = run_cli("--help").stdout
     for line in (
-        "model: transformer",
+        "model: gpt, lstm, transformer",
         "optim: adamw, sgd",
-        "scheduler: constant, cosine, linear, step, wsd",
+        "scheduler: constant, cosine, linear, plateau, step, wsd",
         "device: auto, cpu, cuda",
         "data/tokenizer: basic_english, bpe, whitespace_eos",
     ):
@@ -198,7 +202,9 @@ def test_the_command_line_is_checked_whole_before_any_work(tmp_path):
     lines = proc.stderr.splitlines()
     assert lines[0] == "lmx: invalid config:"
     for expected in (
-        "  - model.nhed: no such config key; did you mean model.nhead?",
+        "  - model.nhed: model=transformer has no such key; did you mean model.nhead? (its keys: "
+        "d_model, nhead, d_hid, nlayers, dropout, tie_weights, max_len, norm_first, activation, "
+        "attn_dropout, fused_loss, sparse_embedding)",
         "  - lr: no such config key; did you mean optim.lr?",
         "  - model.nlayers=two: Value 'two' of type 'str' could not be converted to Integer",
         "  - model.dropout=1.5 must be in [0, 1)",

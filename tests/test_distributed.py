@@ -132,3 +132,26 @@ def test_sweep_through_submitit_local_executor(corpus_dir, cache_dir, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     for job in ("0", "1"):
         assert _metrics(sweep / job)["status"] == "done"
+
+
+def test_lstm_under_ddp_matches_one_process_and_resumes_in_mid_epoch(
+    corpus_dir, cache_dir, tmp_path
+):
+    # Each rank carries the state of its own rows; rank 0 saves every rank's.
+    args = [o for o in tiny_overrides(corpus_dir, cache_dir, *DDP) if not o.startswith("model.")]
+    args += ["model=lstm", "model.emsize=16", "model.nhid=16", "model.dropout=0"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    # Each stops at step 30 (epoch 2, batch 10), validates there, then resumes to the end.
+    for extra in ("trainer.max_steps=30", "trainer.resume=auto"):
+        proc = run_cli(*args, extra, f"hydra.run.dir={single}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    first = torchrun(*args, "trainer.max_steps=30", f"hydra.run.dir={ddp}")
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    ckpt = load_checkpoint(ddp / "checkpoints" / "last.pt")
+    assert ckpt.progress["batch"] == 10 and len(ckpt.carried) == 2
+    assert ckpt.carried[0][0].shape == (2, 2, 16)  # [layers, rows per rank, nhid]
+    assert not torch.equal(ckpt.carried[0][0], ckpt.carried[1][0])
+    second = torchrun(*args, "trainer.resume=auto", f"hydra.run.dir={ddp}")
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    assert "zero state" not in (ddp / "train.log").read_text()  # each rank got its own
+    assert_equivalent(single, ddp)

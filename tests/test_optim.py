@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from conftest import compose_cfg
+from conftest import compose_cfg, tiny_overrides
 from lmx.config.schema import Interval
 from lmx.errors import ConfigError
 from lmx.training.optim import build_optimizer, build_scheduler
@@ -146,3 +147,54 @@ def test_weight_decay_groups_hold_the_right_tensors_by_name(caplog):
     assert len(every.param_groups) == 1 and every.param_groups[0]["weight_decay"] == 0.01
     # No weight decay (the tutorial's SGD): one group, as before
     assert len(build_optimizer(compose_cfg().optim, model).param_groups) == 1
+
+
+def test_plateau_divides_the_lr_after_each_validation_that_does_not_improve():
+    from lmx.config.schema import Interval
+    from lmx.training.optim import Schedule, build_scheduler
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    schedule = build_scheduler(compose_cfg(["scheduler=plateau"]).scheduler, optimizer, 10, 3)
+    assert isinstance(schedule, Schedule) and schedule.interval == Interval.validation
+    lrs = []
+    for loss in (3.0, 2.5, 2.6, 2.4, 2.4, 2.3):  # a tie is no improvement (threshold 0)
+        schedule.after_validation(whole_epoch=False, val_loss=loss)  # mid-epoch counts too
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs == [1.0, 1.0, 0.25, 0.25, 0.0625, 0.0625]
+
+
+def test_plateau_resumes_with_its_best_and_counters(corpus_dir, cache_dir, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from lmx.train import train
+    from lmx.training import loop
+    from lmx.training.signals import Interrupted
+
+    overrides = tiny_overrides(corpus_dir, cache_dir, "scheduler=plateau", "optim.lr=8.0",
+                               "trainer.val_every_steps=4", "trainer.epochs=3")  # fmt: skip
+    full = train(compose_cfg(overrides), tmp_path / "full")
+    lrs = [h["lr"] for h in full["history"]]
+    pairs = itertools.pairwise(full["history"])
+    drops = [h["step"] for h, after in pairs if after["lr"] < h["lr"]]  # validations that cut
+    assert len(drops) >= 2, lrs
+    # Stop just before the last cut: a scheduler that lost its best would see an improvement.
+    stop_at = drops[-1] - 1
+
+    step, calls = loop.train_step, []
+
+    def step_then_sigint(*args, **kwargs):
+        out = step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(loop, "train_step", step_then_sigint)
+    with pytest.raises(Interrupted):
+        train(compose_cfg(overrides), tmp_path / "resumed")
+    monkeypatch.undo()
+    resumed = train(compose_cfg([*overrides, "trainer.resume=auto"]), tmp_path / "resumed")
+    assert [h["lr"] for h in resumed["history"]] == lrs
+    assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in full["history"]]

@@ -10,6 +10,7 @@ import torch
 from lmx.cli import fail, parse_args, run
 from lmx.data.tokenizer import EOS
 from lmx.errors import ConfigError
+from lmx.models.carried import carries_state, fresh_state
 
 USAGE = """usage: python -m lmx.generate ckpt=PATH prompt=TEXT [max_new_tokens=50] [temperature=1.0]
                         [top_k=0] [seed=0] [KEY=VALUE ...]
@@ -28,21 +29,31 @@ def sample(
     top_k: int = 0,
     seed: int = 0,
 ) -> list[int]:
-    """New token ids after the prompt; the model sees at most `context` tokens, as in training."""
+    """New token ids after the prompt. The model sees at most `context` tokens, as in
+    training; a model that carries its state (lmx.models.carried) reads the prompt once, then
+    each new token, with all before it in its state."""
     generator = torch.Generator().manual_seed(seed)
     ids = list(prompt_ids)
-    for _ in range(max_new_tokens):
-        logits = model(torch.tensor([ids[-context:]]))[0, -1].float()  # [V]
-        if temperature == 0:
-            next_id = int(logits.argmax())
-        else:
-            logits = logits / temperature
-            if top_k > 0:
-                kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-                logits[logits < kth] = -float("inf")
-            next_id = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
-        ids.append(next_id)
+    stateful, feed = carries_state(model), ids
+    with fresh_state(model):
+        for _ in range(max_new_tokens):
+            window = feed if stateful else ids[-context:]
+            logits = model(torch.tensor([window]))[0, -1].float()  # [V]
+            next_id = _pick(logits, temperature, top_k, generator)
+            ids.append(next_id)
+            feed = [next_id]
     return ids[len(prompt_ids) :]
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int, generator) -> int:
+    """The next token from logits [V]: the most likely at temperature 0, else a sample."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits[logits < kth] = -float("inf")
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
 
 
 def generate(

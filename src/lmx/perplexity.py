@@ -11,7 +11,8 @@ With `eval.stride` the windows overlap (HF's "perplexity of fixed-length models"
 `context` tokens advance by `stride` along each row, the first scores all its tokens and each
 next one only its last `stride`, so every token is scored once with at least
 context - stride tokens before it. A model that carries state from window to window (a
-recurrent one) needs no overlap: it would score non-overlapping windows with its state.
+recurrent one, lmx.models.carried) needs no overlap: it scores the non-overlapping windows one
+after another, from a zero state at the split's start, each token with all that came before.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from lmx.config.schema import Precision
 from lmx.errors import ConfigError
+from lmx.models.carried import carries_state, fresh_state
 from lmx.runtime.device import autocast
 
 
@@ -92,13 +94,31 @@ def evaluate(
     stride = stride or context
     if not 1 <= stride <= context:
         raise ConfigError(f"eval.stride={stride} must be in [1, eval.context={context}]")
+    stateful = carries_state(model)
+    if stateful and stride != context:
+        raise ConfigError(f"eval.stride={stride}: a model that carries its state from window to "
+                          "window scores non-overlapping windows")  # fmt: skip
     plan = window_plan(source.size(1), context, stride)[:limit]
-    per_forward = max(1, tokens_per_forward // (source.size(0) * context))
+    # A carried state runs the windows one after another, each from the last one's state.
+    per_forward = 1 if stateful else max(1, tokens_per_forward // (source.size(0) * context))
     # Windows of the same shape (length, tokens scored) are stacked into one forward.
     groups: list[list[tuple[int, int, int]]] = []
     for window in plan:
         same = groups and len(groups[-1]) < per_forward and _shape(groups[-1][0]) == _shape(window)
         groups[-1].append(window) if same else groups.append([window])
+    with fresh_state(model):  # from zeros; a training state in mid-epoch is kept aside
+        total, count = _score(model, source, groups, device, precision)
+    whole = source.size(0) * (source.size(1) - 1)  # every position but the first is a target
+    if reduce is not None:
+        total, count, whole = reduce([total, count, whole])
+    mode = (f"windows of {context} tokens, state carried" if stateful
+            else f"windows of {context} tokens, no overlap" if stride == context
+            else f"windows of {context} tokens every {stride}")  # fmt: skip
+    return Score(loss=total / count, tokens=int(count), total=int(whole), mode=mode)
+
+
+def _score(model, source, groups, device, precision) -> tuple[float, int]:
+    """(summed loss, tokens scored) over the groups of windows, in order."""
     total, count = 0.0, 0
     for group in groups:
         data = torch.cat([source[:, a:b] for a, b, _ in group])  # [len(group) * rows, T]
@@ -114,12 +134,7 @@ def evaluate(
                 ]  # [len(group) * rows, new]
                 total += losses.double().sum().item()
         count += targets.size(0) * new
-    whole = source.size(0) * (source.size(1) - 1)  # every position but the first is a target
-    if reduce is not None:
-        total, count, whole = reduce([total, count, whole])
-    mode = (f"windows of {context} tokens, no overlap" if stride == context
-            else f"windows of {context} tokens every {stride}")  # fmt: skip
-    return Score(loss=total / count, tokens=int(count), total=int(whole), mode=mode)
+    return total, count
 
 
 def _shape(window: tuple[int, int, int]) -> tuple[int, int]:

@@ -56,11 +56,15 @@ def typed_config(saved: dict[str, Any], origin: str = "the checkpoint") -> DictC
 
     unread: list[str] = []
     known = _known_keys(upgrade_config(saved), TrainConfig, "", unread)
+    family = _family(known.get("model"))
     if unread:
         log.warning("%s holds keys that no component reads; ignored: %s", origin,
                     ", ".join(unread))  # fmt: skip
     try:
-        return OmegaConf.merge(OmegaConf.structured(TrainConfig), known)
+        typed = OmegaConf.structured(TrainConfig)
+        if family is not None:
+            typed.model = OmegaConf.structured(family)
+        return OmegaConf.merge(typed, known)
     except Exception as err:  # a value of the wrong type
         raise CheckpointError(f"the config saved in {origin} does not fit this lmx: {err}") from err
 
@@ -74,7 +78,17 @@ def _known_keys(tree: dict[str, Any], schema: type, prefix: str, unread: list[st
         if key not in hints:
             unread.append(f"{prefix}{key}")
             continue
-        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
-            value = _known_keys(value, hints[key], f"{prefix}{key}.", unread)
+        # The model node is typed by its family's schema (the one its `_target_` names).
+        node = _family(value) if f"{prefix}{key}" == "model" else hints[key]
+        if dataclasses.is_dataclass(node) and isinstance(value, dict):
+            value = _known_keys(value, node, f"{prefix}{key}.", unread)
         out[key] = value
     return out
+
+
+def _family(model: Any) -> type | None:
+    """The schema of the model family whose `_target_` a saved model config names."""
+    from lmx.config.schema import MODEL_FAMILIES
+
+    target = model.get("_target_") if isinstance(model, dict) else None
+    return next((f for f in MODEL_FAMILIES.values() if f._target_ == target), None)

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lmx.config.compose import compose
+from lmx.config.model_rules import family
 from lmx.config.rules import all_keys, config_problems, did_you_mean
 from lmx.errors import ConfigError
 from lmx.paths import config_dir
@@ -119,26 +120,50 @@ def check_command_line(argv: list[str]) -> None:
     if not any(o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") for o in hydra_keys):
         _check_output_dir("the output dir", str(Path.cwd()), problems)
 
-    # Compose from the group choices, each sweep over a group at its first choice.
-    first_choices = []
+    # Every combination of the group choices a sweep will meet (model=transformer,lstm ...):
+    # an override that fits one family may not exist in another.
+    choice_lists = []
     for o in groups:
         choices = _values(o, parser)
         prefix = o.input_line.split("=", 1)[0]
         if choices is None:
-            first_choices.append(o.input_line)
+            choice_lists.append([o.input_line])
             continue
         valid = [c for c in choices if _check_choice(o.key_or_group, c, problems)]
         if valid:
-            first_choices.append(f"{prefix}={_show(valid[0])}")
+            choice_lists.append([f"{prefix}={_show(c)}" for c in valid])
+    combos = list(itertools.islice(itertools.product(*choice_lists), _MAX_COMBINATIONS))
+    seen = set(problems)
+    for combo in combos:
+        for p in _problems_under(list(combo), values, parser, problems):
+            if p not in seen:
+                seen.add(p)
+                problems.append(p)
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# A sweep over several groups meets the product of their choices; past this many
+# combinations only the first ones are checked before the sweep starts.
+_MAX_COMBINATIONS = 64
+
+
+def _problems_under(choices: list[str], values, parser, found: list[str]) -> list[str]:
+    """The problems of the key=value overrides on the config composed from `choices`
+    (group=option), each sweep over a key tried value by value. `found`: problems so far,
+    printed with these if composing fails."""
+    from hydra.errors import HydraException
+
     try:
-        base = compose(first_choices)
+        base = compose(choices)
     except HydraException as err:
         reason = str(err).strip().split("\nConfig search path")[0]
         raise ConfigError(
-            "invalid config:\n" + "\n".join(f"  - {p}" for p in [*problems, reason])
+            "invalid config:\n" + "\n".join(f"  - {p}" for p in [*found, reason])
         ) from None
 
     # Every key=value on the composed config: the key must exist, the value must fit its type.
+    problems: list[str] = []
     first = base.copy()
     alternatives: list[list[tuple[str, object]]] = []
     for o in values:
@@ -158,7 +183,7 @@ def check_command_line(argv: list[str]) -> None:
                 OmegaConf.update(first, key, options[0], merge=True, force_add=True)
             continue
         if not exists:
-            problems.append(f"{key}: no such config key{did_you_mean(key, all_keys(base))}")
+            problems.append(_no_such_key(key, base))
             continue
         options = _values(o, parser)
         if options is None:
@@ -178,23 +203,26 @@ def check_command_line(argv: list[str]) -> None:
 
     # Ranges and cross-field rules, for the first job and for each other value of a sweep
     # (the values that failed above are left out, so their problems are not reported twice).
-    seen = set(problems)
     for key, value in [(None, None), *itertools.chain(*alternatives)]:
         trial = first
         if key is not None:
             trial = first.copy()
             OmegaConf.update(trial, key, value, merge=True)
         try:
-            found = config_problems(trial)
+            problems += config_problems(trial)
         except OmegaConfBaseException as err:  # e.g. a missing mandatory value
-            found = [str(err).splitlines()[0]]
-        for p in found:
-            if p not in seen:
-                seen.add(p)
-                problems.append(p)
+            problems.append(str(err).splitlines()[0])
+    return problems
 
-    if problems:
-        raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+def _no_such_key(key: str, cfg) -> str:
+    """e.g. 'model.nhead: model=lstm has no such key; did you mean model.nhid? (its keys: ...)'"""
+    hint = did_you_mean(key, all_keys(cfg))
+    name = family(cfg.model) if key.startswith("model.") and "model" in cfg else None
+    if name is None:
+        return f"{key}: no such config key{hint}"
+    keys = ", ".join(k for k in cfg.model if k != "_target_")
+    return f"{key}: model={name} has no such key{hint} (its keys: {keys})"
 
 
 def _show(value) -> str:

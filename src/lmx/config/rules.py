@@ -11,16 +11,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmx.config.schema import DeviceType, Precision, TokenizerKind
+from lmx.config.model_rules import max_len, model_problems
+from lmx.config.schema import DeviceType, Interval, Precision, TokenizerKind
 from lmx.errors import ConfigError
 from lmx.training.budget import parse_duration
 
-# Optimizers whose step takes the sparse embedding gradient alongside the dense ones.
-_SPARSE_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adagrad")
 # Nodes whose `_target_` takes keyword arguments beyond the schema: extra keys are theirs.
 _OPEN_NODES = ("optim", "scheduler")
 
-Check = Callable[[bool, str], None]
+Check = Callable[[bool, str], None]  # check(ok, message): the message is a problem unless ok
 
 
 def validate(cfg: DictConfig) -> None:
@@ -38,9 +37,10 @@ def config_problems(cfg: DictConfig) -> list[str]:
             problems.append(message)
 
     problems += unread_keys(cfg)
-    _model(cfg, check)
+    model_problems(cfg, check)
     _data(cfg, check)
     _optim(cfg, check)
+    _scheduler(cfg, check)
     _device(cfg, check)
     _trainer(cfg, check)
     _eval(cfg, check)
@@ -116,49 +116,13 @@ def unread_keys(cfg: DictConfig) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- components
-def _model(cfg: DictConfig, check: Check) -> None:
-    m = cfg.model
-    check(m.d_model >= 1, f"model.d_model={m.d_model} must be >= 1")
-    check(m.nhead >= 1, f"model.nhead={m.nhead} must be >= 1")
-    if m.nhead >= 1:
-        check(
-            m.d_model % m.nhead == 0,
-            f"model.d_model={m.d_model} is not divisible by model.nhead={m.nhead}: "
-            "each attention head gets d_model / nhead dimensions",
-        )
-    check(m.d_hid >= 1, f"model.d_hid={m.d_hid} must be >= 1")
-    check(m.nlayers >= 1, f"model.nlayers={m.nlayers} must be >= 1")
-    check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
-    check(
-        m.attn_dropout is None or 0.0 <= m.attn_dropout < 1.0,
-        f"model.attn_dropout={m.attn_dropout} must be in [0, 1) or null",
-    )
-    check(
-        m.activation in ("relu", "gelu"),
-        f"model.activation={m.activation!r} must be 'relu' or 'gelu'",
-    )
-    if m.sparse_embedding:
-        check(not m.tie_weights, "model.sparse_embedding needs model.tie_weights=false")
-        check(
-            not cfg.device.compile,
-            "model.sparse_embedding cannot be compiled (device.compile=true): torch's "
-            "inductor does not take sparse gradients",
-        )
-        target, decay = cfg.optim.get("_target_"), cfg.optim.get("weight_decay", 0)
-        check(
-            target in _SPARSE_OPTIMIZERS and not decay,
-            f"model.sparse_embedding needs an optimizer that takes sparse gradients "
-            f"({', '.join(_SPARSE_OPTIMIZERS)}) without weight_decay; got {target} "
-            f"with weight_decay={decay}",
-        )
-
-
 def _data(cfg: DictConfig, check: Check) -> None:
     d = cfg.data
     for key in ("batch_size", "eval_batch_size", "bptt"):
         check(d[key] >= 1, f"data.{key}={d[key]} must be >= 1")
-    check(d.bptt <= cfg.model.max_len, f"data.bptt={d.bptt} exceeds model.max_len="
-          f"{cfg.model.max_len}")  # fmt: skip
+    longest = max_len(cfg.model)
+    check(longest is None or d.bptt <= longest, f"data.bptt={d.bptt} exceeds model.max_len="
+          f"{longest}")  # fmt: skip
     if d.local_dir is not None:
         local = Path(d.local_dir).expanduser()
         check(local.is_dir(), f"data.local_dir={d.local_dir}: no such folder ({local.resolve()})")
@@ -184,6 +148,25 @@ def _optim(cfg: DictConfig, check: Check) -> None:
     )
 
 
+def _scheduler(cfg: DictConfig, check: Check) -> None:
+    target, interval = cfg.scheduler.get("_target_"), cfg.scheduler.get("interval")
+    on_loss = target == "torch.optim.lr_scheduler.ReduceLROnPlateau"
+    check(
+        not on_loss or interval == Interval.validation,
+        f"scheduler.interval={_name(interval)}: ReduceLROnPlateau steps on the validation "
+        "loss, so it needs scheduler.interval=validation",
+    )
+    check(
+        on_loss or interval != Interval.validation,
+        f"scheduler.interval=validation passes the validation loss to step(), which only "
+        f"ReduceLROnPlateau (scheduler=plateau) takes; {target} needs epoch or step",
+    )
+
+
+def _name(value: Any) -> str:
+    return getattr(value, "value", str(value))
+
+
 def _device(cfg: DictConfig, check: Check) -> None:
     threads = cfg.device.threads
     check(threads is None or threads >= 1, f"device.threads={threads} must be >= 1 or null")
@@ -199,8 +182,9 @@ def _eval(cfg: DictConfig, check: Check) -> None:
         return
     context = e.context if e.context is not None else cfg.data.bptt
     check(context >= 1, f"eval.context={e.context} must be >= 1")
-    check(context <= cfg.model.max_len, f"eval.context={context} exceeds model.max_len="
-          f"{cfg.model.max_len}")  # fmt: skip
+    longest = max_len(cfg.model)
+    check(longest is None or context <= longest, f"eval.context={context} exceeds "
+          f"model.max_len={longest}")  # fmt: skip
     if e.stride is not None:
         check(1 <= e.stride <= context, f"eval.stride={e.stride} must be in [1, eval.context="
               f"{context}]")  # fmt: skip

@@ -1,13 +1,15 @@
-"""Typed config schemas: every default lives here, the YAML files in conf/ hold only deltas.
+"""Typed config schemas: every default lives here (the model families' in model_schemas.py,
+re-exported here), the YAML files in conf/ hold only deltas.
 
 The defaults reproduce PyTorch's nn.Transformer WikiText-2 tutorial. Layout of the composed
 config (one sub-config per component):
-    model      TransformerConfig   -> lmx.models.transformer.TransformerLM (instantiate)
+    model      TransformerConfig | LSTMConfig | GPTConfig: one family, by `model=NAME`
+               -> its `_target_` (lmx.models.transformer.TransformerLM, ...; instantiate)
     data       DataConfig          -> lmx.data.streams
       .tokenizer TokenizerConfig   -> lmx.data.tokenizer
     optim      SGDConfig | AdamWConfig | any torch.optim class   (instantiate, _partial_)
     scheduler  StepLRConfig | WarmupCosineConfig | WarmupLinearConfig | WSDConfig |
-               ConstantLRConfig                                      (instantiate, _partial_)
+               PlateauConfig | ConstantLRConfig                      (instantiate, _partial_)
     device     DeviceConfig        -> lmx.runtime.device
     trainer    TrainerConfig       -> lmx.training.loop
     sweep      SweepConfig         -> lmx.runs.sweep (multirun resume)
@@ -20,6 +22,15 @@ from enum import Enum
 from typing import Any
 
 from omegaconf import MISSING
+
+from lmx.config.model_schemas import (  # noqa: F401  (the model families, re-exported)
+    MODEL_FAMILIES,
+    GPTConfig,
+    LSTMConfig,
+    Positions,
+    RNNCell,
+    TransformerConfig,
+)
 
 
 # ---------------------------------------------------------------------------- enums
@@ -53,26 +64,7 @@ class NonFinite(Enum):
 class Interval(Enum):
     epoch = "epoch"  # scheduler.step() once after each epoch (the tutorial's StepLR)
     step = "step"  # scheduler.step() after every optimizer step (warm-up, cosine)
-
-
-# ---------------------------------------------------------------------------- model
-@dataclass
-class TransformerConfig:
-    _target_: str = "lmx.models.transformer.TransformerLM"
-    d_model: int = 200  # embedding dimension
-    nhead: int = 2  # attention heads; must divide d_model
-    d_hid: int = 200  # feed-forward hidden size
-    nlayers: int = 2
-    dropout: float = 0.2
-    tie_weights: bool = False  # share embedding and decoder weights
-    max_len: int = 5000  # longest sequence the positional table covers
-    norm_first: bool = False  # pre-norm blocks plus a final LayerNorm (tutorial: post-norm)
-    activation: str = "relu"  # feed-forward activation: relu or gelu
-    attn_dropout: float | None = None  # dropout on attention weights; None: same as dropout
-    # Loss through lmx.models.fused_loss.linear_cross_entropy: same value, no fp32 logits (faster).
-    fused_loss: bool = True
-    # Sparse embedding gradient (only the batch's rows): faster with SGD; untied weights only.
-    sparse_embedding: bool = False
+    validation = "validation"  # scheduler.step(val_loss) after every validation (plateau)
 
 
 # ---------------------------------------------------------------------------- data
@@ -166,6 +158,21 @@ class WSDConfig(WarmupDecayConfig):
 
 
 @dataclass
+class PlateauConfig:
+    """pytorch/examples' word_language_model: the lr falls by `factor` after a validation whose
+    loss is not below the best so far (patience 0, threshold 0)."""
+
+    _target_: str = "torch.optim.lr_scheduler.ReduceLROnPlateau"
+    _partial_: bool = True
+    mode: str = "min"
+    factor: float = 0.25  # lr / 4
+    patience: int = 0  # validations without improvement before it falls
+    threshold: float = 0.0  # relative improvement that counts as one
+    min_lr: float = 0.0
+    interval: Interval = Interval.validation
+
+
+@dataclass
 class ConstantLRConfig:
     _target_: str = "torch.optim.lr_scheduler.ConstantLR"
     _partial_: bool = True
@@ -251,7 +258,7 @@ class SweepConfig:
 
 @dataclass
 class TrainConfig:
-    model: TransformerConfig = field(default_factory=TransformerConfig)
+    model: Any = MISSING  # one of MODEL_FAMILIES (conf/model/NAME.yaml)
     data: DataConfig = field(default_factory=DataConfig)
     optim: Any = MISSING  # one of the schema/optim entries, or any torch optimizer
     scheduler: Any = MISSING  # one of the schema/scheduler entries

@@ -6,8 +6,10 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 
 from lmx.config.schema import (
+    MODEL_FAMILIES,
     AdamWConfig,
     ConstantLRConfig,
+    PlateauConfig,
     SGDConfig,
     StepLRConfig,
     TrainConfig,
@@ -20,6 +22,8 @@ from lmx.config.schema import (
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    for name, schema in MODEL_FAMILIES.items():
+        cs.store(group="schema/model", name=name, node=schema)
     cs.store(group="schema/optim", name="sgd", node=SGDConfig)
     cs.store(group="schema/optim", name="adamw", node=AdamWConfig)
     cs.store(group="schema/scheduler", name="step", node=StepLRConfig)
@@ -27,3 +31,4 @@ def register_configs() -> None:
     cs.store(group="schema/scheduler", name="constant", node=ConstantLRConfig)
     cs.store(group="schema/scheduler", name="linear", node=WarmupLinearConfig)
     cs.store(group="schema/scheduler", name="wsd", node=WSDConfig)
+    cs.store(group="schema/scheduler", name="plateau", node=PlateauConfig)

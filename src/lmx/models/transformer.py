@@ -7,7 +7,7 @@ Shapes: B batch, T sequence length, D d_model, V ntoken.
 
 Options beyond the tutorial (defaults keep it): pre-norm with a final LayerNorm, GELU, a
 separate attention dropout, tied embedding/decoder weights. Given targets, forward returns the
-mean cross-entropy through lmx.models.fused_loss.linear_cross_entropy, which skips the fp32 logits.
+mean cross-entropy through lmx.models.head.decode (the fused loss skips the fp32 logits).
 """
 
 from __future__ import annotations
@@ -17,17 +17,8 @@ import math
 import torch
 from torch import nn
 
-from lmx.models.fused_loss import linear_cross_entropy
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with the mask drawn by torch.rand, which is faster on CPU than bernoulli_."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = torch.rand(x.shape, device=x.device) >= self.p  # same law: P(keep) = 1 - p
-        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+from lmx.models.dropout import Dropout
+from lmx.models.head import decode
 
 
 class PositionalEncoding(nn.Module):
@@ -109,13 +100,4 @@ class TransformerLM(nn.Module):
         x = self.pos_encoder(x)  # [B, T, D]
         mask = causal_mask(src.size(1), device=src.device)  # [T, T]
         x = self.encoder(x, mask=mask, is_causal=True)  # [B, T, D]
-        if targets is None:
-            return self.decoder(x)  # logits [B, T, V]
-        if self.fused_loss:  # cross-entropy without the fp32 logits
-            w, b = self.decoder.weight, self.decoder.bias
-            return linear_cross_entropy(x, w, b, targets, reduction)
-        logits = self.decoder(x)  # [B, T, V]
-        loss = nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction
-        )
-        return loss if reduction == "mean" else loss.view(targets.shape)
+        return decode(x, self.decoder, targets, reduction, self.fused_loss)  # logits or loss

@@ -21,7 +21,7 @@ from lmx.runtime.distributed import World
 from lmx.training.averaging import WeightAverage
 from lmx.training.budget import Budget, parse_duration
 from lmx.training.checkpoint import Checkpoint, load_checkpoint
-from lmx.training.logs import TensorBoard
+from lmx.training.logs import TensorBoard, parameter_count
 from lmx.training.loop import Run
 from lmx.training.optim import build_optimizer, build_scheduler
 from lmx.training.resume import (
@@ -63,7 +63,7 @@ def build_run(
     log.info(
         "model: %s, %.2fM parameters, on %s%s",
         type(model).__name__,
-        sum(p.numel() for p in model.parameters()) / 1e6,
+        parameter_count(model) / 1e6,
         device,
         f" x {world.world_size} processes" if world.enabled else "",
     )
@@ -85,7 +85,8 @@ def build_run(
 
     if resume_from is not None:
         check_compatible(path, resume_from, {**resolved, "vocab_size": data.vocab_size})
-        restore(resume_from, path, model, optimizer, schedule, scaler, average, budget, world.rank)
+        restore(resume_from, path, model, optimizer, schedule, scaler, average, budget,
+                world.rank, world.world_size)  # fmt: skip
     elif cfg.trainer.resume == "auto":
         log.info("trainer.resume=auto: no checkpoint in %s yet; starting fresh", run_dir)
     if world.is_main:  # after the resume check: a refused resume leaves the run dir as it was

@@ -25,6 +25,7 @@ import torch
 from lmx.config.legacy import upgrade_config
 from lmx.errors import CheckpointError
 from lmx.files import atomic_write
+from lmx.models.carried import carries_state, get_state
 
 if TYPE_CHECKING:
     from lmx.training.loop import Run
@@ -52,6 +53,9 @@ class Checkpoint:
     progress: dict[str, Any] | None = None  # lmx.training.state.Progress, as a dict
     rng: dict[str, Any] | None = None  # rank 0's RNG states
     rng_per_rank: list[dict[str, Any]] | None = None  # every rank's, under torchrun
+    # A recurrent model's state carried into the next window (lmx.models.carried), per rank:
+    # exact resume in mid-epoch needs it. None: a model that carries none.
+    carried: list[Any] | None = None
     format: int = FORMAT
 
     def eval_weights(self) -> dict[str, torch.Tensor]:
@@ -86,8 +90,9 @@ class Checkpoint:
 def save_run(path: Path, run: Run, progress: Progress) -> None:
     """A training run's checkpoint. Called on every rank: rank 0 writes, with every rank's
     RNG state; the others wait until the file is complete."""
-    rngs = run.world.gather(rng_state())
+    per_rank = run.world.gather((rng_state(), get_state(run.model)))
     if run.world.is_main:
+        rngs = [rng for rng, _ in per_rank]
         ckpt = Checkpoint(
             model=run.model.state_dict(),
             optimizer=run.optimizer.state_dict(),
@@ -97,6 +102,7 @@ def save_run(path: Path, run: Run, progress: Progress) -> None:
             progress=progress.to_dict(),
             rng=rngs[0],
             rng_per_rank=rngs if run.world.enabled else None,
+            carried=[state for _, state in per_rank] if carries_state(run.model) else None,
             **run.checkpoint_meta,
         )
         save_checkpoint(path, ckpt)

@@ -14,6 +14,8 @@ from lmx.files import METRICS_FILE, write_json
 from lmx.perplexity import Score, ppl
 
 if TYPE_CHECKING:
+    import torch
+
     from lmx.training.budget import Stopping
     from lmx.training.loop import Run
     from lmx.training.state import Progress
@@ -163,6 +165,7 @@ def summary(
     out = {
         "status": status,
         "vocab_size": run.checkpoint_meta["vocab_size"],
+        "parameters": parameter_count(run.model),
         "train_tokens": run.train_tokens,
         "epochs": sum(not h.get("partial_epoch") for h in p.history),  # whole epochs
         "steps": p.step,
@@ -191,6 +194,11 @@ def summary(
     return out
 
 
+def parameter_count(model: torch.nn.Module) -> int:
+    """Trainable numbers in the model; a tied matrix counts once."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def write_metrics(run: Run, metrics: dict[str, Any]) -> None:
     if run.world.is_main:
         write_json(run.run_dir / METRICS_FILE, metrics)
@@ -201,5 +209,6 @@ def hparams(run: Run, metrics: dict[str, Any]) -> None:
     the figures a sweep is compared by."""
     keys = ("best_val_ppl", "test_ppl", "val_tokens_scored", "test_tokens_scored")
     values = {f"hparam/{k}": metrics[k] for k in keys if metrics[k] is not None}
-    run.tb.hparams({**run.checkpoint_meta["config"], "eval_partial": metrics["eval_partial"]},
-                   values)  # fmt: skip
+    config = run.checkpoint_meta["config"]
+    run.tb.hparams({**config, "parameters": metrics["parameters"],
+                    "eval_partial": metrics["eval_partial"]}, values)  # fmt: skip

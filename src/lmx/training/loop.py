@@ -21,6 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lmx.config.schema import Interval, Precision, TrainerConfig
 from lmx.data.batching import batch_starts, get_batch, num_steps
+from lmx.models.carried import reset_state
 from lmx.perplexity import Score, evaluate
 from lmx.runtime.distributed import World
 from lmx.training import logs
@@ -76,6 +77,14 @@ def eval_settings(run: Run, cfg: TrainerConfig) -> dict[str, Any]:
     )
 
 
+def start_epoch(run: Run, p) -> None:
+    """Train mode; at an epoch's first batch a recurrent model's carried state starts from
+    zeros (pytorch/examples' init_hidden), and in mid-epoch it is the checkpoint's."""
+    run.train_model.train()
+    if p.batch == 0:
+        reset_state(run.model)
+
+
 class Trainer:
     def __init__(self, run: Run, cfg: TrainerConfig, resume_from: Checkpoint | None = None):
         self.run, self.cfg = run, cfg
@@ -106,7 +115,7 @@ class Trainer:
     def train_epoch(self) -> None:
         """The rest of the current epoch's batches (all of them, unless resuming mid-epoch)."""
         run, cfg, p = self.run, self.cfg, self.progress
-        run.train_model.train()
+        start_epoch(run, p)
         source, n_steps = run.splits["train"], self.steps_per_epoch
         bar = tqdm(total=n_steps, initial=p.batch, desc=f"epoch {p.epoch}", unit="batch",
                    disable=None if cfg.progress else True, leave=False)  # fmt: skip
@@ -167,8 +176,7 @@ class Trainer:
         raw = evaluate(run.model, run.splits["valid"], **self.eval_args) if run.average.on else None
         self.validated_at = p.step
         lr = self._lr()
-        if run.schedule.interval == Interval.epoch and whole:
-            run.schedule.scheduler.step()
+        run.schedule.after_validation(whole, score.loss)
         logs.log_validation(p, score, whole)  # warns when it is inf or nan
         scalars, details = logs.validation_record(score, raw)
         run.tb.scalars(scalars, p.step)

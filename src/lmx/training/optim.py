@@ -28,8 +28,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class Schedule:
     scheduler: Any
-    interval: Interval  # step() after every optimizer step, or after every epoch
+    interval: Interval  # step() after every optimizer step, epoch, or validation
     horizon: dict[str, int] = field(default_factory=dict)  # arguments taken from the run length
+
+    def after_validation(self, whole_epoch: bool, val_loss: float) -> None:
+        """An epoch schedule steps after a whole epoch's validation (not a mid-epoch one); a
+        validation schedule (ReduceLROnPlateau) after every validation, on its loss."""
+        if self.interval == Interval.epoch and whole_epoch:
+            self.scheduler.step()
+        elif self.interval == Interval.validation:
+            self.scheduler.step(val_loss)
 
 
 def _plain(cfg: DictConfig) -> dict[str, Any]:

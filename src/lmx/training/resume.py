@@ -27,6 +27,7 @@ from lmx.config.legacy import typed_config
 from lmx.config.rules import leaves
 from lmx.config.schema import Interval
 from lmx.errors import CheckpointError
+from lmx.models.carried import carries_state, set_state
 from lmx.training.averaging import WeightAverage
 from lmx.training.budget import Budget
 from lmx.training.checkpoint import Checkpoint, newest_checkpoint, set_rng_state
@@ -162,6 +163,7 @@ def restore(
     average: WeightAverage,
     budget: Budget,
     rank: int = 0,
+    world_size: int = 1,
 ) -> None:
     """Load the checkpoint's states into the built objects, RNG states last."""
     if ckpt.progress is None:
@@ -177,6 +179,7 @@ def restore(
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"cannot resume from {path}: {err}") from err
     _move_horizon(schedule, optimizer, ckpt.progress, budget)
+    _restore_carried(ckpt, model, rank, world_size)
     # Last, since building the model drew from the RNGs. Under torchrun each rank takes its
     # own state when the world size is unchanged.
     per_rank = ckpt.rng_per_rank
@@ -185,6 +188,19 @@ def restore(
     log.info(
         "resuming from %s: epoch %d, batch %d, step %d", path, p["epoch"], p["batch"], p["step"]
     )
+
+
+def _restore_carried(ckpt: Checkpoint, model: torch.nn.Module, rank: int, world_size: int) -> None:
+    """A recurrent model's carried state, this rank's; where the checkpoint has none for it
+    (older lmx, another world size) the window after a mid-epoch resume starts from zeros."""
+    if not carries_state(model):
+        return
+    saved = ckpt.carried or []
+    if len(saved) == world_size:  # else each process's rows are not those it saved
+        set_state(model, saved[rank])
+    elif ckpt.progress["batch"] > 0:  # mid-epoch; at an epoch's start the state is reset anyway
+        log.warning("resume: no carried state for this process in the checkpoint; the next "
+                    "window starts from a zero state, so the run is not bit-exact")  # fmt: skip
 
 
 def _move_horizon(
