@@ -4,6 +4,7 @@ SIGKILL in mid-epoch, and be checked per family on the command line and in sweep
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -14,7 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY, compose_cfg, run_cli, run_module, tiny_overrides
+from conftest import REPO, TINY, compose_cfg, run_cli, run_module, run_python, tiny_overrides
 from lmx.evaluate import evaluate_checkpoint
 from lmx.generate import generate
 from lmx.models.gpt import GPT
@@ -42,11 +43,18 @@ def family_overrides(family, corpus, cache, *extra):
     ]
 
 
+# The adaptive head on the tiny corpus's ~25 word types: a head of 5 ids and two clusters.
+ADAPTIVE = ("model.head=adaptive", "model.cutoffs=[5,12]", "model.tie_weights=false")
+
+
+@pytest.mark.parametrize("head", ["softmax", "adaptive"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_family_trains_checkpoints_evaluates_and_generates(family, corpus_dir, cache_dir,
-                                                                  tmp_path):  # fmt: skip
+def test_every_family_and_head_trains_checkpoints_evaluates_and_generates(
+    family, head, corpus_dir, cache_dir, tmp_path
+):
     run_dir = tmp_path / "run"
-    args = family_overrides(family, corpus_dir, cache_dir, "trainer.log_interval=1")
+    extra = ADAPTIVE if head == "adaptive" else ()
+    args = family_overrides(family, corpus_dir, cache_dir, "trainer.log_interval=1", *extra)
     metrics = train(compose_cfg(args), run_dir)
     losses = [v for _, v in _train_losses(run_dir)]
     assert len(losses) >= 20 and sum(losses[-5:]) < sum(losses[:5])  # falling loss
@@ -61,9 +69,14 @@ def test_every_family_trains_checkpoints_evaluates_and_generates(family, corpus_
     assert text == generate(run_dir, "the cat", max_new_tokens=12, seed=3)
 
 
-@pytest.mark.parametrize("family", ["lstm", "gpt"])  # the transformer's is in test_resume
-def test_sigkill_in_mid_epoch_then_resume_is_bit_exact(family, corpus_dir, cache_dir, tmp_path):
+@pytest.mark.parametrize(  # the transformer with its softmax head: in test_resume
+    "family,head", [("lstm", "softmax"), ("gpt", "softmax"), ("transformer", "adaptive"),
+                    ("lstm", "adaptive"), ("gpt", "adaptive")]
+)  # fmt: skip
+def test_sigkill_in_mid_epoch_then_resume_is_bit_exact(family, head, corpus_dir, cache_dir,
+                                                       tmp_path):  # fmt: skip
     extra = [o for o in RESUMABLE if not o.startswith("model.")]
+    extra += ADAPTIVE if head == "adaptive" else ()
     args = family_overrides(family, corpus_dir, cache_dir, *extra, "model.dropout=0.3",
                             "trainer.ema.decay=0.9", "trainer.resume=auto")  # fmt: skip
     proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'full'}")
@@ -146,8 +159,9 @@ def test_a_key_of_another_family_names_the_family_and_its_keys(tmp_path):
     proc = run_cli("model=lstm", "model.nhead=2", f"hydra.run.dir={tmp_path / 'r'}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert (
-        "model.nhead: model=lstm has no such key; did you mean model.nhid? (its keys: cell, "
-        "emsize, nhid, nlayers, dropout, tie_weights, fused_loss, sparse_embedding)" in proc.stderr
+        "model.nhead: model=lstm has no such key; did you mean model.head? (its keys: cell, "
+        "emsize, nhid, nlayers, dropout, tie_weights, head, cutoffs, div_value, fused_loss, "
+        "sparse_embedding)" in proc.stderr
     )
 
 
@@ -181,3 +195,20 @@ def test_a_sweep_over_families_gives_complete_runs_that_report_ranks(corpus_dir,
     assert sorted(row[1] for row in rows) == sorted(FAMILIES)  # the model column names each
     ppls = [float(row[2]) for row in rows]
     assert ppls == sorted(ppls)  # ranked by validation ppl
+
+
+def test_the_family_speed_benchmark_measures_every_family_and_head(corpus_dir, cache_dir,
+                                                                   tmp_path):  # fmt: skip
+    out = tmp_path / "speed.json"
+    tiny = [
+        "model.cutoffs=[5,12]",
+        "data.batch_size=4",
+        "data.bptt=8",
+        f"data.cache_dir={cache_dir}",
+    ]
+    proc = run_python("benchmarks/family_speed.py", "--data", str(corpus_dir), "--steps", "8",
+                      "--rounds", "1", "--out", str(out), *tiny)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    speeds = json.loads(out.read_text())["speeds"]
+    assert len(speeds) == 6 and all(v[0] > 0 for v in speeds.values())
+    assert "gpt + adaptive" in proc.stdout and "1.00x" in proc.stdout

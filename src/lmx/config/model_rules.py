@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
-from lmx.config.schema import MODEL_FAMILIES, Positions
+from lmx.config.schema import MODEL_FAMILIES, Head, Positions, TokenizerKind
 
 Check = Callable[[bool, str], None]
 
@@ -51,6 +51,8 @@ def model_problems(cfg: DictConfig, check: Check) -> None:
         check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
     if m.get("sparse_embedding"):
         _sparse_embedding(cfg, check)
+    if m.get("head") == Head.adaptive:
+        _adaptive_head(cfg, check)
 
 
 def _attention(m: DictConfig, check: Check) -> None:
@@ -108,4 +110,22 @@ def _sparse_embedding(cfg: DictConfig, check: Check) -> None:
         f"model.sparse_embedding needs an optimizer that takes sparse gradients "
         f"({', '.join(_SPARSE_OPTIMIZERS)}) without weight_decay; got {target} "
         f"with weight_decay={decay}",
+    )
+
+
+def _adaptive_head(cfg: DictConfig, check: Check) -> None:
+    m = cfg.model
+    check(not m.tie_weights, "model.head=adaptive needs model.tie_weights=false: the adaptive "
+          "head has no [vocab, d_model] matrix to share with the embedding")  # fmt: skip
+    cutoffs = list(m.cutoffs)
+    check(
+        bool(cutoffs) and cutoffs == sorted(set(cutoffs)) and cutoffs[0] >= 1,
+        f"model.cutoffs={cutoffs} must be increasing ids >= 1 (each one starts a cluster)",
+    )
+    check(m.div_value >= 1.0, f"model.div_value={m.div_value} must be >= 1")
+    check(
+        cfg.data.tokenizer.kind == TokenizerKind.word,
+        "model.head=adaptive puts the first model.cutoffs ids in its head, so it needs ids in "
+        "frequency order, which only the word-level tokenizers give (BPE ids are in merge "
+        "order); use a word-level data/tokenizer or model.head=softmax",
     )

@@ -4,7 +4,7 @@ them beside the other components' schemas."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -13,6 +13,11 @@ class RNNCell(Enum):
     gru = "gru"
     rnn_tanh = "rnn_tanh"  # Elman RNN, tanh
     rnn_relu = "rnn_relu"  # Elman RNN, ReLU
+
+
+class Head(Enum):
+    softmax = "softmax"  # a linear decoder over the whole vocabulary
+    adaptive = "adaptive"  # adaptive softmax: frequent ids in the head, rare ones in clusters
 
 
 class Positions(Enum):
@@ -33,6 +38,12 @@ class TransformerConfig:
     norm_first: bool = False  # pre-norm blocks plus a final LayerNorm (tutorial: post-norm)
     activation: str = "relu"  # feed-forward activation: relu or gelu
     attn_dropout: float | None = None  # dropout on attention weights; None: same as dropout
+    # Output layer (lmx.models.head): softmax, or adaptive with the ids split at `cutoffs`
+    # (ids in frequency order: word-level tokenizers) and each cluster's projection smaller
+    # by div_value. tie_weights is for the softmax head.
+    head: Head = Head.softmax
+    cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
+    div_value: float = 4.0
     # Loss through lmx.models.fused_loss.linear_cross_entropy: same value, no fp32 logits (faster).
     fused_loss: bool = True
     # Sparse embedding gradient (only the batch's rows): faster with SGD; untied weights only.
@@ -51,6 +62,9 @@ class LSTMConfig:
     nlayers: int = 2
     dropout: float = 0.2  # on the embedding, between layers and on the output
     tie_weights: bool = False  # share embedding and decoder weights; needs emsize == nhid
+    head: Head = Head.softmax  # as TransformerConfig.head, with cutoffs and div_value
+    cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
+    div_value: float = 4.0
     fused_loss: bool = True  # as TransformerConfig.fused_loss
     sparse_embedding: bool = False  # as TransformerConfig.sparse_embedding
 
@@ -70,6 +84,9 @@ class GPTConfig:
     bias: bool = True  # biases in the linear layers and LayerNorms
     tie_weights: bool = True  # the decoder is the token embedding
     max_len: int = 512  # longest window (learned positions have one row each)
+    head: Head = Head.softmax  # as TransformerConfig.head, with cutoffs and div_value
+    cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
+    div_value: float = 4.0
     fused_loss: bool = True  # as TransformerConfig.fused_loss
     sparse_embedding: bool = False  # as TransformerConfig.sparse_embedding; untied only
 

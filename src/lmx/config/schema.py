@@ -26,6 +26,7 @@ from omegaconf import MISSING
 from lmx.config.model_schemas import (  # noqa: F401  (the model families, re-exported)
     MODEL_FAMILIES,
     GPTConfig,
+    Head,
     LSTMConfig,
     Positions,
     RNNCell,

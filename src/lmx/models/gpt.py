@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lmx.models.dropout import Dropout
-from lmx.models.head import decode
+from lmx.models.head import decode, make_decoder, tie
 
 
 def rotary_tables(length: int, head_dim: int, base: float = 10000.0):
@@ -102,6 +102,9 @@ class GPT(nn.Module):
         bias: bool = True,
         tie_weights: bool = True,
         max_len: int = 512,
+        head: str = "softmax",
+        cutoffs: list[int] | None = None,
+        div_value: float = 4.0,
         fused_loss: bool = True,
         sparse_embedding: bool = False,
     ):
@@ -123,13 +126,14 @@ class GPT(nn.Module):
             for _ in range(nlayers)
         )
         self.ln_f = nn.LayerNorm(d_model, bias=bias)
-        self.decoder = nn.Linear(d_model, ntoken, bias=bias and not tie_weights)
+        self.decoder = make_decoder(d_model, ntoken, head, cutoffs, div_value,
+                                    bias=bias and not tie_weights)  # fmt: skip
         self.apply(_init)
         for block in self.blocks:  # GPT-2: the residual projections scaled by depth
             for proj in (block.attn.proj, block.mlp.proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * nlayers))
         if tie_weights:
-            self.decoder.weight = self.embedding.weight
+            tie(self.decoder, self.embedding)
 
     def forward(
         self, src: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"

@@ -1,8 +1,20 @@
-"""The output layer every model family shares: hidden states -> logits, or the loss.
+"""The output layer every model family shares (model.head): hidden states -> logits, or the
+loss.
 
-Given targets it returns the cross-entropy (through lmx.models.fused_loss, which never builds
-fp32 logits, when `fused`); without targets, the logits. So the loop, evaluation and
-generation call every family the same way: model(ids) or model(ids, targets, reduction).
+- `softmax`: a linear decoder over the whole vocabulary. Given targets, the cross-entropy goes
+  through lmx.models.fused_loss (no fp32 logits) when the family's `fused_loss` is on.
+- `adaptive`: Grave et al.'s adaptive softmax (torch's AdaptiveLogSoftmaxWithLoss): the
+  `cutoffs[0]` most frequent ids in a full-size head, the rarer ones in clusters whose
+  projections shrink by `div_value` each. Training computes only the clusters a batch's
+  targets fall in; the per-token losses are still exact (-log p of the target under the full
+  distribution), and without targets `log_prob` gives all V exact log-probabilities, which
+  serve as logits (a softmax of them is the model's distribution). It runs in fp32 (also
+  under bf16 autocast), so its losses are as exact as the fused loss's. It needs ids in
+  frequency order: lmx's word-level tokenizers give them that way (tested); the config rules
+  refuse BPE, whose ids are in merge order.
+
+So the loop, evaluation and generation call every family the same way: model(ids) or
+model(ids, targets, reduction).
 """
 
 from __future__ import annotations
@@ -13,9 +25,37 @@ from torch import nn
 from lmx.models.fused_loss import linear_cross_entropy
 
 
+def make_decoder(
+    d_model: int,
+    ntoken: int,
+    head: str = "softmax",
+    cutoffs: list[int] | None = None,
+    div_value: float = 4.0,
+    bias: bool = True,
+) -> nn.Module:
+    """The decoder for `head` (model.head): nn.Linear, or an AdaptiveLogSoftmaxWithLoss."""
+    head = getattr(head, "value", head)  # the schema's Head enum, or its name
+    if head == "softmax":
+        return nn.Linear(d_model, ntoken, bias=bias)
+    if head != "adaptive":
+        raise ValueError(f"head={head!r} must be 'softmax' or 'adaptive'")
+    cutoffs = list(cutoffs or [])
+    if not cutoffs or cutoffs != sorted(set(cutoffs)) or cutoffs[0] < 1 or cutoffs[-1] >= ntoken:
+        raise ValueError(f"model.cutoffs={cutoffs} must increase and lie in [1, {ntoken - 1}] "
+                         f"for a vocabulary of {ntoken}")  # fmt: skip
+    return nn.AdaptiveLogSoftmaxWithLoss(d_model, ntoken, cutoffs, div_value, head_bias=bias)
+
+
+def tie(decoder: nn.Module, embedding: nn.Embedding) -> None:
+    """The decoder's weight becomes the embedding's (Press & Wolf): softmax head only."""
+    if not isinstance(decoder, nn.Linear):
+        raise ValueError("tie_weights needs head=softmax: an adaptive head has no [V, D] matrix")
+    decoder.weight = embedding.weight
+
+
 def decode(
     x: torch.Tensor,
-    decoder: nn.Linear,
+    decoder: nn.Module,
     targets: torch.Tensor | None,
     reduction: str = "mean",
     fused: bool = True,
@@ -23,6 +63,8 @@ def decode(
     # x: [B, T, D] hidden states; targets: [B, T] next-token ids or None
     # returns logits [B, T, V] without targets; else the mean loss (a scalar), or per-token
     # losses [B, T] with reduction="none"
+    if isinstance(decoder, nn.AdaptiveLogSoftmaxWithLoss):
+        return _adaptive(x, decoder, targets, reduction)
     if targets is None:
         return decoder(x)
     if fused:
@@ -32,3 +74,16 @@ def decode(
         logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction
     )
     return loss if reduction == "mean" else loss.view(targets.shape)
+
+
+def _adaptive(x, decoder: nn.AdaptiveLogSoftmaxWithLoss, targets, reduction: str):
+    B, T, D = x.shape
+    # In fp32, outside autocast: torch's module mixes dtypes under bf16 autocast, and its
+    # matmuls are small (the head and the clusters a batch needs) next to a full softmax's.
+    with torch.autocast(x.device.type, enabled=False):
+        flat = x.reshape(B * T, D).float()  # [N, D]
+        if targets is None:
+            return decoder.log_prob(flat).view(B, T, -1)  # exact log-probabilities [B, T, V]
+        # .output: log p(target) per row [N], from the head and the target's cluster only
+        losses = -decoder(flat, targets.reshape(-1)).output
+    return losses.mean() if reduction == "mean" else losses.view(targets.shape)

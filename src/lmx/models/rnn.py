@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lmx.models.dropout import Dropout
-from lmx.models.head import decode
+from lmx.models.head import decode, make_decoder, tie
 
 _NONLINEARITY = {"rnn_tanh": "tanh", "rnn_relu": "relu"}
 
@@ -35,6 +35,9 @@ class RNNLM(nn.Module):
         nlayers: int = 2,
         dropout: float = 0.2,
         tie_weights: bool = False,
+        head: str = "softmax",
+        cutoffs: list[int] | None = None,
+        div_value: float = 4.0,
         fused_loss: bool = True,
         sparse_embedding: bool = False,
     ):
@@ -52,19 +55,20 @@ class RNNLM(nn.Module):
                               dropout=between, batch_first=True)  # fmt: skip
         else:
             raise ValueError(f"cell={cell!r} must be one of lstm, gru, rnn_tanh, rnn_relu")
-        self.decoder = nn.Linear(nhid, ntoken)
+        self.decoder = make_decoder(nhid, ntoken, head, cutoffs, div_value)
         if tie_weights:  # "Using the Output Embedding to Improve Language Models" (Press & Wolf)
             if nhid != emsize:
                 raise ValueError(f"tie_weights needs nhid == emsize; got {nhid} and {emsize}")
-            self.decoder.weight = self.encoder.weight
+            tie(self.decoder, self.encoder)
         self.init_weights()
         self.state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
 
     def init_weights(self) -> None:
-        initrange = 0.1  # pytorch/examples' init; the RNN keeps torch's own
+        initrange = 0.1  # pytorch/examples' init; the RNN (and an adaptive head) keep torch's
         nn.init.uniform_(self.encoder.weight, -initrange, initrange)
-        nn.init.zeros_(self.decoder.bias)
-        nn.init.uniform_(self.decoder.weight, -initrange, initrange)
+        if isinstance(self.decoder, nn.Linear):
+            nn.init.zeros_(self.decoder.bias)
+            nn.init.uniform_(self.decoder.weight, -initrange, initrange)
 
     def forward(
         self, src: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lmx.models.dropout import Dropout
-from lmx.models.head import decode
+from lmx.models.head import decode, make_decoder, tie
 
 
 class PositionalEncoding(nn.Module):
@@ -58,6 +58,9 @@ class TransformerLM(nn.Module):
         norm_first: bool = False,
         activation: str = "relu",
         attn_dropout: float | None = None,
+        head: str = "softmax",
+        cutoffs: list[int] | None = None,
+        div_value: float = 4.0,
         fused_loss: bool = True,
         sparse_embedding: bool = False,
     ):
@@ -80,16 +83,17 @@ class TransformerLM(nn.Module):
             norm=nn.LayerNorm(d_model) if norm_first else None,
             enable_nested_tensor=False,
         )
-        self.decoder = nn.Linear(d_model, ntoken)
+        self.decoder = make_decoder(d_model, ntoken, head, cutoffs, div_value)
         self.init_weights()
         if tie_weights:  # after init: the shared matrix keeps the embedding's uniform init
-            self.decoder.weight = self.embedding.weight
+            tie(self.decoder, self.embedding)
 
     def init_weights(self) -> None:
         initrange = 0.1
         nn.init.uniform_(self.embedding.weight, -initrange, initrange)
-        nn.init.zeros_(self.decoder.bias)
-        nn.init.uniform_(self.decoder.weight, -initrange, initrange)
+        if isinstance(self.decoder, nn.Linear):  # an adaptive head keeps torch's init
+            nn.init.zeros_(self.decoder.bias)
+            nn.init.uniform_(self.decoder.weight, -initrange, initrange)
 
     def forward(
         self, src: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
@@ -57,7 +58,12 @@ def build_run(
     )
 
     seed_everything(cfg.trainer.seed)  # the same initial weights on every rank
-    model = instantiate(cfg.model, ntoken=data.vocab_size).to(device)
+    try:
+        model = instantiate(cfg.model, ntoken=data.vocab_size).to(device)
+    except InstantiationException as err:  # e.g. model.cutoffs beyond this vocabulary
+        raise ConfigError(
+            f"cannot build model ({cfg.model._target_}): {err.__cause__ or err}"
+        ) from None
     if cfg.device.compile:
         model.compile()  # in place: state_dict keys stay those of the plain model
     log.info(
