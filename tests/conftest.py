@@ -112,3 +112,43 @@ def tiny_run(tmp_path_factory):
     run_dir = root / "run"
     metrics = train(cfg, run_dir)
     return cfg, run_dir, metrics
+
+
+def sigint_after_step(monkeypatch, stop_at: int) -> None:
+    """Make the training loop send this process a real SIGINT (Ctrl-C) right after optimizer
+    step `stop_at`; the loop handles it between steps. Undo with monkeypatch.undo()."""
+    import signal
+
+    from lmx.training import loop
+
+    step, calls = loop.train_step, []
+
+    def step_then_sigint(*args, **kwargs):
+        out = step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(loop, "train_step", step_then_sigint)
+
+
+def sigkill_after_first_save(args: list[str], run_dir: Path) -> None:
+    """Start `python -m lmx.train ARGS` into `run_dir` and SIGKILL it as soon as its first
+    last.pt exists (a periodic save, mid-epoch in the tests' settings)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmx.train", *args, f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "last.pt").is_file():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before a save"
+        time.sleep(0.01)
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import compose_cfg, run_cli, tiny_overrides
+from conftest import compose_cfg, run_cli, sigint_after_step, tiny_overrides
 from lmx.train import train
 from lmx.training.budget import Budget, parse_duration
 from lmx.training.checkpoint import load_checkpoint
@@ -180,25 +180,13 @@ def test_mid_epoch_validation_keeps_the_best_at_any_validation_and_leaves_traini
 def test_a_validation_due_when_a_signal_stopped_the_run_happens_on_resume(
     corpus_dir, cache_dir, tmp_path, monkeypatch
 ):
-    import os
-    import signal
 
-    from lmx.training import loop
     from lmx.training.signals import Interrupted
 
     extra = ("trainer.epochs=2", "trainer.limit_train_batches=10", "trainer.val_every_steps=4")
     args = tiny_overrides(corpus_dir, cache_dir, *extra)
     straight = train(compose_cfg(args), tmp_path / "straight")
-    step, calls = loop.train_step, []
-
-    def sigint_at_step_4(*a, **k):
-        out = step(*a, **k)
-        calls.append(1)
-        if len(calls) == 4:  # a validation is due after this step
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(loop, "train_step", sigint_at_step_4)
+    sigint_after_step(monkeypatch, 4)  # a validation is due after this step
     with pytest.raises(Interrupted):
         train(compose_cfg(args), tmp_path / "resumed")
     monkeypatch.undo()

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from conftest import REPO, TINY, compose_cfg, run_cli, run_module, run_python, tiny_overrides
+from conftest import (
+    TINY,
+    compose_cfg,
+    run_cli,
+    run_module,
+    run_python,
+    sigkill_after_first_save,
+    tiny_overrides,
+)
 from lmx.evaluate import evaluate_checkpoint
 from lmx.generate import generate
 from lmx.models.gpt import GPT
@@ -83,19 +86,7 @@ def test_sigkill_in_mid_epoch_then_resume_is_bit_exact(family, head, corpus_dir,
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lmx.train", *args, f"hydra.run.dir={killed}"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "last.pt").is_file():  # the save at step 5
-        assert proc.poll() is None and time.time() < deadline, "the run ended before a save"
-        time.sleep(0.01)
-    proc.kill()
-    assert proc.wait() == -signal.SIGKILL
+    sigkill_after_first_save(args, killed)
     saved = load_checkpoint(killed / "checkpoints" / "last.pt")
     assert saved.progress["batch"] > 0  # in mid-epoch
     assert (saved.carried is not None) == (family == "lstm")  # the LSTM's state is in it

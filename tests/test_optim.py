@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import compose_cfg, tiny_overrides
+from conftest import compose_cfg, sigint_after_step, tiny_overrides
 from lmx.config.schema import Interval
 from lmx.errors import ConfigError
 from lmx.training.optim import build_optimizer, build_scheduler
@@ -165,11 +165,8 @@ def test_plateau_divides_the_lr_after_each_validation_that_does_not_improve():
 
 
 def test_plateau_resumes_with_its_best_and_counters(corpus_dir, cache_dir, tmp_path, monkeypatch):
-    import os
-    import signal
 
     from lmx.train import train
-    from lmx.training import loop
     from lmx.training.signals import Interrupted
 
     overrides = tiny_overrides(corpus_dir, cache_dir, "scheduler=plateau", "optim.lr=8.0",
@@ -182,16 +179,7 @@ def test_plateau_resumes_with_its_best_and_counters(corpus_dir, cache_dir, tmp_p
     # Stop just before the last cut: a scheduler that lost its best would see an improvement.
     stop_at = drops[-1] - 1
 
-    step, calls = loop.train_step, []
-
-    def step_then_sigint(*args, **kwargs):
-        out = step(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == stop_at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(loop, "train_step", step_then_sigint)
+    sigint_after_step(monkeypatch, stop_at)
     with pytest.raises(Interrupted):
         train(compose_cfg(overrides), tmp_path / "resumed")
     monkeypatch.undo()

@@ -6,18 +6,21 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, compose_cfg, run_cli, tiny_overrides
+from conftest import (
+    compose_cfg,
+    run_cli,
+    sigint_after_step,
+    sigkill_after_first_save,
+    tiny_overrides,
+)
 from lmx.errors import CheckpointError
 from lmx.train import train
-from lmx.training import loop
 from lmx.training.checkpoint import load_checkpoint
 from lmx.training.signals import Interrupted
 
@@ -72,16 +75,7 @@ def test_a_run_stopped_by_sigint_and_resumed_equals_the_uninterrupted_run(
     full = train(compose_cfg(overrides), tmp_path / "full")
     stop_at = full["steps"] // 3 + 2  # mid-epoch 2, between two periodic checkpoints
 
-    step, calls = loop.train_step, []
-
-    def step_then_sigint(*args, **kwargs):
-        out = step(*args, **kwargs)
-        calls.append(1)
-        if len(calls) == stop_at:
-            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled between steps
-        return out
-
-    monkeypatch.setattr(loop, "train_step", step_then_sigint)
+    sigint_after_step(monkeypatch, stop_at)
     handler = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     with pytest.raises(Interrupted, match=f"stopped after step {stop_at} .*trainer.resume=auto"):
         train(compose_cfg(overrides), tmp_path / "resumed")
@@ -104,19 +98,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(corpus_dir, cache_dir,
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lmx.train", *args, f"hydra.run.dir={killed}"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "last.pt").is_file():  # the first periodic save
-        assert proc.poll() is None and time.time() < deadline, "the run ended before a save"
-        time.sleep(0.01)
-    proc.kill()
-    assert proc.wait() == -signal.SIGKILL
+    sigkill_after_first_save(args, killed)
     assert _metrics(killed)["status"] != "done" if (killed / "metrics.json").is_file() else True
 
     proc = run_cli(*args, f"hydra.run.dir={killed}")
