@@ -1,7 +1,7 @@
 """Training tokens/s of each model family and head, side by side, at the tutorial's size.
 
     python benchmarks/family_speed.py --data ../shared/data/wikitext-2 [--steps 150]
-        [--rounds 2] [--precision bf16] [--out outputs/family_speed.json] [OVERRIDE ...]
+        [--rounds 2] [--cutoffs 2000,10000] [--out outputs/family_speed.json] [OVERRIDE ...]
 
 Every setting runs `python -m lmx.train` for `--steps` steps in its own process, with
 seed_fast's settings (bf16 autocast, the fused loss for the softmax head, the sparse
@@ -30,10 +30,7 @@ FAMILIES = {
     "lstm": ["model=lstm", "model.emsize=200", "model.nhid=200", "model.nlayers=2"],
     "gpt": ["model=gpt", "model.d_hid=200", "model.tie_weights=false"],
 }
-HEADS = {
-    "softmax": [],
-    "adaptive": ["model.head=adaptive", "model.cutoffs=[2000,10000]"],
-}
+HEADS = {"softmax": [], "adaptive": ["model.head=adaptive"]}
 
 
 def measure(overrides: list[str], data: str, steps: int) -> float:
@@ -55,9 +52,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default="outputs/family_speed.json")
+    parser.add_argument("--cutoffs", default="2000,10000", help="the adaptive head's")
     parser.add_argument("overrides", nargs="*", help="extra lmx overrides for every setting")
     args = parser.parse_args()
-    settings = {f"{f} + {h}": [*fo, *ho, *args.overrides]
+    adaptive = [f"model.cutoffs=[{args.cutoffs}]"]
+    settings = {f"{f} + {h}": [*fo, *ho, *(adaptive if ho else []), *args.overrides]
                 for f, fo in FAMILIES.items() for h, ho in HEADS.items()}  # fmt: skip
     speeds: dict[str, list[float]] = {name: [] for name in settings}
     for r in range(args.rounds):

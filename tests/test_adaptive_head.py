@@ -83,6 +83,7 @@ def test_word_level_ids_are_in_frequency_order(corpus_dir):
         (["model.tie_weights=true"], "model.head=adaptive needs model.tie_weights=false"),
         (["model.cutoffs=[100,50]"], "model.cutoffs=[100, 50] must be increasing"),
         (["data/tokenizer=bpe", "data.tokenizer.vocab_size=500"], "needs ids in frequency order"),
+        (["model.div_value=16", "model.cutoffs=[5,10,20]"], "leaves the last of 3 clusters"),
     ],
 )
 def test_adaptive_settings_are_checked(overrides, message):
@@ -112,3 +113,11 @@ def test_the_adaptive_head_works_in_fp32_under_bf16_autocast():
     loss.backward()  # torch's module mixes dtypes under autocast; lmx runs it in fp32
     assert loss.dtype == logp.dtype == torch.float32
     assert model.decoder.head.weight.grad is not None
+
+
+@pytest.mark.parametrize("override", ["model.cutoffs=[100,200]", "model.div_value=2.0"])
+def test_adaptive_settings_with_the_softmax_head_are_refused(override):
+    key = override.split("=")[0]
+    problems = config_problems(compose_cfg(["model=lstm", override]))
+    assert any(p.startswith(f"{key}=") and "no effect with model.head=softmax" in p
+               for p in problems), problems  # fmt: skip

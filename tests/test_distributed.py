@@ -96,6 +96,13 @@ def test_ddp_resume_continues_the_run(corpus_dir, cache_dir, tmp_path):
     assert_equivalent(single, ddp)
 
 
+def test_the_adaptive_head_is_refused_under_torchrun(corpus_dir, cache_dir, tmp_path):
+    args = tiny_overrides(corpus_dir, cache_dir, "model.head=adaptive", "model.cutoffs=[5,12]")
+    proc = torchrun(*args, f"hydra.run.dir={tmp_path / 'r'}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "model.head=adaptive is for single-process runs" in output
+
+
 def test_batch_rows_must_split_evenly(corpus_dir, cache_dir, tmp_path):
     proc = torchrun(*tiny_overrides(corpus_dir, cache_dir, "data.batch_size=3"),
                     f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip

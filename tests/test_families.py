@@ -192,7 +192,8 @@ def test_the_family_speed_benchmark_measures_every_family_and_head(corpus_dir, c
                                                                    tmp_path):  # fmt: skip
     out = tmp_path / "speed.json"
     tiny = [
-        "model.cutoffs=[5,12]",
+        "--cutoffs",
+        "5,12",
         "data.batch_size=4",
         "data.bptt=8",
         f"data.cache_dir={cache_dir}",
@@ -203,3 +204,13 @@ def test_the_family_speed_benchmark_measures_every_family_and_head(corpus_dir, c
     speeds = json.loads(out.read_text())["speeds"]
     assert len(speeds) == 6 and all(v[0] > 0 for v in speeds.values())
     assert "gpt + adaptive" in proc.stdout and "1.00x" in proc.stdout
+
+
+def test_a_sweep_past_the_checked_combinations_says_so(tmp_path):
+    proc = run_cli("-m", "model=transformer,lstm,gpt", "optim=sgd,adamw", "device=auto,cpu,cuda",
+                   "scheduler=constant,cosine,linear,plateau,step,wsd", "trainer.bogus=1",
+                   f"hydra.sweep.dir={tmp_path / 's'}")  # fmt: skip
+    assert proc.returncode == 2 and "trainer.bogus" in proc.stderr
+    assert (
+        "meets 108 combinations of group choices" in proc.stderr and "the first 64" in proc.stderr
+    )

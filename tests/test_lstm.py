@@ -90,3 +90,34 @@ def test_a_state_of_other_rows_is_refused_not_silently_reused():
 def test_lstm_settings_are_checked(override, message):
     cfg = compose_cfg(["model=lstm", "model.emsize=32", override])
     assert any(p.startswith(message) for p in config_problems(cfg)), config_problems(cfg)
+
+
+def test_a_step_thrown_away_leaves_the_carried_state_as_it_was():
+    from lmx.config.schema import Precision
+    from lmx.runtime.distributed import World
+    from lmx.training.step import make_scaler, train_step
+
+    model = RNNLM(30, "lstm", emsize=8, nhid=8, nlayers=1, dropout=0.0)
+    kept = (torch.randn(1, 2, 8), torch.randn(1, 2, 8))
+    model.state = kept
+    with torch.no_grad():
+        model.decoder.bias.fill_(float("nan"))  # every loss is nan from here
+    ids = torch.randint(0, 30, (2, 6))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scaler = make_scaler(torch.device("cpu"), Precision.fp32)
+    result = train_step(model, list(model.parameters()), optimizer, scaler, ids, ids,
+                        Precision.fp32, 0.5, World(), False)  # fmt: skip
+    assert result.nonfinite == "loss (nan)"  # on_nonfinite=skip goes on with the next batch
+    # The state from before, not the one this thrown-away window produced (nan-free anyway:
+    # the nan is in the decoder), so the next window continues from the last good one.
+    assert all(torch.equal(a, b) for a, b in zip(model.state, kept, strict=True))
+
+
+def test_the_carried_state_is_kept_in_fp32_under_bf16_autocast():
+    model = RNNLM(30, "lstm", emsize=8, nhid=8, nlayers=1, dropout=0.0)
+    ids = torch.randint(0, 30, (2, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(ids, ids).backward()
+        model(ids, ids)  # the fp32 state goes back in under autocast
+    assert all(s.dtype == torch.float32 for s in model.state)
+    model(ids, ids)  # and feeds an fp32 run (a resume with device.precision=fp32)

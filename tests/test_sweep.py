@@ -218,6 +218,8 @@ def test_a_finished_job_of_an_older_sweep_is_found_by_its_relative_data_path(tmp
     run_dir.mkdir(parents=True)
     old_saved = OmegaConf.to_container(old, resolve=True, enum_to_str=True)
     old_saved["model"]["_target_"] = "lmx.model.TransformerLM"  # and the old module path
+    for key in ("head", "cutoffs", "div_value"):  # and no keys added since
+        del old_saved["model"][key]
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(old_saved))
     (run_dir / "metrics.json").write_text(json.dumps({"status": "done"}))
     job = absolute_paths(compose_cfg(["data.local_dir=corpus"]))

@@ -27,12 +27,20 @@ MOVED_TARGETS = {
 
 def upgrade_config(config: Any) -> Any:
     """A copy of a saved (plain) run config in today's terms: every moved `_target_` renamed,
-    and `optim.decay_all` where it predates weight-decay groups (those runs decayed every
-    tensor, so it is true wherever there was a weight decay)."""
+    `optim.decay_all` where it predates weight-decay groups (those runs decayed every
+    tensor, so it is true wherever there was a weight decay), and the model keys added since
+    (model.head, ...) at their defaults, the behaviour the run had. So a finished sweep job
+    keeps its config hash (sweep.resume) across lmx versions."""
     out = _rename_targets(config)
     optim = out.get("optim") if isinstance(out, dict) else None
     if isinstance(optim, dict) and "decay_all" not in optim:
         optim["decay_all"] = bool(optim.get("weight_decay"))
+    model = out.get("model") if isinstance(out, dict) else None
+    family = _family(model)
+    for f in dataclasses.fields(family) if family is not None else ():
+        if f.name not in model:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            model[f.name] = getattr(default, "value", default)  # an enum as its name
     return out
 
 

@@ -53,6 +53,12 @@ def model_problems(cfg: DictConfig, check: Check) -> None:
         _sparse_embedding(cfg, check)
     if m.get("head") == Head.adaptive:
         _adaptive_head(cfg, check)
+    elif name is not None and "cutoffs" in m:  # the adaptive head's settings, set for nothing
+        defaults = MODEL_FAMILIES[name]()
+        for key in ("cutoffs", "div_value"):
+            value = list(m[key]) if key == "cutoffs" else m[key]
+            check(value == getattr(defaults, key), f"model.{key}={value} has no effect with "
+                  "model.head=softmax; it sets up model.head=adaptive")  # fmt: skip
 
 
 def _attention(m: DictConfig, check: Check) -> None:
@@ -123,6 +129,11 @@ def _adaptive_head(cfg: DictConfig, check: Check) -> None:
         f"model.cutoffs={cutoffs} must be increasing ids >= 1 (each one starts a cluster)",
     )
     check(m.div_value >= 1.0, f"model.div_value={m.div_value} must be >= 1")
+    hidden = m.get("d_model", m.get("nhid"))  # what the head reads
+    smallest = int(hidden // m.div_value ** len(cutoffs)) if m.div_value >= 1.0 else 1
+    check(smallest >= 1, f"model.div_value={m.div_value} leaves the last of {len(cutoffs)} "
+          f"clusters a projection of size {hidden} // {m.div_value}^{len(cutoffs)} = 0; lower "
+          "model.div_value or use fewer model.cutoffs")  # fmt: skip
     check(
         cfg.data.tokenizer.kind == TokenizerKind.word,
         "model.head=adaptive puts the first model.cutoffs ids in its head, so it needs ids in "

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import os
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -133,6 +135,10 @@ def check_command_line(argv: list[str]) -> None:
         if valid:
             choice_lists.append([f"{prefix}={_show(c)}" for c in valid])
     combos = list(itertools.islice(itertools.product(*choice_lists), _MAX_COMBINATIONS))
+    total = math.prod(len(choices) for choices in choice_lists)
+    if total > len(combos):
+        print(f"lmx: this sweep meets {total} combinations of group choices; the check before "
+              f"it starts covers the first {len(combos)}", file=sys.stderr)  # fmt: skip
     seen = set(problems)
     for combo in combos:
         for p in _problems_under(list(combo), values, parser, problems):

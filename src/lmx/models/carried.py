@@ -38,6 +38,12 @@ def set_state(model: torch.nn.Module, state: Any) -> None:
         _inner(model).state = _map(state, lambda t: t.to(device))
 
 
+def peek_state(model: torch.nn.Module) -> Any:
+    """The carried state as it is (no copy: a forward replaces it, never changes it in place),
+    to put back with set_state when a step is thrown away."""
+    return getattr(_inner(model), "state", None) if carries_state(model) else None
+
+
 def reset_state(model: torch.nn.Module) -> None:
     """The next window starts from zeros (an epoch's start, as pytorch/examples' init_hidden)."""
     set_state(model, None)

@@ -78,12 +78,18 @@ class RNNLM(nn.Module):
         _check_rows(self.state, src.size(0))
         x = self.drop(self.encoder(src))  # [B, T, E]
         x, state = self.rnn(x, self.state)  # [B, T, H]; state as above, after the window
-        # Detached: the next window starts from these values, the gradient stops here.
-        self.state = (
-            state.detach() if isinstance(state, torch.Tensor) else tuple(s.detach() for s in state)
-        )
+        # Detached: the next window starts from these values, the gradient stops here. In
+        # fp32: under autocast it comes out in bf16 (autocast casts it back on the way in),
+        # and a checkpoint's state must also feed an fp32 run.
+        self.state = _detached(state)
         x = self.drop(x)  # [B, T, H]
         return decode(x, self.decoder, targets, reduction, self.fused_loss)  # logits or loss
+
+
+def _detached(state):
+    if isinstance(state, torch.Tensor):
+        return state.detach().float()
+    return tuple(s.detach().float() for s in state)
 
 
 def _check_rows(state, rows: int) -> None:

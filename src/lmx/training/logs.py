@@ -195,7 +195,7 @@ def summary(
 
 
 def parameter_count(model: torch.nn.Module) -> int:
-    """Trainable numbers in the model; a tied matrix counts once."""
+    """Numbers in the model's parameters; a tied matrix counts once."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -77,7 +77,7 @@ def eval_settings(run: Run, cfg: TrainerConfig) -> dict[str, Any]:
     )
 
 
-def start_epoch(run: Run, p) -> None:
+def start_epoch(run: Run, p: Progress) -> None:
     """Train mode; at an epoch's first batch a recurrent model's carried state starts from
     zeros (pytorch/examples' init_hidden), and in mid-epoch it is the checkpoint's."""
     run.train_model.train()

@@ -18,6 +18,7 @@ import torch
 
 from lmx.config.schema import NonFinite, Precision
 from lmx.errors import LmxError
+from lmx.models.carried import peek_state, set_state
 from lmx.runtime.device import autocast
 
 log = logging.getLogger("lmx.training")
@@ -100,6 +101,7 @@ def train_step(
     all of them. Under DDP the gradients are all-reduced on the last micro-batch only.
     """
     device = data.device
+    kept = peek_state(model)  # a step thrown away leaves a carried state as it was
     optimizer.zero_grad(set_to_none=True)
     micro = list(zip(data.tensor_split(accumulate), targets.tensor_split(accumulate), strict=True))
     no_sync = getattr(model, "no_sync", None)
@@ -119,6 +121,7 @@ def train_step(
         loss_value, stop_requested = loss_sum / world.world_size, stops > 0
     if not math.isfinite(loss_value):
         optimizer.zero_grad(set_to_none=True)
+        set_state(model, kept)
         return StepResult(math.nan, math.nan, f"loss ({loss_value})", stop_requested)
     scaler.unscale_(optimizer)  # the clip below sees the true gradients
     norm = clip_grad_norm(parameters, grad_clip if grad_clip is not None else math.inf).item()
@@ -130,6 +133,7 @@ def train_step(
             scaler.update()
             return StepResult(math.nan, math.nan, None, stop_requested, scaler_skipped=True)
         optimizer.zero_grad(set_to_none=True)
+        set_state(model, kept)
         return StepResult(math.nan, math.nan, f"gradient norm ({norm})", stop_requested)
     scaler.step(optimizer)
     scaler.update()
