@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import compose_cfg, tiny_overrides
+from conftest import compose_cfg, run_python, tiny_overrides
 from lmx.evaluate import evaluate_checkpoint
 from lmx.models.transformer import TransformerLM
 from lmx.train import train
@@ -75,3 +75,24 @@ def test_an_average_switched_on_at_resume_starts_from_the_restored_weights():
     assert average.load_state_dict(None) is False  # the checkpoint had no average
     for n, p in model.named_parameters():
         torch.testing.assert_close(average.weights[n], p.detach())
+
+
+def test_the_ema_gain_benchmark_compares_average_and_raw_weights(corpus_dir, cache_dir, tmp_path):
+    runs = []
+    for seed in (0, 1):
+        args = tiny_overrides(
+            corpus_dir, cache_dir, "trainer.ema.decay=0.9", f"trainer.seed={seed}"
+        )
+        metrics = train(compose_cfg(args), tmp_path / f"s{seed}")
+        runs.append((tmp_path / f"s{seed}", metrics["history"][-1]))
+    proc = run_python("benchmarks/ema_gain.py", *(str(d) for d, _ in runs))
+    assert proc.returncode == 0, proc.stderr
+    for run_dir, last in runs:  # each run's last epoch, both ways, as metrics.json has them
+        line = next(x for x in proc.stdout.splitlines() if str(run_dir) in x)
+        ema, raw = math.exp(last["val_loss"]), math.exp(last["val_loss_raw"])
+        assert line.rstrip().endswith(f"{ema:.2f} / {raw:.2f}")
+    assert "last epoch: raw" in proc.stdout and "(paired SE)" in proc.stdout
+    plain = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir)), tmp_path / "plain")
+    assert plain["status"] == "done"
+    proc = run_python("benchmarks/ema_gain.py", str(tmp_path / "plain"))
+    assert proc.returncode != 0 and "run without trainer.ema" in proc.stderr
