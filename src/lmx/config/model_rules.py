@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from lmx.config.schema import MODEL_FAMILIES, Head, Positions, TokenizerKind
 
-Check = Callable[[bool, str], None]
+Check = Callable[[bool, str], None]  # check(ok, message): the message is a problem unless ok
 
 # Optimizers whose step takes the sparse embedding gradient alongside the dense ones.
 _SPARSE_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adagrad")

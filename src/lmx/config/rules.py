@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmx.config.model_rules import max_len, model_problems
+from lmx.config.model_rules import Check, max_len, model_problems
 from lmx.config.schema import DeviceType, Interval, Precision, TokenizerKind
 from lmx.errors import ConfigError
 from lmx.training.budget import parse_duration
 
 # Nodes whose `_target_` takes keyword arguments beyond the schema: extra keys are theirs.
 _OPEN_NODES = ("optim", "scheduler")
-
-Check = Callable[[bool, str], None]  # check(ok, message): the message is a problem unless ok
 
 
 def validate(cfg: DictConfig) -> None:
