@@ -1,7 +1,7 @@
 """Training tokens/s of each model family and head, side by side, at the tutorial's size.
 
     python benchmarks/family_speed.py --data ../shared/data/wikitext-2 [--steps 150]
-        [--rounds 2] [--cutoffs 2000,10000] [--out outputs/family_speed.json] [OVERRIDE ...]
+        [--rounds 2] [--cutoffs 2000,10000] [--only SETTING,...] [--out PATH] [OVERRIDE ...]
 
 Every setting runs `python -m lmx.train` for `--steps` steps in its own process, with
 seed_fast's settings (bf16 autocast, the fused loss for the softmax head, the sparse
@@ -53,11 +53,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default="outputs/family_speed.json")
     parser.add_argument("--cutoffs", default="2000,10000", help="the adaptive head's")
+    parser.add_argument("--only", help="a comma-separated subset, e.g. 'lstm + adaptive'")
     parser.add_argument("overrides", nargs="*", help="extra lmx overrides for every setting")
     args = parser.parse_args()
     adaptive = [f"model.cutoffs=[{args.cutoffs}]"]
     settings = {f"{f} + {h}": [*fo, *ho, *(adaptive if ho else []), *args.overrides]
                 for f, fo in FAMILIES.items() for h, ho in HEADS.items()}  # fmt: skip
+    only = ["transformer + softmax", *args.only.split(",")] if args.only else list(settings)
+    unknown = [name for name in only if name not in settings]
+    if unknown:
+        parser.error(f"--only: no setting {unknown[0]!r}; the settings: {', '.join(settings)}")
+    settings = {name: settings[name] for name in dict.fromkeys(only)}  # the baseline first
     speeds: dict[str, list[float]] = {name: [] for name in settings}
     for r in range(args.rounds):
         for name, overrides in settings.items():
