@@ -96,7 +96,7 @@ def _known_keys(tree: dict[str, Any], schema: type, prefix: str, unread: list[st
 
 def _family(model: Any) -> type | None:
     """The schema of the model family whose `_target_` a saved model config names."""
+    from lmx.config.model_rules import family
     from lmx.config.schema import MODEL_FAMILIES
 
-    target = model.get("_target_") if isinstance(model, dict) else None
-    return next((f for f in MODEL_FAMILIES.values() if f._target_ == target), None)
+    return MODEL_FAMILIES.get(family(model)) if isinstance(model, dict) else None
