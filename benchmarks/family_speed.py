@@ -10,7 +10,8 @@ embedding gradient) unless overridden, and reads its metrics.json `train_tokens_
 drift of the machine's speed touches all of them alike; each figure is the median over
 rounds, and the ratio is against the tutorial Transformer with the full softmax, measured in
 the same rounds. The sizes are the tutorial's: embedding and hidden size 200, 2 layers (GPT:
-2 heads, MLP 200, untied as the sparse embedding needs).
+2 heads, MLP 200, untied as the sparse embedding needs). The heads: the full softmax, the
+adaptive softmax, and the adaptive softmax with its tied adaptive input (model.adaptive_input).
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ FAMILIES = {
     "lstm": ["model=lstm", "model.emsize=200", "model.nhid=200", "model.nlayers=2"],
     "gpt": ["model=gpt", "model.d_hid=200", "model.tie_weights=false"],
 }
-HEADS = {"softmax": [], "adaptive": ["model.head=adaptive"]}
+HEADS = {
+    "softmax": [],
+    "adaptive": ["model.head=adaptive"],
+    # the embedding tied to the head, dense (a sparse gradient does not apply to it)
+    "adaptive + input": ["model.head=adaptive", "model.adaptive_input=true",
+                         "model.sparse_embedding=false"],
+}  # fmt: skip
 
 
 def measure(overrides: list[str], data: str, steps: int) -> float:
@@ -71,11 +78,11 @@ def main() -> None:
             speeds[name].append(measure(overrides, args.data, args.steps))
     base = statistics.median(speeds["transformer + softmax"])
     print(f"\nCPU: {_cpu()} | torch threads: default | {args.steps} steps, {args.rounds} rounds")
-    print(f"{'setting':<24} {'train tokens/s':>15} {'vs transformer + softmax':>26}  per round")
+    print(f"{'setting':<32} {'train tokens/s':>15} {'vs transformer + softmax':>26}  per round")
     for name, values in speeds.items():
         median = statistics.median(values)
         rounds = ", ".join(f"{v:,.0f}" for v in values)
-        print(f"{name:<24} {median:>15,.0f} {median / base:>25.2f}x  {rounds}")
+        print(f"{name:<32} {median:>15,.0f} {median / base:>25.2f}x  {rounds}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"cpu": _cpu(), "steps": args.steps,
                                           "speeds": speeds}, indent=1))  # fmt: skip

@@ -15,6 +15,7 @@ from lmx.config.schema import Normalization, TokenizerConfig
 from lmx.data.tokenizer import train_tokenizer
 from lmx.errors import ConfigError
 from lmx.models.gpt import GPT
+from lmx.models.head import AdaptiveInput
 from lmx.models.rnn import RNNLM
 from lmx.models.transformer import TransformerLM
 from lmx.train import train
@@ -29,10 +30,20 @@ def adaptive_models():
         TransformerLM(V, d_model=16, nhead=2, d_hid=32, nlayers=1, dropout=0.0, **common),
         RNNLM(V, "lstm", emsize=16, nhid=16, nlayers=1, dropout=0.0, **common),
         GPT(V, d_model=16, nhead=2, d_hid=32, nlayers=1, dropout=0.0, tie_weights=False, **common),
-    ]
+        GPT(V, d_model=16, nhead=2, d_hid=32, nlayers=1, dropout=0.0, tie_weights=False,
+            adaptive_input=True, **common),
+    ]  # fmt: skip
 
 
-@pytest.mark.parametrize("model", adaptive_models(), ids=lambda m: type(m).__name__)
+def _name(model):
+    return type(model).__name__ + ("+input" if isinstance(_embedding(model), AdaptiveInput) else "")
+
+
+def _embedding(model):
+    return model.encoder if isinstance(model, RNNLM) else model.embedding
+
+
+@pytest.mark.parametrize("model", adaptive_models(), ids=_name)
 def test_log_prob_is_a_distribution_and_the_loss_is_its_nll(model):
     model.eval()
     ids, targets = torch.randint(0, V, (3, 9)), torch.randint(0, V, (3, 9))
@@ -115,9 +126,57 @@ def test_the_adaptive_head_works_in_fp32_under_bf16_autocast():
     assert model.decoder.head.weight.grad is not None
 
 
-@pytest.mark.parametrize("override", ["model.cutoffs=[100,200]", "model.div_value=2.0"])
+@pytest.mark.parametrize(
+    "override", ["model.cutoffs=[100,200]", "model.div_value=2.0", "model.adaptive_input=true"]
+)
 def test_adaptive_settings_with_the_softmax_head_are_refused(override):
     key = override.split("=")[0]
     problems = config_problems(compose_cfg(["model=lstm", override]))
     assert any(p.startswith(f"{key}=") and "no effect with model.head=softmax" in p
                for p in problems), problems  # fmt: skip
+
+
+@pytest.mark.parametrize("family", [TransformerLM, RNNLM, GPT], ids=lambda c: c.__name__)
+def test_the_adaptive_input_is_the_heads_weights(family):
+    sizes = dict(emsize=16, nhid=16) if family is RNNLM else dict(d_model=16, nhead=2, d_hid=32)
+    common = dict(head="adaptive", cutoffs=[8, 30], div_value=2.0, nlayers=1, **sizes)
+    untied = {} if family is not GPT else dict(tie_weights=False)
+    torch.manual_seed(0)
+    plain = family(V, **common, **untied)
+    torch.manual_seed(0)
+    model = family(V, **common, **untied, adaptive_input=True)
+    head, embed = model.decoder, _embedding(model)
+    ids = torch.tensor([[3, 8, 29, 30, 59]])  # the shortlist, cluster 1, cluster 2
+    got = embed(ids)[0]  # [5, 16]
+    (p1, o1), (p2, o2) = head.tail  # input projections [h, 16], output weights [band, h]
+    want = torch.stack([head.head.weight[3], o1.weight[0] @ p1.weight,
+                        o1.weight[21] @ p1.weight, o2.weight[0] @ p2.weight,
+                        o2.weight[29] @ p2.weight])  # fmt: skip
+    torch.testing.assert_close(got, want)
+    # No [V, D] embedding of its own: fewer parameters by exactly that matrix, none saved twice.
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(plain) - count(model) == V * 16
+    assert not [k for k in model.state_dict() if k.startswith(("embedding.", "encoder.w"))]
+    # The gradient of an embedding reaches the head's weights.
+    embed(ids).sum().backward()
+    assert head.head.weight.grad[3].abs().sum() > 0 and o2.weight.grad[29].abs().sum() > 0
+
+
+def test_an_unhit_cluster_still_gets_a_zero_gradient():
+    model = adaptive_models()[0]
+    zeros = torch.zeros(2, 5, dtype=torch.long)  # every target in the shortlist
+    model(zeros, zeros).backward()
+    for p in model.decoder.tail.parameters():  # DDP's reducer waits for each of these
+        assert p.grad is not None and not p.grad.any()
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.sparse_embedding=true", "optim=sgd"], "model.sparse_embedding does not apply"),
+        (["model=lstm", "model.emsize=100"], "model.adaptive_input=true reads the head's weights"),
+    ],
+)
+def test_adaptive_input_settings_are_checked(overrides, message):
+    cfg = compose_cfg(["model.head=adaptive", "model.adaptive_input=true", *overrides])
+    assert any(message in p for p in config_problems(cfg)), config_problems(cfg)

@@ -55,7 +55,7 @@ def model_problems(cfg: DictConfig, check: Check) -> None:
         _adaptive_head(cfg, check)
     elif name is not None and "cutoffs" in m:  # the adaptive head's settings, set for nothing
         defaults = MODEL_FAMILIES[name]()
-        for key in ("cutoffs", "div_value"):
+        for key in ("cutoffs", "div_value", "adaptive_input"):
             value = list(m[key]) if key == "cutoffs" else m[key]
             check(value == getattr(defaults, key), f"model.{key}={value} has no effect with "
                   "model.head=softmax; it sets up model.head=adaptive")  # fmt: skip
@@ -105,6 +105,8 @@ def _lstm(cfg: DictConfig, check: Check) -> None:
 def _sparse_embedding(cfg: DictConfig, check: Check) -> None:
     m = cfg.model
     check(not m.tie_weights, "model.sparse_embedding needs model.tie_weights=false")
+    check(not m.get("adaptive_input"), "model.sparse_embedding does not apply with "
+          "model.adaptive_input=true: that embedding is the adaptive head's dense weights")  # fmt: skip
     check(
         not cfg.device.compile,
         "model.sparse_embedding cannot be compiled (device.compile=true): torch's "
@@ -129,6 +131,11 @@ def _adaptive_head(cfg: DictConfig, check: Check) -> None:
         f"model.cutoffs={cutoffs} must be increasing ids >= 1 (each one starts a cluster)",
     )
     check(m.div_value >= 1.0, f"model.div_value={m.div_value} must be >= 1")
+    check(
+        not m.get("adaptive_input") or m.get("emsize", 0) == m.get("nhid", 0),
+        f"model.adaptive_input=true reads the head's weights as the embedding, so it needs "
+        f"model.emsize == model.nhid; got emsize={m.get('emsize')}, nhid={m.get('nhid')}",
+    )
     hidden = m.get("d_model", m.get("nhid"))  # what the head reads
     smallest = int(hidden // m.div_value ** len(cutoffs)) if m.div_value >= 1.0 else 1
     check(smallest >= 1, f"model.div_value={m.div_value} leaves the last of {len(cutoffs)} "

@@ -40,10 +40,12 @@ class TransformerConfig:
     attn_dropout: float | None = None  # dropout on attention weights; None: same as dropout
     # Output layer (lmx.models.head): softmax, or adaptive with the ids split at `cutoffs`
     # (ids in frequency order: word-level tokenizers) and each cluster's projection smaller
-    # by div_value. tie_weights is for the softmax head.
+    # by div_value. tie_weights is for the softmax head. adaptive_input: the embedding reads
+    # the adaptive head's weights (fairseq's tied adaptive input): no [V, D] matrix at all.
     head: Head = Head.softmax
     cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
     div_value: float = 4.0
+    adaptive_input: bool = False
     # Loss through lmx.models.fused_loss.linear_cross_entropy: same value, no fp32 logits (faster).
     fused_loss: bool = True
     # Sparse embedding gradient (only the batch's rows): faster with SGD; untied weights only.
@@ -65,6 +67,7 @@ class LSTMConfig:
     head: Head = Head.softmax  # as TransformerConfig.head, with cutoffs and div_value
     cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
     div_value: float = 4.0
+    adaptive_input: bool = False  # as TransformerConfig.adaptive_input; needs emsize == nhid
     fused_loss: bool = True  # as TransformerConfig.fused_loss
     sparse_embedding: bool = False  # as TransformerConfig.sparse_embedding
 
@@ -87,6 +90,7 @@ class GPTConfig:
     head: Head = Head.softmax  # as TransformerConfig.head, with cutoffs and div_value
     cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
     div_value: float = 4.0
+    adaptive_input: bool = False  # as TransformerConfig.adaptive_input
     fused_loss: bool = True  # as TransformerConfig.fused_loss
     sparse_embedding: bool = False  # as TransformerConfig.sparse_embedding; untied only
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lmx.models.dropout import Dropout
+from lmx.models.head import adaptive_input as tied_input
 from lmx.models.head import decode, make_decoder, tie
 
 
@@ -105,6 +106,7 @@ class GPT(nn.Module):
         head: str = "softmax",
         cutoffs: list[int] | None = None,
         div_value: float = 4.0,
+        adaptive_input: bool = False,
         fused_loss: bool = True,
         sparse_embedding: bool = False,
     ):
@@ -118,7 +120,8 @@ class GPT(nn.Module):
                              f"{d_model // nhead}")  # fmt: skip
         attn_dropout = dropout if attn_dropout is None else attn_dropout
         self.max_len, self.fused_loss = max_len, fused_loss
-        self.embedding = nn.Embedding(ntoken, d_model, sparse=sparse_embedding)
+        if not adaptive_input:  # else set below, from the head's weights
+            self.embedding = nn.Embedding(ntoken, d_model, sparse=sparse_embedding)
         self.positions = None if rope else nn.Embedding(max_len, d_model)
         self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(
@@ -132,7 +135,9 @@ class GPT(nn.Module):
         for block in self.blocks:  # GPT-2: the residual projections scaled by depth
             for proj in (block.attn.proj, block.mlp.proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * nlayers))
-        if tie_weights:
+        if adaptive_input:  # after init: the head's weights keep GPT-2's init
+            self.embedding = tied_input(self.decoder)
+        elif tie_weights:
             tie(self.decoder, self.embedding)
 
     def forward(

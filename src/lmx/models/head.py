@@ -11,7 +11,11 @@ loss.
   serve as logits (a softmax of them is the model's distribution). It runs in fp32 (also
   under bf16 autocast), so its losses are as exact as the fused loss's. It needs ids in
   frequency order: lmx's word-level tokenizers give them that way (tested); the config rules
-  refuse BPE, whose ids are in merge order.
+  refuse BPE, whose ids are in merge order. Every cluster joins the graph on every batch, so
+  a cluster no target fell in gets a zero gradient rather than none: DDP's reducer waits for
+  every parameter's gradient.
+- `AdaptiveInput` (model.adaptive_input): the embedding read from the adaptive head's own
+  weights, as fairseq ties adaptive input to adaptive softmax (Baevski & Auli).
 
 So the loop, evaluation and generation call every family the same way: model(ids) or
 model(ids, targets, reduction).
@@ -23,6 +27,40 @@ import torch
 from torch import nn
 
 from lmx.models.fused_loss import linear_cross_entropy
+
+
+class AdaptiveInput(nn.Module):
+    """Token embeddings tied to an adaptive head: an id in the head's shortlist reads its row
+    of the head's weight [D]; an id in cluster i reads its row of the cluster's output weight
+    [D / div^(i+1)] and goes up to D through the transpose of the cluster's input projection.
+    Frequent ids get full-size vectors, rare ones small ones, and the model has no [V, D]
+    embedding of its own. All weights stay the head's (this module holds none)."""
+
+    def __init__(self, decoder: nn.AdaptiveLogSoftmaxWithLoss):
+        super().__init__()
+        # A plain list: the head is the model's submodule already, and registering it here too
+        # would save its weights twice in every checkpoint.
+        self._head = [decoder]
+        self.dim = decoder.in_features
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # ids: [B, T] -> embeddings [B, T, D], in fp32 like the head
+        head = self._head[0]
+        flat = ids.reshape(-1)  # [N]
+        bounds = [0] + head.cutoffs  # torch's cutoffs end with the vocabulary size
+        with torch.autocast(ids.device.type, enabled=False):
+            out = head.head.weight.new_zeros(flat.numel(), self.dim)  # [N, D]
+            for i in range(len(bounds) - 1):
+                rows = ((flat >= bounds[i]) & (flat < bounds[i + 1])).nonzero().squeeze(1)
+                local = flat.index_select(0, rows) - bounds[i]  # [n] ids within the band
+                if i == 0:  # the shortlist: rows 0..cutoffs[0]-1 of the head are its words
+                    vectors = nn.functional.embedding(local, head.head.weight)  # [n, D]
+                else:
+                    proj, out_proj = head.tail[i - 1]  # [h, D], [band, h]
+                    small = nn.functional.embedding(local, out_proj.weight)  # [n, h]
+                    vectors = small @ proj.weight  # [n, D]
+                out = out.index_copy(0, rows, vectors)
+        return out.view(*ids.shape, self.dim)
 
 
 def make_decoder(
@@ -44,6 +82,13 @@ def make_decoder(
         raise ValueError(f"model.cutoffs={cutoffs} must increase and lie in [1, {ntoken - 1}] "
                          f"for a vocabulary of {ntoken}")  # fmt: skip
     return nn.AdaptiveLogSoftmaxWithLoss(d_model, ntoken, cutoffs, div_value, head_bias=bias)
+
+
+def adaptive_input(decoder: nn.Module) -> AdaptiveInput:
+    """The embedding for model.adaptive_input=true: tied to the adaptive head."""
+    if not isinstance(decoder, nn.AdaptiveLogSoftmaxWithLoss):
+        raise ValueError("adaptive_input needs head=adaptive: it reads the head's weights")
+    return AdaptiveInput(decoder)
 
 
 def tie(decoder: nn.Module, embedding: nn.Embedding) -> None:
@@ -86,4 +131,6 @@ def _adaptive(x, decoder: nn.AdaptiveLogSoftmaxWithLoss, targets, reduction: str
             return decoder.log_prob(flat).view(B, T, -1)  # exact log-probabilities [B, T, V]
         # .output: log p(target) per row [N], from the head and the target's cluster only
         losses = -decoder(flat, targets.reshape(-1)).output
+        # + 0: the clusters no target fell in join the graph (a zero gradient, not none)
+        losses = losses + sum(p.sum() for p in decoder.tail.parameters()) * 0.0
     return losses.mean() if reduction == "mean" else losses.view(targets.shape)

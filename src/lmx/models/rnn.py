@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lmx.models.dropout import Dropout
+from lmx.models.head import adaptive_input as tied_input
 from lmx.models.head import decode, make_decoder, tie
 
 _NONLINEARITY = {"rnn_tanh": "tanh", "rnn_relu": "relu"}
@@ -38,6 +39,7 @@ class RNNLM(nn.Module):
         head: str = "softmax",
         cutoffs: list[int] | None = None,
         div_value: float = 4.0,
+        adaptive_input: bool = False,
         fused_loss: bool = True,
         sparse_embedding: bool = False,
     ):
@@ -46,7 +48,8 @@ class RNNLM(nn.Module):
         between = dropout if nlayers > 1 else 0.0  # torch's RNNs drop between layers only
         self.fused_loss = fused_loss
         self.drop = Dropout(dropout)
-        self.encoder = nn.Embedding(ntoken, emsize, sparse=sparse_embedding)
+        if not adaptive_input:  # else set below, from the head's weights
+            self.encoder = nn.Embedding(ntoken, emsize, sparse=sparse_embedding)
         if cell in ("lstm", "gru"):
             rnn = nn.LSTM if cell == "lstm" else nn.GRU
             self.rnn = rnn(emsize, nhid, nlayers, dropout=between, batch_first=True)
@@ -56,6 +59,10 @@ class RNNLM(nn.Module):
         else:
             raise ValueError(f"cell={cell!r} must be one of lstm, gru, rnn_tanh, rnn_relu")
         self.decoder = make_decoder(nhid, ntoken, head, cutoffs, div_value)
+        if adaptive_input:
+            if nhid != emsize:
+                raise ValueError(f"adaptive_input needs nhid == emsize; got {nhid} and {emsize}")
+            self.encoder = tied_input(self.decoder)
         if tie_weights:  # "Using the Output Embedding to Improve Language Models" (Press & Wolf)
             if nhid != emsize:
                 raise ValueError(f"tie_weights needs nhid == emsize; got {nhid} and {emsize}")
@@ -65,7 +72,8 @@ class RNNLM(nn.Module):
 
     def init_weights(self) -> None:
         initrange = 0.1  # pytorch/examples' init; the RNN (and an adaptive head) keep torch's
-        nn.init.uniform_(self.encoder.weight, -initrange, initrange)
+        if isinstance(self.encoder, nn.Embedding):  # an adaptive input is the head's weights
+            nn.init.uniform_(self.encoder.weight, -initrange, initrange)
         if isinstance(self.decoder, nn.Linear):
             nn.init.zeros_(self.decoder.bias)
             nn.init.uniform_(self.decoder.weight, -initrange, initrange)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lmx.models.dropout import Dropout
+from lmx.models.head import adaptive_input as tied_input
 from lmx.models.head import decode, make_decoder, tie
 
 
@@ -61,6 +62,7 @@ class TransformerLM(nn.Module):
         head: str = "softmax",
         cutoffs: list[int] | None = None,
         div_value: float = 4.0,
+        adaptive_input: bool = False,
         fused_loss: bool = True,
         sparse_embedding: bool = False,
     ):
@@ -68,7 +70,8 @@ class TransformerLM(nn.Module):
         self.d_model = d_model
         self.fused_loss = fused_loss
         # sparse: the backward touches only the rows of this batch's tokens, not all V rows
-        self.embedding = nn.Embedding(ntoken, d_model, sparse=sparse_embedding)
+        if not adaptive_input:  # else set below, from the head's weights
+            self.embedding = nn.Embedding(ntoken, d_model, sparse=sparse_embedding)
         self.pos_encoder = PositionalEncoding(d_model, dropout, max_len)
         layer = nn.TransformerEncoderLayer(
             d_model, nhead, d_hid, dropout, activation, batch_first=True, norm_first=norm_first
@@ -84,13 +87,16 @@ class TransformerLM(nn.Module):
             enable_nested_tensor=False,
         )
         self.decoder = make_decoder(d_model, ntoken, head, cutoffs, div_value)
+        if adaptive_input:
+            self.embedding = tied_input(self.decoder)
         self.init_weights()
         if tie_weights:  # after init: the shared matrix keeps the embedding's uniform init
             tie(self.decoder, self.embedding)
 
     def init_weights(self) -> None:
         initrange = 0.1
-        nn.init.uniform_(self.embedding.weight, -initrange, initrange)
+        if isinstance(self.embedding, nn.Embedding):  # an adaptive input is the head's weights
+            nn.init.uniform_(self.embedding.weight, -initrange, initrange)
         if isinstance(self.decoder, nn.Linear):  # an adaptive head keeps torch's init
             nn.init.zeros_(self.decoder.bias)
             nn.init.uniform_(self.decoder.weight, -initrange, initrange)

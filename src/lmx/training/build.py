@@ -15,7 +15,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from lmx.config.schema import Head
 from lmx.data.batching import num_steps
 from lmx.data.streams import streams
 from lmx.errors import ConfigError
@@ -111,10 +110,6 @@ def build_run(
             )
         if cfg.model.sparse_embedding:
             raise ConfigError("model.sparse_embedding is for single-process runs")
-        if cfg.model.get("head") == Head.adaptive:  # DDP's reducer needs every gradient
-            raise ConfigError("model.head=adaptive is for single-process runs for now: a batch "
-                              "with no target in a cluster leaves that cluster's weights "
-                              "without a gradient on its rank")  # fmt: skip
         if resume_from is None:  # each rank draws its own dropout masks from here on
             torch.manual_seed(cfg.trainer.seed + world.rank)
         ids = [device.index] if device.type == "cuda" else None
