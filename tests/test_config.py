@@ -204,7 +204,7 @@ def test_the_command_line_is_checked_whole_before_any_work(tmp_path):
     for expected in (
         "  - model.nhed: model=transformer has no such key; did you mean model.nhead? (its keys: "
         "d_model, nhead, d_hid, nlayers, dropout, tie_weights, max_len, norm_first, activation, "
-        "attn_dropout, head, cutoffs, div_value, fused_loss, sparse_embedding)",
+        "attn_dropout, head, cutoffs, div_value, adaptive_input, fused_loss, sparse_embedding)",
         "  - lr: no such config key; did you mean optim.lr?",
         "  - model.nlayers=two: Value 'two' of type 'str' could not be converted to Integer",
         "  - model.dropout=1.5 must be in [0, 1)",

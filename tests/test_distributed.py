@@ -100,7 +100,7 @@ def test_the_adaptive_head_under_ddp_matches_one_process(corpus_dir, cache_dir, 
     # The last cluster holds the rarest ids, so many a rank's batch has no target in it: its
     # weights still need a (zero) gradient on that rank, or DDP's reducer never finishes.
     args = tiny_overrides(corpus_dir, cache_dir, *DDP, "model.head=adaptive",
-                          "model.cutoffs=[5,20]", "model.adaptive_input=true")  # fmt: skip
+                          "model.cutoffs=[5,20]")  # fmt: skip
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     proc = run_cli(*args, f"hydra.run.dir={single}")
     assert proc.returncode == 0, proc.stderr[-2000:]

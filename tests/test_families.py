@@ -154,10 +154,12 @@ def test_a_key_of_another_family_names_the_family_and_its_keys(tmp_path):
     proc = run_cli("model=lstm", "model.nhead=2", f"hydra.run.dir={tmp_path / 'r'}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert (
-        "model.nhead: model=lstm has no such key; did you mean model.head? (its keys: cell, "
-        "emsize, nhid, nlayers, dropout, tie_weights, head, cutoffs, div_value, fused_loss, "
-        "sparse_embedding)" in proc.stderr
+        "model.nhead: model=lstm has no such key; it is a key of model=transformer, model=gpt "
+        "(its keys: cell, emsize, nhid, nlayers, dropout, tie_weights, head, cutoffs, "
+        "div_value, adaptive_input, fused_loss, sparse_embedding)" in proc.stderr
     )
+    proc = run_cli("model=gpt", "model.d_hd=2", f"hydra.run.dir={tmp_path / 'r'}")
+    assert "model.d_hd: model=gpt has no such key; did you mean model.d_hid?" in proc.stderr
 
 
 def test_a_sweep_checks_each_override_against_every_family_it_meets(tmp_path):
@@ -165,7 +167,7 @@ def test_a_sweep_checks_each_override_against_every_family_it_meets(tmp_path):
     proc = run_cli("-m", "model=transformer,lstm,gpt", "model.d_model=64",
                    f"hydra.sweep.dir={tmp_path / 's'}")  # fmt: skip
     assert proc.returncode == 2 and "model.d_model: model=lstm has no such key" in proc.stderr
-    assert "model=gpt" not in proc.stderr  # gpt has a d_model
+    assert "model=gpt has no such key" not in proc.stderr  # gpt has a d_model
     assert not (tmp_path / "s").exists()  # refused before any job ran
 
 

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lmx.config.compose import compose
 from lmx.config.model_rules import family
 from lmx.config.rules import all_keys, config_problems, did_you_mean
+from lmx.config.schema import MODEL_FAMILIES
 from lmx.errors import ConfigError
 from lmx.paths import config_dir
 
@@ -222,12 +223,17 @@ def _problems_under(choices: list[str], values, parser, found: list[str]) -> lis
 
 
 def _no_such_key(key: str, cfg) -> str:
-    """e.g. 'model.nhead: model=lstm has no such key; did you mean model.nhid? (its keys: ...)'"""
+    """e.g. 'model.nhid: model=gpt has no such key; it is a key of model=lstm (its keys: ...)',
+    or '...; did you mean model.d_hid? (...)' for a key no family has."""
     hint = did_you_mean(key, all_keys(cfg))
     name = family(cfg.model) if key.startswith("model.") and "model" in cfg else None
     if name is None:
         return f"{key}: no such config key{hint}"
     keys = ", ".join(k for k in cfg.model if k != "_target_")
+    leaf = key.split(".", 1)[1]
+    owners = [f for f, schema in MODEL_FAMILIES.items() if leaf in schema.__dataclass_fields__]
+    if owners:  # another family's key: that is the news, not a look-alike of this one's
+        hint = f"; it is a key of model={', model='.join(owners)}"
     return f"{key}: model={name} has no such key{hint} (its keys: {keys})"
 
 
