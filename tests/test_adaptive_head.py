@@ -180,3 +180,18 @@ def test_an_unhit_cluster_still_gets_a_zero_gradient():
 def test_adaptive_input_settings_are_checked(overrides, message):
     cfg = compose_cfg(["model.head=adaptive", "model.adaptive_input=true", *overrides])
     assert any(message in p for p in config_problems(cfg)), config_problems(cfg)
+
+
+def test_gpts_adaptive_input_gives_rare_ids_vectors_of_gpt2s_scale():
+    torch.manual_seed(0)
+    adaptive = dict(head="adaptive", cutoffs=[100, 500], div_value=4.0, adaptive_input=True)
+    model = GPT(2000, d_model=64, nhead=2, d_hid=64, nlayers=1, tie_weights=False, **adaptive)
+    for band in (torch.arange(100), torch.arange(100, 500), torch.arange(500, 2000)):
+        assert model.embedding(band[None]).std().item() == pytest.approx(0.02, rel=0.2)
+
+
+@pytest.mark.parametrize("bad", [-1, V])
+def test_the_adaptive_input_refuses_an_id_outside_the_vocabulary(bad):
+    model = adaptive_models()[-1]
+    with pytest.raises(IndexError):
+        model.embedding(torch.tensor([[1, bad]]))

@@ -48,17 +48,17 @@ def family_overrides(family, corpus, cache, *extra):
 
 # The adaptive head on the tiny corpus's ~25 word types: a head of 5 ids and two clusters.
 ADAPTIVE = ("model.head=adaptive", "model.cutoffs=[5,12]", "model.tie_weights=false")
+TIED_INPUT = (*ADAPTIVE, "model.adaptive_input=true")  # the embedding read from the head
 
 
-@pytest.mark.parametrize("head", ["softmax", "adaptive"])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(  # and once the adaptive head with its tied adaptive input
+    "family,head", [(f, h) for f in FAMILIES for h in ("softmax", "adaptive")] + [("gpt", "input")]
+)
 def test_every_family_and_head_trains_checkpoints_evaluates_and_generates(
     family, head, corpus_dir, cache_dir, tmp_path
 ):
     run_dir = tmp_path / "run"
-    extra = ADAPTIVE if head == "adaptive" else ()
-    if head == "adaptive" and family == "gpt":  # and its embedding tied to the head
-        extra += ("model.adaptive_input=true",)
+    extra = {"softmax": (), "adaptive": ADAPTIVE, "input": TIED_INPUT}[head]
     args = family_overrides(family, corpus_dir, cache_dir, "trainer.log_interval=1", *extra)
     metrics = train(compose_cfg(args), run_dir)
     losses = [v for _, v in _train_losses(run_dir)]
@@ -82,8 +82,6 @@ def test_sigkill_in_mid_epoch_then_resume_is_bit_exact(family, head, corpus_dir,
                                                        tmp_path):  # fmt: skip
     extra = [o for o in RESUMABLE if not o.startswith("model.")]
     extra += ADAPTIVE if head == "adaptive" else ()
-    if head == "adaptive" and family == "lstm":  # and its embedding tied to the head
-        extra += ["model.adaptive_input=true"]
     args = family_overrides(family, corpus_dir, cache_dir, *extra, "model.dropout=0.3",
                             "trainer.ema.decay=0.9", "trainer.resume=auto")  # fmt: skip
     proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'full'}")

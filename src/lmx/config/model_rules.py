@@ -105,8 +105,11 @@ def _lstm(cfg: DictConfig, check: Check) -> None:
 def _sparse_embedding(cfg: DictConfig, check: Check) -> None:
     m = cfg.model
     check(not m.tie_weights, "model.sparse_embedding needs model.tie_weights=false")
-    check(not m.get("adaptive_input"), "model.sparse_embedding does not apply with "
-          "model.adaptive_input=true: that embedding is the adaptive head's dense weights")  # fmt: skip
+    check(
+        not m.get("adaptive_input"),
+        "model.sparse_embedding does not apply with model.adaptive_input=true: that "
+        "embedding is the adaptive head's dense weights",
+    )
     check(
         not cfg.device.compile,
         "model.sparse_embedding cannot be compiled (device.compile=true): torch's "

@@ -231,7 +231,8 @@ def _no_such_key(key: str, cfg) -> str:
         return f"{key}: no such config key{hint}"
     keys = ", ".join(k for k in cfg.model if k != "_target_")
     leaf = key.split(".", 1)[1]
-    owners = [f for f, schema in MODEL_FAMILIES.items() if leaf in schema.__dataclass_fields__]
+    owners = [f for f, schema in MODEL_FAMILIES.items()
+              if f != name and leaf in schema.__dataclass_fields__]  # fmt: skip
     if owners:  # another family's key: that is the news, not a look-alike of this one's
         hint = f"; it is a key of model={', model='.join(owners)}"
     return f"{key}: model={name} has no such key{hint} (its keys: {keys})"

@@ -135,7 +135,12 @@ class GPT(nn.Module):
         for block in self.blocks:  # GPT-2: the residual projections scaled by depth
             for proj in (block.attn.proj, block.mlp.proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * nlayers))
-        if adaptive_input:  # after init: the head's weights keep GPT-2's init
+        if adaptive_input:
+            # A rare id's vector is its cluster's output row times the projection: rows of std
+            # h^-1/2 give it GPT-2's std 0.02, as the shortlist's rows have (and the cluster's
+            # logits the head's scale).
+            for _, out_proj in self.decoder.tail:
+                nn.init.normal_(out_proj.weight, mean=0.0, std=out_proj.in_features**-0.5)
             self.embedding = tied_input(self.decoder)
         elif tie_weights:
             tie(self.decoder, self.embedding)

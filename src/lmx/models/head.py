@@ -13,7 +13,8 @@ loss.
   frequency order: lmx's word-level tokenizers give them that way (tested); the config rules
   refuse BPE, whose ids are in merge order. Every cluster joins the graph on every batch, so
   a cluster no target fell in gets a zero gradient rather than none: DDP's reducer waits for
-  every parameter's gradient.
+  every parameter's gradient, and one process and several then train alike (a stateful
+  optimizer, e.g. AdamW, steps such a cluster as it steps a full softmax's unhit rows).
 - `AdaptiveInput` (model.adaptive_input): the embedding read from the adaptive head's own
   weights, as fairseq ties adaptive input to adaptive softmax (Baevski & Auli).
 
@@ -51,7 +52,11 @@ class AdaptiveInput(nn.Module):
         with torch.autocast(ids.device.type, enabled=False):
             out = head.head.weight.new_zeros(flat.numel(), self.dim)  # [N, D]
             for i in range(len(bounds) - 1):
-                rows = ((flat >= bounds[i]) & (flat < bounds[i + 1])).nonzero().squeeze(1)
+                # The first band open below and the last above: an id outside [0, V) then
+                # fails in F.embedding, as it would in nn.Embedding, instead of reading zeros.
+                low = flat >= bounds[i] if i > 0 else torch.ones_like(flat, dtype=torch.bool)
+                band = low & (flat < bounds[i + 1]) if i < len(bounds) - 2 else low
+                rows = band.nonzero().squeeze(1)
                 local = flat.index_select(0, rows) - bounds[i]  # [n] ids within the band
                 if i == 0:  # the shortlist: rows 0..cutoffs[0]-1 of the head are its words
                     vectors = nn.functional.embedding(local, head.head.weight)  # [n, D]
@@ -131,6 +136,6 @@ def _adaptive(x, decoder: nn.AdaptiveLogSoftmaxWithLoss, targets, reduction: str
             return decoder.log_prob(flat).view(B, T, -1)  # exact log-probabilities [B, T, V]
         # .output: log p(target) per row [N], from the head and the target's cluster only
         losses = -decoder(flat, targets.reshape(-1)).output
-        # + 0: the clusters no target fell in join the graph (a zero gradient, not none)
-        losses = losses + sum(p.sum() for p in decoder.tail.parameters()) * 0.0
+        if torch.is_grad_enabled():  # + 0: an unhit cluster gets a zero gradient, not none
+            losses = losses + sum(p.sum() for p in decoder.tail.parameters()) * 0.0
     return losses.mean() if reduction == "mean" else losses.view(targets.shape)
