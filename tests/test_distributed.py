@@ -65,14 +65,20 @@ def assert_equivalent(single, ddp):
         torch.testing.assert_close(pb[name], pa[name], rtol=1e-3, atol=1e-4)
 
 
-def test_two_gloo_processes_match_one_process(corpus_dir, cache_dir, tmp_path):
-    args = tiny_overrides(corpus_dir, cache_dir, *DDP)
+def one_and_two_processes(args, tmp_path):
+    """The same run in one process and under torchrun with 2; they must train alike."""
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     proc = run_cli(*args, f"hydra.run.dir={single}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = torchrun(*args, f"hydra.run.dir={ddp}")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert_equivalent(single, ddp)
+    return single, ddp
+
+
+def test_two_gloo_processes_match_one_process(corpus_dir, cache_dir, tmp_path):
+    args = tiny_overrides(corpus_dir, cache_dir, *DDP)
+    single, ddp = one_and_two_processes(args, tmp_path)
     # rank 0 alone writes: one run dir, one log, nothing from rank 1 left behind
     assert "x 2 processes" in (ddp / "train.log").read_text()
     # With accumulation: 2 processes x 2 micro-batches of 1 row equal 1 process, 4 rows.
@@ -101,12 +107,7 @@ def test_the_adaptive_head_under_ddp_matches_one_process(corpus_dir, cache_dir, 
     # weights still need a (zero) gradient on that rank, or DDP's reducer never finishes.
     args = tiny_overrides(corpus_dir, cache_dir, *DDP, "model.head=adaptive",
                           "model.cutoffs=[5,20]")  # fmt: skip
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    proc = run_cli(*args, f"hydra.run.dir={single}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = torchrun(*args, f"hydra.run.dir={ddp}")
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert_equivalent(single, ddp)
+    one_and_two_processes(args, tmp_path)
 
 
 def test_batch_rows_must_split_evenly(corpus_dir, cache_dir, tmp_path):
