@@ -77,15 +77,23 @@ def main() -> None:
             print(f"round {r + 1}/{args.rounds}: {name} ({args.steps} steps)...", flush=True)
             speeds[name].append(measure(overrides, args.data, args.steps))
     base = statistics.median(speeds["transformer + softmax"])
-    print(f"\nCPU: {_cpu()} | torch threads: default | {args.steps} steps, {args.rounds} rounds")
+    print(f"\n{_machine()} | torch threads: default | {args.steps} steps, {args.rounds} rounds")
     print(f"{'setting':<32} {'train tokens/s':>15} {'vs transformer + softmax':>26}  per round")
     for name, values in speeds.items():
         median = statistics.median(values)
         rounds = ", ".join(f"{v:,.0f}" for v in values)
         print(f"{name:<32} {median:>15,.0f} {median / base:>25.2f}x  {rounds}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"cpu": _cpu(), "steps": args.steps,
+    Path(args.out).write_text(json.dumps({"machine": _machine(), "steps": args.steps,
                                           "speeds": speeds}, indent=1))  # fmt: skip
+
+
+def _machine() -> str:
+    """The CPU, and the GPU where there is one: the runs take device=auto, so they use it."""
+    import torch
+
+    gpu = f" | GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"CPU: {_cpu()}{gpu}"
 
 
 def _cpu() -> str:
