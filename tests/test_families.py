@@ -186,7 +186,7 @@ def test_a_sweep_over_families_gives_complete_runs_that_report_ranks(corpus_dir,
                        "lmx.models.gpt.GPT"}  # fmt: skip
     proc = run_module("lmx.report", str(sweep))
     assert proc.returncode == 0, proc.stderr
-    rows = [line.split() for line in proc.stdout.splitlines()[2:5]]
+    rows = [line.split() for line in proc.stdout.splitlines()[3:6]]  # under the fingerprint
     assert sorted(row[1] for row in rows) == sorted(FAMILIES)  # the model column names each
     ppls = [float(row[2]) for row in rows]
     assert ppls == sorted(ppls)  # ranked by validation ppl

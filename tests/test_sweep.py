@@ -14,9 +14,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_cli, tiny_overrides
+from lmx.report import report
 from lmx.runs.status import mark_failed, read_status
 from lmx.runs.sweep import config_hash
-from lmx.runs.table import report
+from lmx.runs.table import FIGURES
 
 
 def fake_run(root: Path, name: str, overrides: list[str], metrics: dict | None) -> None:
@@ -28,7 +29,10 @@ def fake_run(root: Path, name: str, overrides: list[str], metrics: dict | None) 
 
 
 def done(val: float, test: float, scored: int = 1000) -> dict:
-    history = [{"epoch": 1, "val_ppl": val * 1.5}, {"epoch": 2, "val_ppl": val}]
+    history = [
+        {"epoch": 1, "step": 10, "val_ppl": val * 1.5},
+        {"epoch": 2, "step": 20, "val_ppl": val},
+    ]
     return {
         "status": "done",
         "val_tokens_scored": scored,
@@ -59,35 +63,29 @@ def test_report_on_a_fabricated_sweep(tmp_path):
     fake_run(tmp_path, "4", ["model.nhead=16", *common], stopped)
 
     text = report(tmp_path)
-    lines = text.splitlines()
-    assert lines[0].split() == [
-        "run",
-        "model.nhead",
-        "best_val_ppl",
-        "test_ppl",
-        "eval",
-        "epochs",
-        "tokens_per_s",
-        "wall_time",
-        "status",
-    ]  # only nhead varies
-    rows = [line.split() for line in lines[2:7]]
-    assert [r[0] for r in rows] == ["1", "0", "2", "3", "4"]  # by best val ppl, unknowns last
-    assert rows[0][2:4] == ["250.00", "240.00"] and rows[0][-1] == "done"
-    assert rows[0][4:8] == ["partial:", "val", "2.5%,", "test"]  # run 1 scored 25 of 1000
-    assert rows[1][4] == "full"
-    assert rows[2][-1] == "failed" and rows[3][-1] == "running"
-    assert rows[4][-1] == "interrupted"  # resumable, so not failed
-    assert "2: RuntimeError: out of memory" in text
-    assert "interrupted:\n4: SIGTERM: stopped after step 7" in text
+    sections = text.split("\n== ")
+    scored, unscored = sections[1].splitlines(), sections[3].splitlines()
+    # runs 0 and 1 scored different shares of the splits: another quantity, ranked apart
+    assert len(sections) == 4 and "ranked apart" in sections[0]
+    assert "partial: val 2.5%, test 2.5%" in scored[0] and "| full" in sections[2].splitlines()[0]
+    assert scored[1].split() == ["run", *FIGURES]  # nothing varies within one set
+    assert scored[3].split()[:3] == ["1", "250.00", "240.00"]
+    assert sections[2].splitlines()[3].split()[:3] == ["0", "300.00", "280.00"]
+    assert unscored[0] == "3 run(s) on not scored yet"
+    assert [line.split()[0] for line in unscored[3:6]] == ["2", "3", "4"]
+    assert [line.split()[-1] for line in unscored[3:6]] == ["failed", "running", "interrupted"]
+    assert "2: failed: RuntimeError: out of memory" in text
+    assert "4: interrupted: SIGTERM: stopped after step 7" in text  # resumable, not failed
 
     with open(tmp_path / "report.csv") as f:
         table = list(csv.DictReader(f))
-    assert [r["run"] for r in table] == ["1", "0", "2", "3", "4"]
+    assert [r["run"] for r in table] == ["1", "0", "2", "3", "4"]  # by best val ppl
     assert float(table[0]["best_val_ppl"]) == 250.0 and table[2]["status"] == "failed"
+    assert table[0]["model.nhead"] == "2"
     markdown = (tmp_path / "report.md").read_text()
-    assert markdown.count("\n") == 7 and "| 1 | 2 | 250.00 | 240.00 |" in markdown
+    assert "| 1 | 250.00 | 240.00 |" in markdown
     assert (tmp_path / "report.png").stat().st_size > 1000
+    assert "<img" in (tmp_path / "report.html").read_text()
 
 
 def test_report_cli_errors(tmp_path):

@@ -1,23 +1,135 @@
-"""`python -m lmx.report PATH`: compare the runs under PATH (a run dir, a sweep dir, outputs/).
+"""`lmx report PATH [--group-by KEY[,KEY]] [--baseline KEY=VALUE[,...]]`: compare the runs
+under PATH (a run dir, a sweep dir, outputs/).
 
-Prints the table (lmx.runs.table) and writes report.csv, report.md and report.png in PATH.
+Runs are split by data fingerprint (corpus, tokenizer, evaluation windows, share scored) and
+ranked within each, never across. --group-by pools the runs of each fingerprint by KEYs (over
+seeds and every other setting): n, mean ± standard error, and the difference from a baseline
+group with its standard error (lmx.runs.groups).
+
+Writes into PATH: report.csv (every run), report.md, report.html (tables and figures in one
+file that opens in a browser), report.png (perplexity against steps) and, grouped,
+report_groups.csv and report_groups.png (bars with error bars).
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
+import html
 from pathlib import Path
+from typing import Any
 
 from lmx.cli import run
-from lmx.runs.table import report
+from lmx.errors import ConfigError
+from lmx.runs.collect import collect
+from lmx.runs.groups import Group, group_runs, group_table, parse_keys
+from lmx.runs.plots import plot_curves, plot_groups
+from lmx.runs.table import run_table, to_html, to_markdown, to_text, write_csv, write_rows_csv
 
-USAGE = "usage: python -m lmx.report PATH   (a run dir, a multirun dir or outputs/)"
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.1em;margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:.85em;margin:.8em 0}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right;white-space:nowrap}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;margin:.5em 0}.note{color:#666;font-size:.85em}"""
+
+
+def by_fingerprint(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Runs split by fingerprint, largest set first, the unscored last."""
+    split: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        split.setdefault(r["fingerprint"], []).append(r)
+    return sorted(split.items(), key=lambda kv: (kv[0] == "not scored yet", -len(kv[1])))
+
+
+def report(root: Path, group_by: str | None = None, baseline: str | None = None) -> str:
+    """Write the report files into root; return the text printed."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such folder")
+    rows = collect(root)
+    if not rows:
+        raise ConfigError(f"no runs under {root} (a run dir holds metrics.json or .hydra/)")
+    if baseline and not group_by:
+        raise ConfigError("--baseline needs --group-by")
+    keys = parse_keys(group_by, rows) if group_by else []
+    sets = by_fingerprint(rows)
+    text, md, body = [], ["# lmx report\n"], [f"<h1>lmx report: {html.escape(str(root))}</h1>"]
+    grouped: list[tuple[str, list[Group]]] = []
+    for fp, runs in sets:
+        title = f"{len(runs)} run(s) on {fp}"
+        header, cells = run_table(runs)
+        text += ["", f"== {title}", to_text(header, cells)]
+        md += [f"\n## {title}\n", to_markdown(header, cells)]
+        body += [f"<h2>{html.escape(title)}</h2>", to_html(header, cells)]
+        if keys and fp != "not scored yet":
+            groups = group_runs(runs, keys, baseline)
+            g_header, g_cells = group_table(groups, keys)
+            note = ("mean ± standard error over the runs of each group, on the log scale; "
+                    "* marks a difference beyond 2 standard errors")  # fmt: skip
+            text += ["", f"grouped by {', '.join(keys)} ({note}):", to_text(g_header, g_cells)]
+            md += [f"\nGrouped by {', '.join(keys)} ({note}):\n", to_markdown(g_header, g_cells)]
+            body += [f"<p class=note>Grouped by {html.escape(', '.join(keys))}: "
+                     f"{html.escape(note)}.</p>", to_html(g_header, g_cells)]  # fmt: skip
+            grouped.append((fp, groups))
+        errors = [f"{r['run']}: {r['status']}: {r['error']}" for r in runs if r["error"]]
+        if errors:
+            text += ["", *errors]
+            md += ["\n" + "\n".join(f"- {e}" for e in errors) + "\n"]
+            body += ["<ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in errors) + "</ul>"]
+    if len([fp for fp, _ in sets if fp != "not scored yet"]) > 1:
+        text.insert(0, "runs on different data, tokens or evaluations are ranked apart")
+
+    written = ["report.csv", "report.md", "report.html"]
+    for stale in [*root.glob("report_groups*.png"), root / "report_groups.csv"]:
+        stale.unlink(missing_ok=True)  # an earlier call's grouping
+    write_csv(root / "report.csv", rows)
+    figures = []
+    if plot_curves(root / "report.png", [(fp, rs) for fp, rs in sets if fp != "not scored yet"]):
+        figures.append("report.png")
+    for i, (fp, groups) in enumerate(grouped):
+        if i == 0:
+            write_rows_csv(root / "report_groups.csv", *group_table(groups, keys))
+            written.append("report_groups.csv")
+        name = "report_groups.png" if i == 0 else f"report_groups_{i + 1}.png"
+        plot_groups(root / name, groups, keys, fp)
+        figures.append(name)
+    written += figures
+    md += [f"\n![{f}]({f})\n" for f in figures]
+    body += [_image(root / f) for f in figures]
+    (root / "report.md").write_text("".join(md))
+    page = "".join(body)
+    (root / "report.html").write_text(
+        f"<!doctype html><html><head><meta charset=utf-8><title>lmx report</title>"
+        f"<style>{STYLE}</style></head><body>{page}</body></html>\n"
+    )
+    return "\n".join([*text, "", f"wrote {', '.join(written)} in {root}"]).lstrip("\n")
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<p><img alt="{path.name}" src="data:image/png;base64,{data}"></p>'
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lmx report",
+        description="Compare the runs under PATH (a run dir, a sweep dir or outputs/).",
+    )
+    p.add_argument("path", help="a run dir, a multirun dir or outputs/")
+    p.add_argument(
+        "--group-by",
+        metavar="KEY[,KEY]",
+        help="pool runs by these settings (over seeds): n, mean ± SE, differences",
+    )
+    p.add_argument("--baseline", metavar="KEY=VALUE[,...]",
+                   help="the group the others are compared with (default: the first)")  # fmt: skip
+    return p
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    print(report(Path(argv[0])))
+    args = parser().parse_args(argv)
+    print(report(Path(args.path), args.group_by, args.baseline))
 
 
 if __name__ == "__main__":

@@ -21,13 +21,31 @@ def compare_settings(a: list[list[float]], b: list[list[float]]) -> dict:
     """
     if len(a) < 2 or len(b) < 2:
         raise ValueError("comparing two settings needs at least two runs of each")
-    run_means = [[statistics.fmean(run) for run in runs] for runs in (a, b)]
-    mean_a, mean_b = (statistics.fmean(m) for m in run_means)
-    var_a, var_b = (statistics.variance(m) / len(m) for m in run_means)  # of each mean
+    (mean_a, se_a), (mean_b, se_b) = (mean_and_se([statistics.fmean(r) for r in runs])
+                                      for runs in (a, b))  # fmt: skip
+    pct, se_pct = difference_pct((mean_a, se_a), (mean_b, se_b))
     return {
         "ppl_a": math.exp(mean_a),
         "ppl_b": math.exp(mean_b),
-        "b_vs_a_pct": 100 * math.expm1(mean_b - mean_a),
-        "se_pct": 100 * math.sqrt(var_a + var_b),
+        "b_vs_a_pct": pct,
+        "se_pct": se_pct,
         "runs": [len(a), len(b)],
     }
+
+
+def mean_and_se(losses: list[float]) -> tuple[float, float | None]:
+    """The mean of per-run losses (log ppl) and its standard error; None from one run."""
+    mean = statistics.fmean(losses)
+    se = math.sqrt(statistics.variance(losses) / len(losses)) if len(losses) > 1 else None
+    return mean, se
+
+
+def difference_pct(
+    a: tuple[float, float | None], b: tuple[float, float | None]
+) -> tuple[float, float | None]:
+    """How far b's ppl lies from a's in %, and its standard error in % (None unless both
+    have one). Each is (mean loss, its standard error); the difference is taken in log space,
+    so for small differences the error reads as a % of ppl."""
+    pct = 100 * math.expm1(b[0] - a[0])
+    se = 100 * math.hypot(a[1], b[1]) if a[1] is not None and b[1] is not None else None
+    return pct, se

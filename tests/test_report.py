@@ -1,0 +1,110 @@
+"""`lmx report`: runs grouped over seeds with standard errors checked against numbers worked
+by hand, and runs on other data never ranked with each other."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from lmx.errors import ConfigError
+from lmx.report import report
+
+
+def fake_run(root: Path, name: str, config: dict, val_loss: float, test_loss: float) -> None:
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+    history = [
+        {"epoch": 1, "step": 10, "val_ppl": math.exp(val_loss) * 1.2, "val_eval": "w35"},
+        {"epoch": 2, "step": 20, "val_ppl": math.exp(val_loss), "val_eval": "w35"},
+    ]
+    metrics = {
+        "status": "done", "best_val_loss": val_loss, "best_val_ppl": math.exp(val_loss),
+        "test_loss": test_loss, "test_ppl": math.exp(test_loss), "val_tokens_scored": 100,
+        "val_tokens_total": 100, "test_tokens_scored": 100, "test_tokens_total": 100,
+        "val_eval": "w35", "vocab_size": 50, "epochs": 2, "steps": 20, "history": history,
+    }  # fmt: skip
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def config(nhead: int, seed: int, local_dir: str = "/corpus/a") -> dict:
+    return {"data": {"name": "text", "local_dir": local_dir, "tokenizer": {"kind": "word"}},
+            "model": {"nhead": nhead, "nlayers": 1}, "trainer": {"seed": seed}}  # fmt: skip
+
+
+# (nhead, seed) -> (best val loss, test loss)
+LOSSES = {(1, 1): (5.0, 5.1), (1, 2): (5.2, 5.3), (2, 1): (4.9, 5.0), (2, 2): (5.1, 5.2),
+          (4, 1): (4.0, 4.1), (4, 2): (4.02, 4.12)}  # fmt: skip
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    for i, ((nhead, seed), (val, test)) in enumerate(LOSSES.items()):
+        fake_run(tmp_path, str(i), config(nhead, seed), val, test)
+    return tmp_path
+
+
+def rows_of(text: str, header_start: str) -> list[list[str]]:
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    return [line.split("  ") for line in lines[at + 2 :] if line.strip()][:3]
+
+
+def test_groups_over_seeds_with_the_standard_errors_worked_by_hand(sweep):
+    text = report(sweep, group_by="model.nhead")
+    groups = {r[0]: [c.strip() for c in r if c.strip()] for r in rows_of(text, "model.nhead  n")}
+    # nhead=1: losses 5.0, 5.2 -> mean 5.1, sd 0.1414, SE 0.1 -> ppl e^5.1 = 164.02,
+    # SE exp(0.1) - 1 = 10.5%
+    assert groups["1"] == ["1", "2", "164.02 ± 11%", "181.27 ± 11%", "baseline", "baseline"]
+    # nhead=2: mean 5.0 -> 148.41; vs nhead=1: exp(-0.1) - 1 = -9.52%, SE 100 * sqrt(0.1^2 +
+    # 0.1^2) = 14%: within 2 SE, no mark
+    assert groups["2"][2] == "148.41 ± 11%" and groups["2"][4] == "-9.52% ± 14%"
+    # nhead=4: mean 4.01, SE 0.01 -> 55.15; exp(-1.09) - 1 = -66.38%, SE 10.05%: marked
+    assert groups["4"][2] == "55.15 ± 1%" and groups["4"][4] == "-66.38% ± 10% *"
+    assert groups["4"][5] == "-66.38% ± 10% *"  # test: the same offsets
+    with open(sweep / "report_groups.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["model.nhead"] for r in table] == ["1", "2", "4"] and table[2]["n"] == "2"
+    assert (sweep / "report_groups.png").stat().st_size > 1000
+
+
+def test_a_named_baseline_and_the_errors_that_name_the_culprit(sweep):
+    text = report(sweep, group_by="model.nhead", baseline="model.nhead=4")
+    groups = {r[0]: [c.strip() for c in r if c.strip()] for r in rows_of(text, "model.nhead  n")}
+    assert groups["4"][4] == "baseline" and groups["1"][4] == "+197.43% ± 10% *"  # e^1.09 - 1
+    with pytest.raises(ConfigError, match="did you mean model.nhead"):
+        report(sweep, group_by="model.nheads")
+    with pytest.raises(ConfigError, match="no such group; the groups: model.nhead=1; model.nhe"):
+        report(sweep, group_by="model.nhead", baseline="model.nhead=3")
+
+
+def test_runs_on_other_corpora_are_never_ranked_together(tmp_path):
+    fake_run(tmp_path, "a1", config(1, 1, "/corpus/a"), 5.0, 5.0)
+    fake_run(tmp_path, "a2", config(2, 1, "/corpus/a"), 5.5, 5.5)
+    fake_run(tmp_path, "b1", config(1, 1, "/corpus/b"), 3.0, 3.0)  # lowest, other data
+    text = report(tmp_path, group_by="model.nhead")
+    sections = text.split("\n== ")[1:]
+    assert "ranked apart" in text and len(sections) == 2
+    a = next(s for s in sections if "/corpus/a" in s.splitlines()[0])
+    b = next(s for s in sections if "/corpus/b" in s.splitlines()[0])
+    assert "b1" not in a and "a1" not in b and "a2" not in b
+    ranked = [line.split()[0] for line in a.splitlines()[3:5]]
+    assert ranked == ["a1", "a2"]
+    group = b.splitlines()[b.splitlines().index("") + 4].split()
+    assert group == ["1", "1", "20.09", "20.09", "baseline", "baseline"]  # n=1: no SE
+
+
+def test_the_command_takes_its_options(sweep):
+    proc = subprocess.run([sys.executable, "-m", "lmx.report", str(sweep), "--group-by",
+                           "model.nhead"], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "grouped by model.nhead" in proc.stdout
+    html = (sweep / "report.html").read_text()
+    assert html.count("<table>") == 2 and html.count("<img") == 2
