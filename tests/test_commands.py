@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -58,13 +61,17 @@ def test_a_pickle_that_is_not_a_checkpoint_is_refused(tmp_path):
 
 def test_generation_is_deterministic_under_a_seed(tiny_run):
     _, run_dir, _ = tiny_run
-    first = generate(run_dir, "the cat", max_new_tokens=30, seed=3)
-    assert first == generate(run_dir, "the cat", max_new_tokens=30, seed=3)
-    assert first != generate(run_dir, "the cat", max_new_tokens=30, seed=4)
+    [first] = generate(run_dir, "the cat", max_new_tokens=30, seed=3)
+    assert [first] == generate(run_dir, "the cat", max_new_tokens=30, seed=3)
+    assert [first] != generate(run_dir, "the cat", max_new_tokens=30, seed=4)
     assert first.startswith("the cat ") and len(first.split()) == 32
     greedy = generate(run_dir, "the cat", max_new_tokens=10, temperature=0, seed=1)
     assert greedy == generate(run_dir, "the cat", max_new_tokens=10, temperature=0, seed=2)
     assert greedy == generate(run_dir, "the cat", max_new_tokens=10, top_k=1, seed=5)
+    assert greedy == generate(run_dir, "the cat", max_new_tokens=10, top_p=1e-6, seed=6)
+    # num_samples: one generator, so the first sample of three is the one sample of one
+    three = generate(run_dir, "the cat", max_new_tokens=30, seed=3, num_samples=3)
+    assert three[0] == first and len(set(three)) == 3
 
 
 def test_generate_cli_and_errors(tiny_run):
@@ -78,6 +85,31 @@ def test_generate_cli_and_errors(tiny_run):
         generate(run_dir, "   ")
     proc = run_module("lmx.generate", f"ckpt={run_dir}", "prompt=x", "top_k=many")
     assert proc.returncode == 2 and "bad number" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_module("lmx.generate", f"ckpt={run_dir}", "prompt=x", "num_samples=2",
+                      "max_new_tokens=3")  # fmt: skip
+    assert proc.stdout.count("--- sample") == 2, proc.stderr
+
+
+def test_a_generate_error_lists_generates_options(tiny_run):
+    _, run_dir, _ = tiny_run
+    proc = run_module("lmx.generate", f"ckpt={run_dir}", "prompt=the cat", "top_pp=0.9")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "generate has no option 'top_pp'; did you mean top_p?" in proc.stderr
+    assert "its options: ckpt, prompt, max_new_tokens, num_samples, temperature" in proc.stderr
+    proc = run_module("lmx.evaluate", f"ckpt={run_dir}", "splt=valid")
+    assert "eval has no option 'splt'; did you mean split?" in proc.stderr
+    assert "its options: ckpt, split" in proc.stderr
+
+
+def test_prompt_words_outside_the_vocabulary_are_named(tiny_run, caplog):
+    _, run_dir, _ = tiny_run
+    with caplog.at_level("WARNING", logger="lmx.generate"):
+        generate(run_dir, "the zebra sat on a quagga", max_new_tokens=2)
+    assert "not in the vocabulary, read as <unk>: zebra, quagga" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lmx.generate"):
+        generate(run_dir, "the cat sat", max_new_tokens=2)
+    assert "vocabulary" not in caplog.text
 
 
 def test_an_fp16_run_evaluates_on_a_cpu(tiny_run):
@@ -85,3 +117,22 @@ def test_an_fp16_run_evaluates_on_a_cpu(tiny_run):
     _, run_dir, metrics = tiny_run
     result = evaluate_checkpoint(run_dir, "test", ["device.precision=fp16"])
     assert math.isclose(result["ppl"], metrics["test_ppl"], rel_tol=0.05)
+
+
+def test_the_lmx_command_helps_from_any_directory(tmp_path):
+    lmx = Path(sys.executable).parent / "lmx"  # the console script of this environment
+    if not lmx.exists():
+        pytest.skip("lmx is not installed as a console script here (pip install -e .)")
+    top = subprocess.run([str(lmx), "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert top.returncode == 0
+    assert all(f"  {c} " in top.stdout for c in ("train", "eval", "generate", "report", "bench"))
+    train = subprocess.run([str(lmx), "train", "--help"], capture_output=True, text=True,
+                           cwd=tmp_path)  # fmt: skip
+    assert train.returncode == 0 and "== Config groups" in train.stdout
+    assert "model: gpt, lstm, transformer" in train.stdout
+    for command, option in (("generate", "top_p"), ("eval", "split"), ("report", "--group-by")):
+        proc = subprocess.run([str(lmx), command, "--help"], capture_output=True, text=True,
+                              cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 0 and option in proc.stdout, (command, proc.stderr)
+    wrong = subprocess.run([str(lmx), "genrate"], capture_output=True, text=True, cwd=tmp_path)
+    assert wrong.returncode == 2 and "did you mean generate?" in wrong.stderr

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from lmx.config.rules import did_you_mean
 from lmx.errors import ConfigError, LmxError
 
 
@@ -31,6 +32,23 @@ def parse_args(argv: list[str], usage: str) -> dict[str, str]:
             fail(ConfigError(f"expected key=value, got {arg!r}\n{usage}"))
         args[key] = value
     return args
+
+
+def split_options(
+    args: dict[str, str], options: dict[str, str], command: str, usage: str
+) -> tuple[dict[str, str], list[str]]:
+    """A command's own options, and the dotted KEY=VALUE overrides of the saved config. An
+    undotted key that is no option is an error naming the command's options."""
+    own = {k: v for k, v in args.items() if "." not in k}
+    unknown = [k for k in own if k not in options]
+    if unknown:
+        hint = did_you_mean(unknown[0], list(options))
+        raise ConfigError(
+            f"{command} has no option {unknown[0]!r}{hint}\n"
+            f"its options: {', '.join(options)}; a config override takes a dotted key "
+            f"(e.g. data.local_dir=PATH)\n{usage}"
+        )
+    return own, [f"{k}={v}" for k, v in args.items() if "." in k]
 
 
 def fail(err: LmxError) -> NoReturn:

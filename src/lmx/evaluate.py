@@ -1,4 +1,5 @@
-"""`python -m lmx.evaluate ckpt=PATH [split=test] [KEY=VALUE ...]`: score a checkpoint on a split.
+"""`lmx eval ckpt=PATH [split=test] [KEY=VALUE ...]` (or `python -m lmx.evaluate`): score a
+checkpoint on a split.
 
 The model, its config and its tokenizer all come from the checkpoint, so the number printed is
 the one the run recorded (same batches, same bptt, same eval limit) unless overridden.
@@ -9,14 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmx.cli import fail, parse_args, run
+from lmx.cli import parse_args, run, split_options
 from lmx.errors import ConfigError
 
-USAGE = """usage: python -m lmx.evaluate ckpt=PATH [split=test] [KEY=VALUE ...]
-  ckpt       a checkpoint file, or a run dir (its checkpoints/best.pt)
-  split      test (default), valid or train
-  KEY=VALUE  overrides of the run's saved config, e.g. data.local_dir=PATH, device.type=cpu,
-             trainer.limit_eval_batches=null"""
+OPTIONS = {
+    "ckpt": "a checkpoint file, or a run dir (its checkpoints/best.pt)",
+    "split": "test (default), valid or train",
+}
+USAGE = (
+    "usage: lmx eval ckpt=PATH [split=test] [KEY=VALUE ...]\n"
+    + "".join(f"  {k:<11}{v}\n" for k, v in OPTIONS.items())
+    + (
+        "  KEY=VALUE  dotted overrides of the run's saved config, e.g. data.local_dir=PATH,\n"
+        "             device.type=cpu, trainer.limit_eval_batches=null, eval.stride=64"
+    )
+)
 
 
 def evaluate_checkpoint(
@@ -72,11 +80,11 @@ def describe(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    args = parse_args(argv, USAGE)
-    if "ckpt" not in args:
-        fail(ConfigError(f"ckpt=PATH is required\n{USAGE}"))
-    ckpt, split = args.pop("ckpt"), args.pop("split", "test")
-    result = evaluate_checkpoint(ckpt, split, [f"{k}={v}" for k, v in args.items()])
+    options, overrides = split_options(parse_args(argv, USAGE), OPTIONS, "eval", USAGE)
+    if "ckpt" not in options:
+        raise ConfigError(f"ckpt=PATH is required\n{USAGE}")
+    ckpt, split = options["ckpt"], options.get("split", "test")
+    result = evaluate_checkpoint(ckpt, split, overrides)
     print(
         f"{result['split']}: loss {result['loss']:.6f} | ppl {result['ppl']:.4f} | "
         f"{describe(result)} | {ckpt}"

@@ -1,22 +1,42 @@
-"""`python -m lmx.generate ckpt=PATH prompt="..." [max_new_tokens=50] [temperature=1.0] [top_k=0]
-[seed=0]`: sample a continuation from a trained model. A fixed seed gives the same text."""
+"""`lmx generate ckpt=PATH prompt="..." [OPTION=VALUE ...] [KEY=VALUE ...]`: sample
+continuations from a trained model, on the best device there is. A fixed seed gives the same
+text.
+
+The model reads the prompt once and then each new token: a recurrent model carries its state,
+GPT keeps a KV cache. The Transformer re-reads its window of the last data.bptt tokens for
+every token (its encoder layers keep no cache).
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
-from lmx.cli import fail, parse_args, run
+from lmx.cli import parse_args, run, split_options
 from lmx.data.tokenizer import EOS
 from lmx.errors import ConfigError
 from lmx.models.carried import carries_state, fresh_state
 
-USAGE = """usage: python -m lmx.generate ckpt=PATH prompt=TEXT [max_new_tokens=50] [temperature=1.0]
-                        [top_k=0] [seed=0] [KEY=VALUE ...]
-  ckpt         a checkpoint file, or a run dir (its checkpoints/best.pt)
-  temperature  0 picks the most likely token every time; higher is more random
-  top_k        sample among the k most likely tokens only (0: all)"""
+log = logging.getLogger("lmx.generate")
+
+OPTIONS = {
+    "ckpt": "a checkpoint file, or a run dir (its checkpoints/best.pt)",
+    "prompt": "the text to continue",
+    "max_new_tokens": "tokens to add to each sample (default 50)",
+    "num_samples": "how many continuations (default 1)",
+    "temperature": "0 picks the most likely token every time; higher is more random (default 1)",
+    "top_k": "sample among the k most likely tokens only (default 0: all)",
+    "top_p": "sample from the fewest tokens whose probabilities sum to p (default 1.0: all)",
+    "repetition_penalty": "> 1 makes tokens already in the text less likely (CTRL; default 1)",
+    "seed": "the random seed (default 0)",
+}
+USAGE = (
+    "usage: lmx generate ckpt=PATH prompt=TEXT [OPTION=VALUE ...] [KEY=VALUE ...]\n"
+    + "\n".join(f"  {k:<20}{v}" for k, v in OPTIONS.items())
+    + "\n  KEY=VALUE           a dotted override of the run's saved config, e.g. device.type=cpu"
+)
 
 
 @torch.inference_mode()
@@ -28,32 +48,63 @@ def sample(
     temperature: float = 1.0,
     top_k: int = 0,
     seed: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> list[int]:
     """New token ids after the prompt. The model sees at most `context` tokens, as in
-    training; a model that carries its state (lmx.models.carried) reads the prompt once, then
-    each new token, with all before it in its state."""
-    generator = torch.Generator().manual_seed(seed)
+    training. A model that carries its state (lmx.models.carried) reads the prompt once, then
+    each new token, with all before it in its state. One with a KV cache (GPT) does the same
+    until the cache holds `context` tokens, then reads the last context / 2 again and goes on:
+    it sees between context / 2 and context tokens, never more than it was trained on."""
+    generator = generator or torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     ids = list(prompt_ids)
-    stateful, feed = carries_state(model), ids
+    cached = hasattr(model, "new_cache")
+    cache = model.new_cache() if cached else None
+    feed = ids[-context:] if cached else ids
     with fresh_state(model):
         for _ in range(max_new_tokens):
-            window = feed if stateful else ids[-context:]
-            logits = model(torch.tensor([window]))[0, -1].float()  # [V]
-            next_id = _pick(logits, temperature, top_k, generator)
+            if cached and cache.length + len(feed) > context:
+                cache, feed = model.new_cache(), ids[-(context // 2) :]  # slide the window
+            window = feed if (cached or carries_state(model)) else ids[-context:]
+            src = torch.tensor([window], device=device)
+            out = model(src, cache=cache) if cached else model(src)
+            logits = out[0, -1].float().cpu()  # [V]
+            if repetition_penalty != 1.0:
+                logits = _penalize(logits, ids, repetition_penalty)
+            next_id = _pick(logits, temperature, top_k, generator, top_p)
             ids.append(next_id)
             feed = [next_id]
     return ids[len(prompt_ids) :]
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_k: int, generator) -> int:
-    """The next token from logits [V]: the most likely at temperature 0, else a sample."""
+def _penalize(logits: torch.Tensor, ids: list[int], penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty: the logit of every token already seen divided by `penalty`
+    where positive, multiplied where negative (both make it less likely for penalty > 1)."""
+    seen = torch.tensor(sorted(set(ids)))
+    values = logits[seen]
+    logits = logits.clone()
+    logits[seen] = torch.where(values > 0, values / penalty, values * penalty)
+    return logits
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int, generator, top_p: float = 1.0):
+    """The next token from logits [V]: the most likely at temperature 0, else a sample from
+    the top_k most likely and, within those, the nucleus of probability top_p."""
     if temperature == 0:
         return int(logits.argmax())
     logits = logits / temperature
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
         logits[logits < kth] = -float("inf")
-    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+    probs = logits.softmax(-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        before = sorted_probs.cumsum(0) - sorted_probs  # mass of the more likely tokens
+        sorted_probs[before >= top_p] = 0.0  # outside the nucleus; the most likely stays
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def generate(
@@ -64,40 +115,82 @@ def generate(
     top_k: int = 0,
     seed: int = 0,
     overrides: list[str] | None = None,
-) -> str:
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    num_samples: int = 1,
+) -> list[str]:
+    """`num_samples` continuations of the prompt, each with the prompt before it."""
     from lmx.models.pretrained import load_trained
+    from lmx.runtime.device import resolve_device
 
-    if max_new_tokens < 0 or temperature < 0 or top_k < 0:
+    if min(max_new_tokens, temperature, top_k) < 0:
         raise ConfigError("max_new_tokens, temperature and top_k must be >= 0")
-    trained = load_trained(path, overrides)
+    if not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"top_p={top_p}: must be in (0, 1]")
+    if repetition_penalty <= 0 or num_samples < 1:
+        raise ConfigError("repetition_penalty must be > 0 and num_samples >= 1")
+    overrides = overrides or []
+    trained = load_trained(path, overrides)  # on cpu
+    if not any(o.startswith("device.type=") for o in overrides):
+        trained.cfg.device.type = "auto"  # the best there is, not the one it trained on
+    trained.model.to(resolve_device(trained.cfg.device, training=False))
     tok = trained.tokenizer
-    prompt_ids = tok.encode(prompt, add_special_tokens=False).ids  # no <eos> after the prompt
+    encoding = tok.encode(prompt, add_special_tokens=False)  # no <eos> after the prompt
+    _warn_unknown(prompt, encoding, tok)
+    prompt_ids = encoding.ids
     if not prompt_ids:
         if tok.token_to_id(EOS) is None:
             raise ConfigError("prompt is empty: give the model a few words to continue")
         prompt_ids = [tok.token_to_id(EOS)]  # a line start, for models trained with <eos>
-    new_ids = sample(
-        trained.model, prompt_ids, max_new_tokens, trained.cfg.data.bptt, temperature, top_k, seed
-    )
-    text = tok.decode(prompt_ids + new_ids, skip_special_tokens=False)
-    return text.replace(f" {EOS} ", "\n").replace(EOS, "\n")
+    generator = torch.Generator().manual_seed(seed)
+    texts = []
+    for _ in range(num_samples):  # one generator: sample i is the same in any count >= i
+        new_ids = sample(
+            trained.model,
+            prompt_ids,
+            max_new_tokens,
+            trained.cfg.data.bptt,
+            temperature,
+            top_k,
+            seed,
+            top_p,
+            repetition_penalty,
+            generator,
+        )
+        text = tok.decode(prompt_ids + new_ids, skip_special_tokens=False)
+        texts.append(text.replace(f" {EOS} ", "\n").replace(EOS, "\n"))
+    return texts
+
+
+def _warn_unknown(prompt: str, encoding, tok) -> None:
+    """Name the prompt's words that the vocabulary lacks: the model reads each as <unk>."""
+    unk = tok.token_to_id("<unk>")
+    if unk is None:
+        return
+    words = [prompt[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets, strict=True)
+             if i == unk and prompt[a:b] != "<unk>"]  # fmt: skip
+    if words:
+        log.warning("prompt words not in the vocabulary, read as <unk>: %s",
+                    ", ".join(dict.fromkeys(words)))  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
-    args = parse_args(argv, USAGE)
-    if "ckpt" not in args or "prompt" not in args:
-        fail(ConfigError(f"ckpt=PATH and prompt=TEXT are required\n{USAGE}"))
-    ckpt, prompt = args.pop("ckpt"), args.pop("prompt")
+    logging.basicConfig(level=logging.INFO, format="lmx: %(message)s")
+    options, overrides = split_options(parse_args(argv, USAGE), OPTIONS, "generate", USAGE)
+    if "ckpt" not in options or "prompt" not in options:
+        raise ConfigError(f"ckpt=PATH and prompt=TEXT are required\n{USAGE}")
+    numbers = {"max_new_tokens": int, "num_samples": int, "top_k": int, "seed": int,
+               "temperature": float, "top_p": float, "repetition_penalty": float}  # fmt: skip
     try:
-        options = dict(
-            max_new_tokens=int(args.pop("max_new_tokens", 50)),
-            temperature=float(args.pop("temperature", 1.0)),
-            top_k=int(args.pop("top_k", 0)),
-            seed=int(args.pop("seed", 0)),
-        )
+        values = {k: numbers[k](v) for k, v in options.items() if k in numbers}
     except ValueError as err:
-        fail(ConfigError(f"bad number: {err}"))
-    print(generate(ckpt, prompt, overrides=[f"{k}={v}" for k, v in args.items()], **options))
+        raise ConfigError(f"bad number: {err}") from err
+    texts = generate(options["ckpt"], options["prompt"], overrides=overrides, **values)
+    if len(texts) == 1:
+        print(texts[0])
+        return
+    for i, text in enumerate(texts, 1):
+        print(f"--- sample {i} of {len(texts)}\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ tokens [B, T] -> token embedding (+ learned positions, or rotary positions insid
               -> linear decoder (the embedding matrix when tied) -> logits [B, T, ntoken]
 Shapes: B batch, T sequence length, D d_model, H nhead, Dh = D / H, F d_hid, V ntoken.
 
+Generation reads a prompt once and then one token at a time through a KVCache: each block
+keeps the keys and values of the tokens before, so a new token costs one position, not the
+whole window.
+
 Init is GPT-2's: every weight N(0, 0.02), biases zero, and the two projections that write
 into the residual stream N(0, 0.02 / sqrt(2 * nlayers)), so the stream's variance does not
 grow with depth.
@@ -39,6 +43,15 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return out.flatten(-2).to(x.dtype)
 
 
+class KVCache:
+    """Keys and values of the tokens read so far, one [k, v] pair per block ([B, H, T, Dh]
+    each); `length` tokens, at positions 0..length-1. For inference only."""
+
+    def __init__(self, nlayers: int):
+        self.layers: list[list[torch.Tensor]] = [[] for _ in range(nlayers)]
+        self.length = 0
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, nhead: int, dropout: float, attn_dropout: float,
                  bias: bool, rope: bool, max_len: int):  # fmt: skip
@@ -53,14 +66,26 @@ class CausalSelfAttention(nn.Module):
             self.register_buffer("sin", sin, persistent=False)
         self.rope = rope
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, T, D]
+    def forward(self, x: torch.Tensor, past: list[torch.Tensor] | None = None) -> torch.Tensor:
+        # x: [B, T, D]; past: this block's [k, v] of the tokens before (a KVCache), extended
         B, T, D = x.shape
+        start = past[0].size(2) if past else 0  # positions start..start+T-1
         q, k, v = self.qkv(x).split(D, dim=2)  # each [B, T, D]
         q, k, v = (t.view(B, T, self.nhead, D // self.nhead).transpose(1, 2) for t in (q, k, v))
-        if self.rope:  # [B, H, T, Dh], positions 0..T-1
-            q, k = rotate(q, self.cos[:T], self.sin[:T]), rotate(k, self.cos[:T], self.sin[:T])
+        if self.rope:  # [B, H, T, Dh]
+            cos, sin = self.cos[start : start + T], self.sin[start : start + T]
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if past is not None:
+            if past:
+                k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+            past[:] = [k, v]  # [B, H, start + T, Dh]
         p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # [B, H, T, Dh]
+        if start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:  # query i (position start + i) sees keys 0..start + i
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        # y: [B, H, T, Dh]
         y = y.transpose(1, 2).reshape(B, T, D)  # heads side by side again
         return self.drop(self.proj(y))
 
@@ -84,8 +109,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d_model, bias=bias)
         self.mlp = MLP(d_model, d_hid, dropout, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D]
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, past: list[torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), past)  # [B, T, D]
         return x + self.mlp(self.ln2(x))
 
 
@@ -145,19 +170,29 @@ class GPT(nn.Module):
         elif tie_weights:
             tie(self.decoder, self.embedding)
 
+    def new_cache(self) -> KVCache:
+        return KVCache(len(self.blocks))
+
     def forward(
-        self, src: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"
+        self,
+        src: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        reduction: str = "mean",
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        # src: [B, T] token ids; targets: [B, T] next-token ids or None
-        T = src.size(1)
-        if T > self.max_len:
-            raise ValueError(f"a window of {T} tokens exceeds max_len={self.max_len}")
+        # src: [B, T] token ids; targets: [B, T] next-token ids or None; cache: the tokens
+        # before src (generation), which src then extends
+        T, start = src.size(1), cache.length if cache is not None else 0
+        if start + T > self.max_len:
+            raise ValueError(f"a window of {start + T} tokens exceeds max_len={self.max_len}")
         x = self.embedding(src)  # [B, T, D]
         if self.positions is not None:
-            x = x + self.positions(torch.arange(T, device=src.device))  # + [T, D]
+            x = x + self.positions(torch.arange(start, start + T, device=src.device))  # + [T, D]
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)  # [B, T, D]
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache.layers[i] if cache is not None else None)  # [B, T, D]
+        if cache is not None:
+            cache.length += T
         x = self.ln_f(x)
         return decode(x, self.decoder, targets, reduction, self.fused_loss)  # logits or loss
 
