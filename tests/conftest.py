@@ -97,6 +97,13 @@ def run_python(*args: str, cwd: Path | None = None, timeout: int = 300):
     )
 
 
+def job_dir(sweep: Path, num: int | str) -> Path:
+    """A sweep job's run dir: NUM_<swept values> (lmx.runs.naming), or NUM where none."""
+    found = [p for p in sweep.glob(f"{num}*") if p.name == str(num) or p.name.startswith(f"{num}_")]
+    assert len(found) == 1, f"job {num} in {sweep}: {found}"
+    return found[0]
+
+
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return run_module("lmx.train", *args, **kwargs)
 

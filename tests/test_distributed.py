@@ -13,7 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, run_cli, tiny_overrides
+from conftest import REPO, job_dir, run_cli, tiny_overrides
 from lmx.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="no torchrun")
@@ -145,7 +145,7 @@ def test_sweep_through_submitit_local_executor(corpus_dir, cache_dir, tmp_path):
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     for job in ("0", "1"):
-        assert _metrics(sweep / job)["status"] == "done"
+        assert _metrics(job_dir(sweep, job))["status"] == "done"
 
 
 def test_lstm_under_ddp_matches_one_process_and_resumes_in_mid_epoch(

@@ -13,6 +13,7 @@ import torch
 from conftest import (
     TINY,
     compose_cfg,
+    job_dir,
     run_cli,
     run_module,
     run_python,
@@ -69,9 +70,9 @@ def test_every_family_and_head_trains_checkpoints_evaluates_and_generates(
     assert metrics["parameters"] == sum(unique.values())
     test = evaluate_checkpoint(run_dir, "test")
     assert math.isclose(test["ppl"], metrics["test_ppl"], rel_tol=1e-4)
-    text = generate(run_dir, "the cat", max_new_tokens=12, seed=3)
+    [text] = generate(run_dir, "the cat", max_new_tokens=12, seed=3)
     assert text.startswith("the cat ") and len(text.split()) == 14
-    assert text == generate(run_dir, "the cat", max_new_tokens=12, seed=3)
+    assert [text] == generate(run_dir, "the cat", max_new_tokens=12, seed=3)
 
 
 @pytest.mark.parametrize(  # the transformer with its softmax head: in test_resume
@@ -178,9 +179,9 @@ def test_a_sweep_over_families_gives_complete_runs_that_report_ranks(corpus_dir,
     assert proc.returncode == 0, proc.stderr[-2000:]
     targets = set()
     for job in ("0", "1", "2"):
-        metrics = _metrics(sweep / job)
+        metrics = _metrics(job_dir(sweep, job))
         assert metrics["status"] == "done" and math.isfinite(metrics["test_ppl"])
-        config = load_checkpoint(sweep / job / "checkpoints" / "best.pt").config
+        config = load_checkpoint(job_dir(sweep, job) / "checkpoints" / "best.pt").config
         targets.add(config["model"]["_target_"])
     assert targets == {"lmx.models.transformer.TransformerLM", "lmx.models.rnn.RNNLM",
                        "lmx.models.gpt.GPT"}  # fmt: skip

@@ -63,7 +63,7 @@ def test_an_old_checkpoint_generates_and_evaluates_from_the_command_line(tmp_pat
     proc = run_module("lmx.evaluate", f"ckpt={FIXTURE / 'run'}", data, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "test: loss" in proc.stdout
-    text = generate(FIXTURE / "run", "the cat", max_new_tokens=5, seed=1)
+    [text] = generate(FIXTURE / "run", "the cat", max_new_tokens=5, seed=1)
     assert text.startswith("the cat") and len(text.split()) == 7
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from conftest import REPO, run_cli, tiny_overrides
+from conftest import REPO, job_dir, run_cli, tiny_overrides
 from lmx.report import report
 from lmx.runs.status import mark_failed, read_status
 from lmx.runs.sweep import config_hash
@@ -114,9 +114,9 @@ def test_failed_job_does_not_stop_the_sweep(corpus_dir, cache_dir, tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1
     assert "1 of 2 job(s) failed" in output and "too few for one batch" in output
-    assert read_status(sweep / "0")["status"] == "failed"
-    assert "Traceback" in (sweep / "0" / "error.txt").read_text()
-    assert read_status(sweep / "1")["status"] == "done"  # the job after the failure ran
+    assert read_status(job_dir(sweep, 0))["status"] == "failed"
+    assert "Traceback" in (job_dir(sweep, 0) / "error.txt").read_text()
+    assert read_status(job_dir(sweep, 1))["status"] == "done"  # the job after the failure ran
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, cache_dir, tmp_path):
@@ -136,19 +136,19 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, c
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     deadline = time.time() + 240
-    while not (sweep / "1" / "config.yaml").is_file():  # job 0 finished, job 1 started...
+    while not list(sweep.glob("1*/config.yaml")):  # job 0 finished, job 1 started...
         assert proc.poll() is None and time.time() < deadline, "job 1 did not start"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)  # ...then Ctrl-C while job 1 trains
     assert proc.wait(timeout=60) != 0
-    assert read_status(sweep / "1").get("status") != "done"
-    first = (sweep / "0" / "metrics.json").read_text()
+    assert read_status(job_dir(sweep, 1)).get("status") != "done"
+    first = (job_dir(sweep, 0) / "metrics.json").read_text()
 
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "already finished" in proc.stdout + proc.stderr
-    assert (sweep / "0" / "metrics.json").read_text() == first  # not run again
-    assert all(read_status(sweep / j)["status"] == "done" for j in ("0", "1", "2"))
+    assert (job_dir(sweep, 0) / "metrics.json").read_text() == first  # not run again
+    assert all(read_status(job_dir(sweep, j))["status"] == "done" for j in ("0", "1", "2"))
 
 
 def test_optuna_preset_reports_its_best_trial(corpus_dir, cache_dir, tmp_path):
@@ -164,7 +164,7 @@ def test_optuna_preset_reports_its_best_trial(corpus_dir, cache_dir, tmp_path):
     assert proc.returncode == 0, output[-2000:]
     assert "Best value" in output
     best = OmegaConf.load(sweep / "optimization_results.yaml")
-    ppls = [read_status(sweep / j)["best_val_ppl"] for j in ("0", "1", "2")]
+    ppls = [read_status(job_dir(sweep, j))["best_val_ppl"] for j in ("0", "1", "2")]
     assert best.best_value == min(ppls)  # the trials' own metrics, not a placeholder
     # the tiny overrides pin optim.lr and model.d_model on the command line, which takes them
     # out of the search space; dropout is still searched
@@ -184,8 +184,8 @@ def test_joblib_launcher_splits_threads_between_jobs(corpus_dir, cache_dir, tmp_
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     cores = len(os.sched_getaffinity(0))
     for job in ("0", "1"):
-        assert read_status(sweep / job)["status"] == "done"
-        log = (sweep / job / "train.log").read_text()
+        assert read_status(job_dir(sweep, job))["status"] == "done"
+        log = (job_dir(sweep, job) / "train.log").read_text()
         assert f"2 concurrent jobs: {max(1, cores // 2)} CPU thread(s) each" in log
 
 
@@ -212,12 +212,13 @@ def test_a_finished_job_of_an_older_sweep_is_found_by_its_relative_data_path(tmp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corpus").mkdir()
     old = compose_cfg(["data.local_dir=corpus"])
-    run_dir = tmp_path / "sweep" / "0"
+    run_dir = tmp_path / "sweep" / "0"  # older sweeps named a job by its number alone
     run_dir.mkdir(parents=True)
     old_saved = OmegaConf.to_container(old, resolve=True, enum_to_str=True)
     old_saved["model"]["_target_"] = "lmx.model.TransformerLM"  # and the old module path
     for key in ("head", "cutoffs", "div_value"):  # and no keys added since
         del old_saved["model"][key]
+    del old_saved["name"], old_saved["trainer"]["samples"], old_saved["trainer"]["hparams_all"]
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(old_saved))
     (run_dir / "metrics.json").write_text(json.dumps({"status": "done"}))
     job = absolute_paths(compose_cfg(["data.local_dir=corpus"]))

@@ -231,6 +231,11 @@ class TrainerConfig:
     # train_tokens_per_s leaves out this many first steps of each process (warm-up, compile)
     throughput_warmup_steps: int = 5
     tensorboard: bool = True
+    # After each validation, this many sampled continuations to TensorBoard's Text tab. 0: off
+    samples: int = 0
+    # HParams lists the keys a sweep varies and those that differ from the defaults; true
+    # adds every other key after them
+    hparams_all: bool = False
     # "auto": continue from this run dir's newest checkpoint if there is one (else start);
     # a path: continue from that checkpoint file or run dir. null: always start fresh.
     resume: str | None = None
@@ -267,3 +272,6 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    # The run's own name: added to its folder (outputs/DATE/TIME_NAME, or a sweep job's
+    # NUM_NAME_<swept values>) and so to its TensorBoard run. None: the folder alone.
+    name: str | None = None

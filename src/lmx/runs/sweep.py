@@ -16,7 +16,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lmx.config.compose import absolute_paths
-from lmx.config.legacy import upgrade_config
+from lmx.config.legacy import typed_config
+from lmx.errors import LmxError
 from lmx.runs.status import ERROR_FILE, STATUS_FILE, read_status
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,11 @@ def find_finished(sweep_dir: Path, job_hash: str) -> Path | None:
         if read_status(run_dir).get("status") != "done" or not (run_dir / "config.yaml").is_file():
             continue
         saved = absolute_paths(OmegaConf.load(run_dir / "config.yaml"))  # older runs: relative
-        saved = upgrade_config(OmegaConf.to_container(saved))
+        try:  # on today's schema: keys added since at the value the run had
+            typed = typed_config(OmegaConf.to_container(saved), str(run_dir / "config.yaml"))
+        except LmxError:
+            continue  # a config this lmx cannot read is no finished job of this sweep
+        saved = OmegaConf.to_container(typed, resolve=True, enum_to_str=True)
         if config_hash(saved) == job_hash:
             return run_dir
     return None

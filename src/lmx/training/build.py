@@ -19,6 +19,7 @@ from lmx.data.batching import num_steps
 from lmx.data.streams import streams
 from lmx.errors import ConfigError
 from lmx.runtime.distributed import World
+from lmx.training import hparams
 from lmx.training.averaging import WeightAverage
 from lmx.training.budget import Budget, parse_duration
 from lmx.training.checkpoint import Checkpoint, load_checkpoint
@@ -117,6 +118,8 @@ def build_run(
     # purge_step: TensorBoard drops the events an earlier try logged after the checkpoint.
     purge = resume_from.step + 1 if resume_from else None
     tb = TensorBoard(run_dir / "tensorboard", cfg.trainer.tensorboard and world.is_main, purge)
+    if resume_from is None:  # a resumed run's entry is in its event files already
+        hparams.start_session(tb, resolved, cfg.trainer.hparams_all, parameter_count(model))
     run = Run(
         model=model,
         optimizer=optimizer,

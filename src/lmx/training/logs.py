@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmx.config.rules import leaves
 from lmx.files import METRICS_FILE, write_json
 from lmx.perplexity import Score, ppl
 
@@ -23,14 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("lmx.training")
 
 
-def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists and None become strings (HParams takes scalars)."""
-    scalar = (bool, int, float, str)
-    return {k: v if isinstance(v, scalar) else str(v) for k, v in leaves(tree).items()}
-
-
 class TensorBoard:
-    """Scalars and the HParams entry of a run (no-op when disabled)."""
+    """Scalars, samples and the HParams session of a run (no-op when disabled)."""
 
     def __init__(self, log_dir: Path, enabled: bool = True, purge_step: int | None = None):
         self.writer = None
@@ -45,11 +38,34 @@ class TensorBoard:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
-    def hparams(self, config: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+
+    def start_session(self, hparams: Mapping[str, Any], metrics: list[str]) -> None:
+        """The HParams entry: its keys in this order (hparams_config) and this run's values,
+        against `metrics`, scalar series the run logs (HParams shows their last values; no
+        hparam/* cards of their own). Also the chart of train and val ppl together."""
         if self.writer is None:
             return
-        # run_name="." keeps the entry in the run's own event folder, not a timestamped subdir.
-        self.writer.add_hparams(flatten(config), dict(metrics), run_name=".")
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        experiment, start, _ = hparams_summaries(dict(hparams), dict.fromkeys(metrics, 0.0))
+        self.writer.file_writer.add_summary(experiment)
+        self.writer.file_writer.add_summary(start)
+        layout = {
+            "perplexity": {"train and validation ppl": ["Multiline", ["train/ppl", "val/ppl"]]}
+        }
+        self.writer.add_custom_scalars(layout)
+
+    def end_session(self) -> None:
+        """The HParams session ends as a success (a failed run never gets here)."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        *_, end = hparams_summaries({}, {})
+        self.writer.file_writer.add_summary(end)
 
     def flush(self) -> None:
         if self.writer is not None:
@@ -202,13 +218,3 @@ def parameter_count(model: torch.nn.Module) -> int:
 def write_metrics(run: Run, metrics: dict[str, Any]) -> None:
     if run.world.is_main:
         write_json(run.run_dir / METRICS_FILE, metrics)
-
-
-def hparams(run: Run, metrics: dict[str, Any]) -> None:
-    """The HParams entry: the flattened config (and whether evaluation was partial) against
-    the figures a sweep is compared by."""
-    keys = ("best_val_ppl", "test_ppl", "val_tokens_scored", "test_tokens_scored")
-    values = {f"hparam/{k}": metrics[k] for k in keys if metrics[k] is not None}
-    config = run.checkpoint_meta["config"]
-    run.tb.hparams({**config, "parameters": metrics["parameters"],
-                    "eval_partial": metrics["eval_partial"]}, values)  # fmt: skip

@@ -22,13 +22,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from lmx.config.schema import Interval, Precision, TrainerConfig
 from lmx.data.batching import batch_starts, get_batch, num_steps
 from lmx.models.carried import reset_state
-from lmx.perplexity import Score, evaluate
+from lmx.perplexity import Score, evaluate, ppl
 from lmx.runtime.distributed import World
 from lmx.training import logs
 from lmx.training.averaging import WeightAverage
 from lmx.training.budget import Budget, Stopping
 from lmx.training.checkpoint import Checkpoint, Saver, load_checkpoint
 from lmx.training.optim import Schedule, TimeHorizon
+from lmx.training.samples import samples_markdown
 from lmx.training.signals import Interrupted, StopSignals
 from lmx.training.state import Progress
 from lmx.training.step import NonFiniteLoss, apply_nonfinite_policy, train_step
@@ -182,6 +183,10 @@ class Trainer:
         run.tb.scalars(scalars, p.step)
         run.tb.flush()
         improved = p.end_epoch(score.loss, {**details, "lr": lr}, whole)
+        run.tb.scalars({"val/best_ppl": ppl(p.best_val_loss)}, p.step)
+        if self.cfg.samples and run.world.is_main:
+            with run.average.applied():
+                run.tb.text("samples", samples_markdown(run, self.cfg.samples, p.step), p.step)
         self.stopping.after_validation(p, score.loss)  # counted before the save: resumable
         if improved:
             self.saver.save(self.saver.best)
@@ -214,7 +219,7 @@ class Trainer:
         logs.log_test(p.best_epoch, score)
         metrics = self._summary("done", test=score)
         logs.write_metrics(run, metrics)
-        logs.hparams(run, metrics)
+        run.tb.end_session()
         return metrics
 
     # ------------------------------------------------------------------ helpers
