@@ -102,7 +102,8 @@ def ppl_text(stat: tuple[float, float | None] | None) -> str:
     if stat is None:
         return "-"
     mean, se = stat
-    return f"{math.exp(mean):,.2f}" + (f" ± {100 * math.expm1(se):.2g}%" if se is not None else "")
+    spread = f" ± {_pct(100 * math.expm1(se))}%" if se is not None else ""
+    return f"{math.exp(mean):,.2f}{spread}"
 
 
 def diff_text(diff: tuple[float, float | None] | None) -> str:
@@ -113,7 +114,12 @@ def diff_text(diff: tuple[float, float | None] | None) -> str:
     if se is None:
         return f"{pct:+.2f}%"
     mark = " *" if abs(pct) > MARK_BEYOND_SE * se else ""
-    return f"{pct:+.2f}% ± {se:.2g}%{mark}"
+    return f"{pct:+.2f}% ± {_pct(se)}%{mark}"
+
+
+def _pct(value: float) -> str:
+    """Two significant digits, without an exponent: 0.012, 2.5, 41, 330."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.2g}"
 
 
 def group_table(groups: list[Group], keys: list[str]) -> tuple[list[str], list[list[str]]]:

@@ -23,12 +23,16 @@ def _pyplot():
     return plt
 
 
-def label(run: dict[str, Any], keys: list[str]) -> str:
-    """'nhead=2, nlayers=1': the varying settings by their last name where that is unique."""
+def short_names(keys: list[str]) -> list[str]:
+    """Each key by its last name where those are unique: model.nhead -> nhead."""
     short = [k.rsplit(".", 1)[-1] for k in keys]
-    names = short if len(set(short)) == len(short) else keys
-    text = ", ".join(f"{n}={run['settings'].get(k, '-')}" for n, k in zip(names, keys, strict=True))
-    return text or run["run"]
+    return short if len(set(short)) == len(short) else keys
+
+
+def label(run: dict[str, Any], keys: list[str]) -> str:
+    """'nhead=2, nlayers=1': the varying settings, by short names."""
+    pairs = zip(short_names(keys), keys, strict=True)
+    return ", ".join(f"{n}={run['settings'].get(k, '-')}" for n, k in pairs) or run["run"]
 
 
 def train_curve(run_dir: Path) -> list[tuple[int, float]]:
@@ -101,7 +105,9 @@ def plot_groups(path: Path, groups: list[Group], keys: list[str], fingerprint: s
     se = [g.val[1] or 0.0 for g in groups]  # log scale: the bar is asymmetric in ppl
     low = [m - math.exp(g.val[0] - s) for m, g, s in zip(means, groups, se, strict=True)]
     high = [math.exp(g.val[0] + s) - m for m, g, s in zip(means, groups, se, strict=True)]
-    names = [f"{g.label(keys)}\nn={g.n}" for g in groups]
+    short = short_names(keys)
+    names = ["\n".join([*(f"{n}={v}" for n, v in zip(short, g.values, strict=True)), f"n={g.n}"])
+             for g in groups]  # fmt: skip
     ax.bar(names, means, yerr=[low, high], capsize=6, color="#4c72b0")
     ax.set(ylabel="best validation ppl (mean ± 1 SE)")
     ax.set_title(_wrap(fingerprint), fontsize=8)
