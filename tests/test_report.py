@@ -108,3 +108,21 @@ def test_the_command_takes_its_options(sweep):
     assert "grouped by model.nhead" in proc.stdout
     html = (sweep / "report.html").read_text()
     assert html.count("<table>") == 2 and html.count("<img") == 2
+
+
+def test_a_wide_selection_shows_the_typed_settings_and_names_the_rest(tmp_path):
+    for i in range(3):
+        cfg = config(i + 1, i)
+        cfg["optim"] = {f"k{j}": i * j for j in range(10)}  # nine more that vary
+        fake_run(tmp_path, str(i), cfg, 5.0 + i, 5.0 + i)
+        hydra = tmp_path / str(i) / ".hydra"
+        hydra.mkdir()
+        OmegaConf.save(OmegaConf.create([f"model.nhead={i + 1}"]), hydra / "overrides.yaml")
+    text = report(tmp_path)
+    header = text.splitlines()[1].split()
+    assert header[1] == "model.nhead"  # typed on the command line: shown first of all
+    assert len(header) == 1 + 8 + 7  # run, 8 settings, the figures
+    hidden = "optim.k8, optim.k9, trainer.seed"  # optim.k0 is 0 in every run
+    assert f"3 more settings differ (report.csv has them): {hidden}" in text
+    with open(tmp_path / "report.csv") as f:
+        assert "optim.k9" in next(csv.reader(f))

@@ -24,7 +24,15 @@ from lmx.errors import ConfigError
 from lmx.runs.collect import collect
 from lmx.runs.groups import Group, group_runs, group_table, parse_keys
 from lmx.runs.plots import plot_curves, plot_groups
-from lmx.runs.table import run_table, to_html, to_markdown, to_text, write_csv, write_rows_csv
+from lmx.runs.table import (
+    run_table,
+    shown_keys,
+    to_html,
+    to_markdown,
+    to_text,
+    write_csv,
+    write_rows_csv,
+)
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.1em;margin-top:2em;border-bottom:1px solid #ccc}
@@ -62,6 +70,12 @@ def report(root: Path, group_by: str | None = None, baseline: str | None = None)
         text += ["", f"== {title}", to_text(header, cells)]
         md += [f"\n## {title}\n", to_markdown(header, cells)]
         body += [f"<h2>{html.escape(title)}</h2>", to_html(header, cells)]
+        _, hidden = shown_keys(runs)
+        if hidden:
+            more = f"{len(hidden)} more settings differ (report.csv has them): {', '.join(hidden)}"
+            text.append(more)
+            md.append(f"\n{more}\n")
+            body.append(f"<p class=note>{html.escape(more)}</p>")
         if keys and fp != "not scored yet":
             groups = group_runs(runs, keys, baseline)
             g_header, g_cells = group_table(groups, keys)

@@ -12,6 +12,7 @@ from typing import Any
 from lmx.runs.collect import varying_keys
 
 FIGURES = ["best_val_ppl", "test_ppl", "epochs", "steps", "tokens_per_s", "wall_time", "status"]
+MAX_SETTING_COLUMNS = 8  # the rest go to report.csv, and a line under the table names them
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -28,8 +29,18 @@ def _wall(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def run_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def shown_keys(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(the varying settings a table shows, those left to report.csv): group choices first
+    (model=lstm says more than its keys), then what a run set on its command line."""
     keys = varying_keys(rows)
+    typed = {k for r in rows for k in r.get("overrides", {})}
+    ranked = sorted(keys, key=lambda k: ("." in k, k not in typed))  # stable: a-z within
+    shown = set(ranked[:MAX_SETTING_COLUMNS])
+    return [k for k in keys if k in shown], [k for k in keys if k not in shown]
+
+
+def run_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    keys, _ = shown_keys(rows)
     header = ["run", *keys, *FIGURES]
     body = [
         [r["run"], *(r["settings"].get(k, "-") for k in keys), _fmt(r["best_val_ppl"]),
