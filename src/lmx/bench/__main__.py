@@ -10,7 +10,7 @@ Measures, each setting and seed in a fresh process (so peak memory is its own):
       tokens/s (the first `warmup` steps of each process left out; the median over seeds),
       eval tokens/s on the whole validation split (the median over seeds), and validation
       perplexity after `steps` steps from each seed, two ways. At the tutorial's SGD lr 5.0
-      consecutive models of one run differ a lot in validation ppl (the README has the
+      consecutive models of one run differ a lot in validation ppl (docs/benchmarks.md has the
       spread), so besides the whole split scored by the model after `steps` steps, the
       models after each of the last `avg_steps` steps are scored on the first `avg_batches`
       validation batches (lmx.bench.iterates). Each figure is exp(mean validation loss)

@@ -33,7 +33,7 @@ def _scratch(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> 
 
     A fresh CPU allocation this large (tens of MB for the tutorial's step) is mmap-ed by malloc
     and page-faulted in on first touch, which slows the decoder's forward matmul a lot (the
-    README's speed section has the figure). The buffer only lives inside one forward, so one
+    docs/benchmarks.md has the figure). The buffer only lives inside one forward, so one
     per dtype and device is enough; it grows to the largest call (eval's stacked windows).
     CUDA's caching allocator already reuses memory, so CUDA gets a plain allocation.
     """
