@@ -3,10 +3,10 @@
 At the tutorial's SGD lr 5.0 (gradient clipped to 0.5) every step moves the model far: on
 WikiText-2 the validation perplexity of consecutive models of one run differs a lot
 (docs/benchmarks.md gives the measured spread). A figure such as "valid ppl after 1000 steps"
-then says more about where a run happened to stop than about the setting. The mean validation loss of
-several consecutive models, on a fixed slice of the validation split, keeps the step count
-(the same steps for every setting) and averages the swing out. `lmx.bench` and
-`benchmarks/val_noise.py` use it.
+then says more about where a run happened to stop than about the setting. The mean
+validation loss of several consecutive models, on a fixed slice of the validation split,
+keeps the step count (the same steps for every setting) and averages the swing out.
+`lmx.bench` and `benchmarks/val_noise.py` use it.
 """
 
 from __future__ import annotations
