@@ -60,18 +60,20 @@ def rows_of(text: str, header_start: str) -> list[list[str]]:
 def test_groups_over_seeds_with_the_standard_errors_worked_by_hand(sweep):
     text = report(sweep, group_by="model.nhead")
     groups = {r[0]: [c.strip() for c in r if c.strip()] for r in rows_of(text, "model.nhead  n")}
-    # nhead=1: losses 5.0, 5.2 -> mean 5.1, sd 0.1414, SE 0.1 -> ppl e^5.1 = 164.02,
-    # SE exp(0.1) - 1 = 10.5%
-    assert groups["1"] == ["1", "2", "164.02 ± 11%", "181.27 ± 11%", "baseline", "baseline"]
+    # nhead=1: losses 5.0, 5.2 -> mean 5.1, sd 0.1414, SE 0.1 (10% on the log scale) -> ppl
+    # e^5.1 = 164.02
+    assert groups["1"] == ["1", "2", "164.02 ± 10%", "181.27 ± 10%", "baseline", "baseline"]
     # nhead=2: mean 5.0 -> 148.41; vs nhead=1: exp(-0.1) - 1 = -9.52%, SE 100 * sqrt(0.1^2 +
-    # 0.1^2) = 14%: within 2 SE, no mark
-    assert groups["2"][2] == "148.41 ± 11%" and groups["2"][4] == "-9.52% ± 14%"
-    # nhead=4: mean 4.01, SE 0.01 -> 55.15; exp(-1.09) - 1 = -66.38%, SE 10.05%: marked
+    # 0.1^2) = 14%: |-0.1| within 2 SE, no mark
+    assert groups["2"][2] == "148.41 ± 10%" and groups["2"][4] == "-9.52% ± 14%"
+    # nhead=4: mean 4.01, SE 0.01 -> 55.15; exp(-1.09) - 1 = -66.38%, SE 10.05%: 1.09 beyond
+    # 2 SE, marked
     assert groups["4"][2] == "55.15 ± 1%" and groups["4"][4] == "-66.38% ± 10% *"
     assert groups["4"][5] == "-66.38% ± 10% *"  # test: the same offsets
     with open(sweep / "report_groups.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["model.nhead"] for r in table] == ["1", "2", "4"] and table[2]["n"] == "2"
+    assert table[0]["fingerprint"].startswith("text (/corpus/a)")
     assert (sweep / "report_groups.png").stat().st_size > 1000
 
 
@@ -83,6 +85,27 @@ def test_a_named_baseline_and_the_errors_that_name_the_culprit(sweep):
         report(sweep, group_by="model.nheads")
     with pytest.raises(ConfigError, match="no such group; the groups: model.nhead=1; model.nhe"):
         report(sweep, group_by="model.nhead", baseline="model.nhead=3")
+
+
+def test_unfinished_and_diverged_runs_are_counted_not_pooled(sweep):
+    fake_run(sweep, "nan", config(1, 3), float("inf"), float("inf"))  # every validation inf
+    fake_run(sweep, "died", config(1, 4), 1.0, 1.0)
+    metrics = json.loads((sweep / "died" / "metrics.json").read_text())
+    (sweep / "died" / "metrics.json").write_text(json.dumps({**metrics, "status": "failed"}))
+    text = report(sweep, group_by="model.nhead")
+    groups = {r[0]: [c.strip() for c in r if c.strip()] for r in rows_of(text, "model.nhead  n")}
+    assert groups["1"][:3] == ["1", "2 (+2 left out)", "164.02 ± 10%"]  # as without them
+
+
+def test_a_baseline_missing_from_one_corpus_falls_back_there(tmp_path):
+    fake_run(tmp_path, "a1", config(1, 1, "/corpus/a"), 5.0, 5.0)
+    fake_run(tmp_path, "a2", config(2, 1, "/corpus/a"), 5.5, 5.5)
+    fake_run(tmp_path, "b1", config(1, 1, "/corpus/b"), 3.0, 3.0)
+    text = report(tmp_path, group_by="model.nhead", baseline="model.nhead=2")
+    assert "--baseline model.nhead=2: no such group; the groups: model.nhead=1: here the first" \
+        in text  # fmt: skip
+    a = text.split("\n== ")[1]
+    assert "+0.00%" not in a and "-39.35%" in a  # corpus a: nhead=1 vs nhead=2, e^-0.5 - 1
 
 
 def test_runs_on_other_corpora_are_never_ranked_together(tmp_path):

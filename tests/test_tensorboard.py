@@ -11,10 +11,11 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from conftest import job_dir, run_cli, tiny_overrides
 
 
-def read_events(run_dir: Path) -> tuple[dict[str, int], list[str], list[str], list[str]]:
-    """(tag -> count, HParams keys in order, its metrics, the text of the samples)."""
+def read_events(run_dir: Path) -> tuple[dict[str, int], list[str], list[str], list[str], list]:
+    """(tag -> count, HParams keys in order, those flagged `differs` (TensorBoard lists them
+    first), its metrics, the text of the samples)."""
     tags: dict[str, int] = {}
-    keys, metrics, texts = [], [], []
+    keys, flagged, metrics, texts = [], [], [], []
     for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:
@@ -24,10 +25,11 @@ def read_events(run_dir: Path) -> tuple[dict[str, int], list[str], list[str], li
                         value.metadata.plugin_data.content
                     )
                     keys = [h.name for h in data.experiment.hparam_infos]
+                    flagged = [h.name for h in data.experiment.hparam_infos if h.differs]
                     metrics = [m.name.tag for m in data.experiment.metric_infos]
                 if value.tag.startswith("samples"):
                     texts.append(value.tensor.string_val[0].decode())
-    return tags, keys, metrics, texts
+    return tags, keys, flagged, metrics, texts
 
 
 def test_a_sweep_reads_well_in_tensorboard(corpus_dir, cache_dir, tmp_path):
@@ -42,8 +44,9 @@ def test_a_sweep_reads_well_in_tensorboard(corpus_dir, cache_dir, tmp_path):
     # TensorBoard names a run by its event folder's path under --logdir
     events = sorted(str(p.relative_to(sweep)) for p in sweep.glob("**/events.out.tfevents.*"))
     assert [e.split("/")[0] for e in events] == names
-    tags, keys, metrics, texts = read_events(job_dir(sweep, 2))
+    tags, keys, flagged, metrics, texts = read_events(job_dir(sweep, 2))
     assert keys[:2] == ["model.nhead", "model.nlayers"]  # the swept keys first
+    assert flagged == ["model.nhead", "model.nlayers"]  # and TensorBoard's order keeps them so
     # then what differs from the defaults (tiny_overrides); never where the data lies
     assert "model.d_model" in keys and "trainer.epochs" in keys
     assert not any(k.startswith(("data.local_dir", "data.cache_dir", "hydra")) for k in keys)
@@ -63,6 +66,7 @@ def test_a_named_run_and_all_its_hparams(corpus_dir, cache_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     [run_dir] = (tmp_path / "outputs").glob("*/*")
     assert run_dir.name.endswith("_my_baseline")  # after the time, fit for a path
-    _, keys, _, _ = read_events(run_dir)
+    _, keys, flagged, _, _ = read_events(run_dir)
+    assert "model.d_model" in flagged and "optim.momentum" not in flagged
     assert "optim.momentum" in keys  # trainer.hparams_all: the constants too, after the rest
     assert keys.index("model.d_model") < keys.index("optim.momentum")

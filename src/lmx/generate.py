@@ -52,7 +52,8 @@ def sample(
     repetition_penalty: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> list[int]:
-    """New token ids after the prompt. The model sees at most `context` tokens, as in
+    """New token ids after the prompt (drawn with `generator`, or one seeded with `seed`).
+    The model sees at most `context` tokens, as in
     training. A model that carries its state (lmx.models.carried) reads the prompt once, then
     each new token, with all before it in its state. One with a KV cache (GPT) does the same
     until the cache holds `context` tokens, then reads the last context / 2 again and goes on:
@@ -66,7 +67,7 @@ def sample(
     with fresh_state(model):
         for _ in range(max_new_tokens):
             if cached and cache.length + len(feed) > context:
-                cache, feed = model.new_cache(), ids[-(context // 2) :]  # slide the window
+                cache, feed = model.new_cache(), ids[-max(1, context // 2) :]  # slide
             window = feed if (cached or carries_state(model)) else ids[-context:]
             src = torch.tensor([window], device=device)
             out = model(src, cache=cache) if cached else model(src)
@@ -146,20 +147,17 @@ def generate(
     texts = []
     for _ in range(num_samples):  # one generator: sample i is the same in any count >= i
         new_ids = sample(
-            trained.model,
-            prompt_ids,
-            max_new_tokens,
-            trained.cfg.data.bptt,
-            temperature,
-            top_k,
-            seed,
-            top_p,
-            repetition_penalty,
-            generator,
-        )
-        text = tok.decode(prompt_ids + new_ids, skip_special_tokens=False)
-        texts.append(text.replace(f" {EOS} ", "\n").replace(EOS, "\n"))
+            trained.model, prompt_ids, max_new_tokens, trained.cfg.data.bptt, temperature,
+            top_k, top_p=top_p, repetition_penalty=repetition_penalty, generator=generator,
+        )  # fmt: skip
+        texts.append(decode(tok, prompt_ids + new_ids))
     return texts
+
+
+def decode(tok, ids: list[int]) -> str:
+    """Text of token ids as the model wrote them: <unk> kept, each <eos> a line break."""
+    text = tok.decode(ids, skip_special_tokens=False)
+    return text.replace(f" {EOS} ", "\n").replace(EOS, "\n")
 
 
 def _warn_unknown(prompt: str, encoding, tok) -> None:

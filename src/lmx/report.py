@@ -22,11 +22,10 @@ from typing import Any
 from lmx.cli import run
 from lmx.errors import ConfigError
 from lmx.runs.collect import collect
-from lmx.runs.groups import Group, group_runs, group_table, parse_keys
+from lmx.runs.groups import Group, NoSuchGroup, group_runs, group_table, parse_keys
 from lmx.runs.plots import plot_curves, plot_groups
 from lmx.runs.table import (
     run_table,
-    shown_keys,
     to_html,
     to_markdown,
     to_text,
@@ -34,6 +33,10 @@ from lmx.runs.table import (
     write_rows_csv,
 )
 
+GROUP_NOTE = (
+    "mean ± standard error over the finished runs of each group, both on the log scale in %; "
+    "* marks a difference beyond 2 standard errors"
+)
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.1em;margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;font-size:.85em;margin:.8em 0}
@@ -64,33 +67,43 @@ def report(root: Path, group_by: str | None = None, baseline: str | None = None)
     sets = by_fingerprint(rows)
     text, md, body = [], ["# lmx report\n"], [f"<h1>lmx report: {html.escape(str(root))}</h1>"]
     grouped: list[tuple[str, list[Group]]] = []
+    missing: list[NoSuchGroup] = []  # fingerprints without the --baseline group
     for fp, runs in sets:
         title = f"{len(runs)} run(s) on {fp}"
-        header, cells = run_table(runs)
+        header, cells, hidden = run_table(runs)
         text += ["", f"== {title}", to_text(header, cells)]
         md += [f"\n## {title}\n", to_markdown(header, cells)]
         body += [f"<h2>{html.escape(title)}</h2>", to_html(header, cells)]
-        _, hidden = shown_keys(runs)
-        if hidden:
-            more = f"{len(hidden)} more settings differ (report.csv has them): {', '.join(hidden)}"
-            text.append(more)
-            md.append(f"\n{more}\n")
-            body.append(f"<p class=note>{html.escape(more)}</p>")
+        notes = [f"{len(hidden)} more settings differ (report.csv has them): "
+                 f"{', '.join(hidden)}"] if hidden else []  # fmt: skip
         if keys and fp != "not scored yet":
-            groups = group_runs(runs, keys, baseline)
+            try:
+                groups = group_runs(runs, keys, baseline)
+            except NoSuchGroup as err:
+                missing.append(err)
+                groups = group_runs(runs, keys, None)
+                notes.append(f"{err}: here the first group is the baseline")
             g_header, g_cells = group_table(groups, keys)
-            note = ("mean ± standard error over the runs of each group, on the log scale; "
-                    "* marks a difference beyond 2 standard errors")  # fmt: skip
-            text += ["", f"grouped by {', '.join(keys)} ({note}):", to_text(g_header, g_cells)]
-            md += [f"\nGrouped by {', '.join(keys)} ({note}):\n", to_markdown(g_header, g_cells)]
+            text += [
+                "",
+                f"grouped by {', '.join(keys)} ({GROUP_NOTE}):",
+                to_text(g_header, g_cells),
+            ]
+            md += [f"\nGrouped by {', '.join(keys)} ({GROUP_NOTE}):\n",
+                   to_markdown(g_header, g_cells)]  # fmt: skip
             body += [f"<p class=note>Grouped by {html.escape(', '.join(keys))}: "
-                     f"{html.escape(note)}.</p>", to_html(g_header, g_cells)]  # fmt: skip
+                     f"{html.escape(GROUP_NOTE)}.</p>", to_html(g_header, g_cells)]  # fmt: skip
             grouped.append((fp, groups))
+        text += notes
+        md += [f"\n{n}\n" for n in notes]
+        body += [f"<p class=note>{html.escape(n)}</p>" for n in notes]
         errors = [f"{r['run']}: {r['status']}: {r['error']}" for r in runs if r["error"]]
         if errors:
             text += ["", *errors]
             md += ["\n" + "\n".join(f"- {e}" for e in errors) + "\n"]
             body += ["<ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in errors) + "</ul>"]
+    if missing and len(missing) == len(grouped):
+        raise missing[0]  # no set of runs has it: a typo, most likely
     if len([fp for fp, _ in sets if fp != "not scored yet"]) > 1:
         text.insert(0, "runs on different data, tokens or evaluations are ranked apart")
 
@@ -101,10 +114,12 @@ def report(root: Path, group_by: str | None = None, baseline: str | None = None)
     figures = []
     if plot_curves(root / "report.png", [(fp, rs) for fp, rs in sets if fp != "not scored yet"]):
         figures.append("report.png")
+    if grouped:
+        header = ["fingerprint", *group_table(grouped[0][1], keys)[0]]
+        cells = [[fp, *row] for fp, groups in grouped for row in group_table(groups, keys)[1]]
+        write_rows_csv(root / "report_groups.csv", header, cells)
+        written.append("report_groups.csv")
     for i, (fp, groups) in enumerate(grouped):
-        if i == 0:
-            write_rows_csv(root / "report_groups.csv", *group_table(groups, keys))
-            written.append("report_groups.csv")
         name = "report_groups.png" if i == 0 else f"report_groups_{i + 1}.png"
         plot_groups(root / name, groups, keys, fp)
         figures.append(name)

@@ -20,9 +20,6 @@ from lmx.config.schema import (
 
 
 def register_configs() -> None:
-    from lmx.runs.naming import register
-
-    register()  # ${lmx_run_name:} in conf/train.yaml's run folders
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     for name, schema in MODEL_FAMILIES.items():

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from lmx.config.legacy import typed_config
 from lmx.config.rules import leaves
 from lmx.errors import LmxError
+from lmx.runs.naming import group_choices
 from lmx.runs.status import STATUS_FILE, read_status
 
 # Keys that say how or where a run ran, not what it is: never a column, never a group.
@@ -55,8 +56,7 @@ def choices(run_dir: Path) -> dict[str, str]:
     path = run_dir / ".hydra" / "hydra.yaml"
     if not path.is_file():
         return {}
-    picked = OmegaConf.load(path).hydra.runtime.get("choices", {})
-    return {k: _text(v) for k, v in picked.items() if "/" not in k}  # not hydra/launcher etc.
+    return group_choices(OmegaConf.load(path).hydra.runtime.get("choices", {}))
 
 
 def settings(run_dir: Path) -> dict[str, str]:

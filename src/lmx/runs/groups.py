@@ -2,8 +2,14 @@
 KEYs (over seeds and every other key), each group's mean perplexity with its standard error,
 and its difference from a baseline group with the standard error of that difference.
 
-Means are taken of the losses (log ppl), as lmx.stats does: the ppl shown is exp(mean loss)
-and errors are in %. A difference beyond 2 standard errors is marked.
+Means are taken of the losses (log ppl), as lmx.stats does: the ppl shown is exp(mean loss),
+and every standard error is on that log scale, in % (100 x SE of the mean loss: for small
+values, the % of ppl). A difference larger than 2 standard errors (on the log scale) is
+marked. With a few runs a group, a standard error is itself rough (2 runs: 1 degree of
+freedom), so a mark is a pointer, not a test.
+
+Only finished runs with finite losses are pooled; the others (running, failed, diverged) are
+counted beside n, never averaged in.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from lmx.stats import difference_pct, mean_and_se
 MARK_BEYOND_SE = 2.0
 
 
+class NoSuchGroup(ConfigError):
+    """--baseline names values that no group of these runs has."""
+
+
 @dataclass
 class Group:
     values: tuple[str, ...]  # one per group-by key
@@ -28,6 +38,7 @@ class Group:
     val_diff: tuple[float, float | None] | None = None  # vs the baseline, in %
     test_diff: tuple[float, float | None] | None = None
     baseline: bool = False
+    left_out: int = 0  # runs of these values not pooled: not done, or a non-finite loss
 
     @property
     def n(self) -> int:
@@ -54,15 +65,20 @@ def group_runs(rows: list[dict[str, Any]], keys: list[str], baseline: str | None
     """Scored runs pooled by their values of `keys`, sorted by those values; differences are
     from the `baseline` group (KEY=VALUE[,KEY=VALUE]; None: the first group)."""
     pooled: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    left_out: dict[tuple[str, ...], int] = {}
     for r in rows:
-        if r["best_val_loss"] is not None:
-            pooled.setdefault(tuple(r["settings"].get(k, "-") for k in keys), []).append(r)
+        values = tuple(r["settings"].get(k, "-") for k in keys)
+        if r["status"] == "done" and _finite(r["best_val_loss"]):
+            pooled.setdefault(values, []).append(r)
+        else:
+            left_out[values] = left_out.get(values, 0) + 1
     groups = []
     for values in sorted(pooled, key=lambda vs: [_natural(v) for v in vs]):
         runs = pooled[values]
         tests = [r["test_loss"] for r in runs]
-        groups.append(Group(values, runs, mean_and_se([r["best_val_loss"] for r in runs]),
-                            mean_and_se(tests) if None not in tests else None))  # fmt: skip
+        test = mean_and_se(tests) if all(_finite(t) for t in tests) else None
+        val = mean_and_se([r["best_val_loss"] for r in runs])
+        groups.append(Group(values, runs, val, test, left_out=left_out.get(values, 0)))
     if not groups:
         return groups
     base = _find_baseline(groups, keys, baseline)
@@ -85,8 +101,12 @@ def _find_baseline(groups: list[Group], keys: list[str], baseline: str | None) -
     for g in groups:
         if all(dict(zip(keys, g.values, strict=True))[k] == v for k, v in wanted.items()):
             return g
-    raise ConfigError(f"--baseline {baseline}: no such group; the groups: "
+    raise NoSuchGroup(f"--baseline {baseline}: no such group; the groups: "
                       + "; ".join(g.label(keys) for g in groups))  # fmt: skip
+
+
+def _finite(loss: float | None) -> bool:
+    return loss is not None and math.isfinite(loss)
 
 
 def _natural(value: str) -> tuple:
@@ -102,7 +122,7 @@ def ppl_text(stat: tuple[float, float | None] | None) -> str:
     if stat is None:
         return "-"
     mean, se = stat
-    spread = f" ± {_pct(100 * math.expm1(se))}%" if se is not None else ""
+    spread = f" ± {_pct(100 * se)}%" if se is not None else ""
     return f"{math.exp(mean):,.2f}{spread}"
 
 
@@ -113,7 +133,7 @@ def diff_text(diff: tuple[float, float | None] | None) -> str:
     pct, se = diff
     if se is None:
         return f"{pct:+.2f}%"
-    mark = " *" if abs(pct) > MARK_BEYOND_SE * se else ""
+    mark = " *" if abs(100 * math.log1p(pct / 100)) > MARK_BEYOND_SE * se else ""
     return f"{pct:+.2f}% ± {_pct(se)}%{mark}"
 
 
@@ -125,7 +145,8 @@ def _pct(value: float) -> str:
 def group_table(groups: list[Group], keys: list[str]) -> tuple[list[str], list[list[str]]]:
     header = [*keys, "n", "val_ppl", "test_ppl", "val_vs_base", "test_vs_base"]
     body = [
-        [*g.values, str(g.n), ppl_text(g.val), ppl_text(g.test),
+        [*g.values, f"{g.n}" + (f" (+{g.left_out} left out)" if g.left_out else ""),
+         ppl_text(g.val), ppl_text(g.test),
          *(("baseline", "baseline") if g.baseline else
            (diff_text(g.val_diff), diff_text(g.test_diff)))]
         for g in groups

@@ -1,15 +1,16 @@
 """A run's name on disk and in TensorBoard's run selector.
 
 A sweep job's folder is `NUM_<the values swept>` (`0_nhead=2,nlayers=1`): the keys a sweep
-varies, read from `hydra.sweeper.params` and, for command-line sweeps, from the sweep's
-multirun.yaml, where the basic sweeper keeps the overrides as typed (`model.nhead=1,2`). A
-single run keeps its date/time folder. `name=...` adds the user's own name to either. conf/
-train.yaml puts `${lmx_run_name:}` after the folder; the resolver is registered with the
-configs (lmx.config.store).
+varies, read from `hydra.sweeper.params` and from the sweep overrides as typed
+(`model.nhead=1,2`), which lmx.runs.sweep records in the sweep dir when the sweep starts
+(SWEPT_FILE; every sweeper calls that callback). A single run keeps its date/time folder.
+`name=...` adds the user's own name to either. conf/train.yaml puts `${lmx_run_name:}` after
+the folder; importing lmx registers the resolver, also in a launcher's worker process.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from omegaconf import OmegaConf
 
 RESOLVER = "lmx_run_name"
 MAX_LEN = 120  # of the name; longer ones are cut (the config has the whole story)
+SWEPT_FILE = ".lmx_swept.json"  # in the sweep dir: the keys the sweep varies
 
 
 def safe(text: str) -> str:
@@ -26,36 +28,53 @@ def safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.,=+_-]+", "_", text).strip("_")[:MAX_LEN]
 
 
-def swept_keys(hydra: Any) -> list[str]:
-    """The keys a multirun varies: its sweeper's params, and the sweep overrides typed on
-    the command line (as the sweep's multirun.yaml records them)."""
+def is_multirun(hydra: Any) -> bool:
+    return str(hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
+
+
+def group_choices(choices: Any) -> dict[str, str]:
+    """The group options a run was composed from ({"model": "lstm", ...}), less Hydra's own
+    (hydra/launcher, ...) and nested groups (data/tokenizer)."""
+    return {str(k): "null" if v is None else str(v) for k, v in (choices or {}).items()
+            if "/" not in str(k)}  # fmt: skip
+
+
+def typed_sweep_keys(overrides: list[str]) -> list[str]:
+    """The keys of the sweep overrides among command-line overrides (`model.nhead=1,2`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    keys = list(OmegaConf.select(hydra, "sweeper.params") or {})
-    saved = Path(str(hydra.sweep.dir)) / "multirun.yaml"
-    if saved.is_file():
-        typed = OmegaConf.load(saved).hydra.overrides.task
-        for o in OverridesParser.create().parse_overrides(list(typed)):
-            if o.is_sweep_override():
-                keys.append(o.get_key_element())
-    return list(dict.fromkeys(k.lstrip("+~") for k in keys))
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+
+
+def swept_keys(hydra: Any) -> list[str]:
+    """The keys a multirun varies: its sweeper's params and the sweep overrides it was given."""
+    keys = [str(k) for k in OmegaConf.select(hydra, "sweeper.params") or {}]
+    recorded = Path(str(hydra.sweep.dir)) / SWEPT_FILE
+    if recorded.is_file():
+        keys += json.loads(recorded.read_text())
+    return list(dict.fromkeys(keys))
+
+
+def short_names(keys: list[str]) -> list[str]:
+    """Each key by its last name where those are unique: model.nhead -> nhead."""
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    return short if len(set(short)) == len(short) else list(keys)
 
 
 def job_label(overrides: list[str], keys: list[str]) -> str:
-    """'nhead=2,nlayers=1': this job's values of the swept keys, each by its last name where
-    that is unique among them."""
+    """'nhead=2,nlayers=1': this job's values of the swept keys, by short names."""
     values = dict(o.lstrip("+~").partition("=")[::2] for o in overrides)
     picked = [k for k in keys if k in values]
-    short = [k.rsplit(".", 1)[-1] for k in picked]
-    names = short if len(set(short)) == len(short) else picked
-    return ",".join(f"{n}={values[k]}" for n, k in zip(names, picked, strict=True))
+    pairs = zip(short_names(picked), picked, strict=True)
+    return ",".join(f"{n}={values[k]}" for n, k in pairs)
 
 
 def run_name(*, _root_: Any) -> str:
     """The resolver: '' or '_' + the name (the user's `name`, then a sweep job's values)."""
     hydra = _root_.hydra
     parts = [str(_root_.get("name") or "")]
-    if str(hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN"):
+    if is_multirun(hydra):
         parts.append(job_label(list(hydra.overrides.task), swept_keys(hydra)))
     name = safe("_".join(p for p in parts if p))
     return f"_{name}" if name else ""

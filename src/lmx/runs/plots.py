@@ -10,6 +10,7 @@ from typing import Any
 
 from lmx.runs.collect import varying_keys
 from lmx.runs.groups import Group
+from lmx.runs.naming import short_names
 
 MAX_PANELS = 4  # fingerprint groups drawn side by side; more are named in the title
 
@@ -21,12 +22,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def short_names(keys: list[str]) -> list[str]:
-    """Each key by its last name where those are unique: model.nhead -> nhead."""
-    short = [k.rsplit(".", 1)[-1] for k in keys]
-    return short if len(set(short)) == len(short) else keys
 
 
 def label(run: dict[str, Any], keys: list[str]) -> str:

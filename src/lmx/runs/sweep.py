@@ -1,6 +1,7 @@
 """Sweeps that survive failures and resume: config hashes, finished jobs, a summary.
 
-Every run dir says how its run ended (lmx.runs.status). A resumed sweep skips the jobs whose
+Every run dir says how its run ended (lmx.runs.status); the sweep dir also records the keys
+it varies (lmx.runs.naming). A resumed sweep skips the jobs whose
 resolved config (less the `sweep` node) hashes equal to a finished run in the sweep dir.
 """
 
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmx.config.compose import absolute_paths
 from lmx.config.legacy import typed_config
 from lmx.errors import LmxError
+from lmx.runs.naming import SWEPT_FILE, typed_sweep_keys
 from lmx.runs.status import ERROR_FILE, STATUS_FILE, read_status
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,14 @@ def find_finished(sweep_dir: Path, job_hash: str) -> Path | None:
 
 
 class SweepSummary(Callback):
-    """After a multirun: list the failed jobs with their errors, and exit non-zero if any."""
+    """Before a multirun: record the keys it varies (job names, HParams). After it: list the
+    failed jobs with their errors, and exit non-zero if any."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        keys = typed_sweep_keys(list(config.hydra.overrides.task))
+        (sweep_dir / SWEPT_FILE).write_text(json.dumps(keys))  # this sweep's, never an older one's
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

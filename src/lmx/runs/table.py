@@ -39,8 +39,9 @@ def shown_keys(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return [k for k in keys if k in shown], [k for k in keys if k not in shown]
 
 
-def run_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    keys, _ = shown_keys(rows)
+def run_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, cells, the varying settings left out of the columns)."""
+    keys, hidden = shown_keys(rows)
     header = ["run", *keys, *FIGURES]
     body = [
         [r["run"], *(r["settings"].get(k, "-") for k in keys), _fmt(r["best_val_ppl"]),
@@ -48,7 +49,7 @@ def run_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
          _wall(r["wall_time_s"]), r["status"]]
         for r in rows
     ]  # fmt: skip
-    return header, body
+    return header, body, hidden
 
 
 def to_text(header: list[str], body: list[list[str]]) -> str:

@@ -2,6 +2,9 @@
 then those that differ from the defaults (`python -m lmx.train` with no options), against
 the metrics a run is compared by. The keys every run shares are left out, unless
 trainer.hparams_all=true keeps them all (after the others).
+
+TensorBoard orders the columns itself: the keys flagged `differs` first, then by name. So
+the swept keys carry that flag (in a single run, the keys that differ from the defaults).
 """
 
 from __future__ import annotations
@@ -50,24 +53,25 @@ def sweep_context() -> tuple[list[str], dict[str, str]]:
 
     if not HydraConfig.initialized():
         return [], {}
-    from lmx.runs.naming import swept_keys
+    from lmx.runs.naming import group_choices, is_multirun, swept_keys
 
     hydra = HydraConfig.get()
-    choices = {k: str(v) for k, v in hydra.runtime.choices.items() if "/" not in k}
-    multirun = str(hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
-    return (swept_keys(hydra) if multirun else []), choices
+    return (swept_keys(hydra) if is_multirun(hydra) else []), group_choices(hydra.runtime.choices)
 
 
 def select(settings: dict[str, Any], defaults: dict[str, Any], swept: list[str],
-           choices: dict[str, str], keep_all: bool = False) -> dict[str, Any]:  # fmt: skip
-    """The HParams entry: swept keys (a swept group by its option), then the keys that differ
-    from the defaults, then (keep_all) the rest; never the keys that say where a run ran."""
+           choices: dict[str, str], keep_all: bool = False
+           ) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """(The HParams entry, the keys to flag `differs`): swept keys (a swept group by its
+    option), then the keys that differ from the defaults, then (keep_all) the rest; never the
+    keys that say where a run ran."""
     values = {**{k: v for k, v in choices.items() if k in swept}, **settings}
-    first = [k for k in swept if k in values]
-    changed = sorted(k for k, v in settings.items() if defaults.get(k, object()) != v)
+    first = [k for k in swept if k in values and not is_admin(k)]
+    changed = [k for k in sorted(settings) if defaults.get(k, object()) != settings[k]
+               and not is_admin(k)]  # fmt: skip
     rest = sorted(settings) if keep_all else []
     keys = [k for k in dict.fromkeys([*first, *changed, *rest]) if not is_admin(k)]
-    return {k: values[k] for k in keys}
+    return {k: values[k] for k in keys}, first or changed
 
 
 def start_session(tb: Any, resolved: dict[str, Any], keep_all: bool, parameters: int) -> None:
@@ -75,6 +79,6 @@ def start_session(tb: Any, resolved: dict[str, Any], keep_all: bool, parameters:
     if tb.writer is None:
         return
     swept, choices = sweep_context()
-    entry = select(flat(resolved), default_settings(), swept, choices, keep_all)
-    tb.start_session(entry, list(METRICS))
+    entry, differs = select(flat(resolved), default_settings(), swept, choices, keep_all)
+    tb.start_session(entry, list(METRICS), differs)
     tb.scalars({"model/parameters": parameters}, 0)

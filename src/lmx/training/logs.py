@@ -42,15 +42,24 @@ class TensorBoard:
         if self.writer is not None:
             self.writer.add_text(tag, text, step)
 
-    def start_session(self, hparams: Mapping[str, Any], metrics: list[str]) -> None:
-        """The HParams entry: its keys in this order (hparams_config) and this run's values,
-        against `metrics`, scalar series the run logs (HParams shows their last values; no
-        hparam/* cards of their own). Also the chart of train and val ppl together."""
+    def start_session(
+        self, hparams: Mapping[str, Any], metrics: list[str], differs: list[str]
+    ) -> None:
+        """The HParams entry (hparams_config): its keys, `differs` flagged (TensorBoard lists
+        those first), and this run's values, against `metrics`, scalar series the run logs
+        (HParams shows their last values; no hparam/* cards of their own). Also the chart of
+        train and val ppl together."""
         if self.writer is None:
             return
+        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         experiment, start, _ = hparams_summaries(dict(hparams), dict.fromkeys(metrics, 0.0))
+        meta = experiment.value[0].metadata.plugin_data
+        data = HParamsPluginData.FromString(meta.content)
+        for info in data.experiment.hparam_infos:
+            info.differs = info.name in differs
+        meta.content = data.SerializeToString()
         self.writer.file_writer.add_summary(experiment)
         self.writer.file_writer.add_summary(start)
         layout = {

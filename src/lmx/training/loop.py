@@ -186,7 +186,9 @@ class Trainer:
         run.tb.scalars({"val/best_ppl": ppl(p.best_val_loss)}, p.step)
         if self.cfg.samples and run.world.is_main:
             with run.average.applied():
-                run.tb.text("samples", samples_markdown(run, self.cfg.samples, p.step), p.step)
+                text = samples_markdown(run, self.cfg.samples, p.step)
+            if text is not None:
+                run.tb.text("samples", text, p.step)
         self.stopping.after_validation(p, score.loss)  # counted before the save: resumable
         if improved:
             self.saver.save(self.saver.best)
