@@ -29,7 +29,7 @@ from lmx.training.averaging import WeightAverage
 from lmx.training.budget import Budget, Stopping
 from lmx.training.checkpoint import Checkpoint, Saver, load_checkpoint
 from lmx.training.optim import Schedule, TimeHorizon
-from lmx.training.samples import samples_markdown
+from lmx.training.samples import write_samples
 from lmx.training.signals import Interrupted, StopSignals
 from lmx.training.state import Progress
 from lmx.training.step import NonFiniteLoss, apply_nonfinite_policy, train_step
@@ -180,15 +180,10 @@ class Trainer:
         run.schedule.after_validation(whole, score.loss)
         logs.log_validation(p, score, whole)  # warns when it is inf or nan
         scalars, details = logs.validation_record(score, raw)
-        run.tb.scalars(scalars, p.step)
-        run.tb.flush()
         improved = p.end_epoch(score.loss, {**details, "lr": lr}, whole)
-        run.tb.scalars({"val/best_ppl": ppl(p.best_val_loss)}, p.step)
-        if self.cfg.samples and run.world.is_main:
-            with run.average.applied():
-                text = samples_markdown(run, self.cfg.samples, p.step)
-            if text is not None:
-                run.tb.text("samples", text, p.step)
+        run.tb.scalars({**scalars, "val/best_ppl": ppl(p.best_val_loss)}, p.step)
+        write_samples(run, self.cfg.samples, p.step)  # trainer.samples; none by default
+        run.tb.flush()
         self.stopping.after_validation(p, score.loss)  # counted before the save: resumable
         if improved:
             self.saver.save(self.saver.best)

@@ -26,6 +26,17 @@ log = logging.getLogger("lmx.training")
 PROMPT_TOKENS, NEW_TOKENS = 8, 30
 
 
+def write_samples(run: Run, count: int, step: int) -> None:
+    """`count` samples of the validated weights (the average, with trainer.ema) to the Text
+    tab; rank 0 only."""
+    if not count or not run.world.is_main:
+        return
+    with run.average.applied():
+        text = samples_markdown(run, count, step)
+    if text is not None:
+        run.tb.text("samples", text, step)
+
+
 def samples_markdown(run: Run, count: int, step: int) -> str | None:
     """`count` samples as Markdown: the prompt in bold, then what the model wrote; None (and
     a warning) if sampling failed."""
