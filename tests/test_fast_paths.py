@@ -140,6 +140,13 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
     assert figures["data"]["cold_s"] > figures["data"]["cached_s"] > 0
     assert all(v > 0 for v in figures["startup"].values())
     assert "| tutorial_loop |" in proc.stdout and "1.00x" in proc.stdout
+    peak = figures["machine"]["peak_gflops"]  # the ceiling, measured before the settings
+    assert peak["fp32"] > 0 and peak["bf16"] > 0 and isinstance(figures["machine"]["isa"], list)
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| lmx_seed_fast |"))
+    gflops, mfu = (c.strip() for c in row.split("|")[5:7])  # seed_fast against the bf16 peak
+    expected = 100 * float(gflops.replace(",", "")) / peak["bf16"]  # from the rounded GFLOP/s
+    assert mfu.endswith("%") and abs(float(mfu[:-1]) - expected) <= 0.1
+    assert "matmul peak (2048², best of 5): fp32" in proc.stdout
     assert proc.stdout.count("% ± ") == 2  # tutorial loop and seed_fast vs lmx fp32, 2 seeds
     shown = run_module("lmx.bench", f"show={out}")  # the saved result's table, again
     assert shown.returncode == 0 and shown.stdout.strip() in proc.stdout

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lmx.bench.peak import isa_flags, peaks
 from lmx.bench.settings import LEVERS, RESULT_TAG, SETTINGS
 
 
@@ -68,6 +69,9 @@ def _machine() -> dict:
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
+    info["isa"] = isa_flags()
+    print("measuring the matmul peak (fp32, bf16)...", flush=True)
+    info["peak_gflops"] = peaks("cuda" if torch.cuda.is_available() else "cpu")
     return info
 
 

@@ -5,6 +5,8 @@ SETTINGS = {  # name -> lmx overrides (None: the tutorial's own loop)
     "lmx_fp32": ["experiment=seed_tutorial"],
     "lmx_seed_fast": ["experiment=seed_fast"],
 }
+# The precision of each setting's matmuls: the peak its MFU is taken against.
+PRECISION = {"tutorial_loop": "fp32", "lmx_fp32": "fp32", "lmx_seed_fast": "bf16"}
 # The speed levers one at a time, each on top of the previous row (train and eval speed only).
 LEVERS = {
     "fp32, plain loss, one eval window": [

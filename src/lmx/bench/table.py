@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lmx.bench.settings import SETTINGS
+from lmx.bench.peak import ISA_FLAGS
+from lmx.bench.settings import PRECISION, SETTINGS
 from lmx.stats import compare_settings
 
 
@@ -12,11 +13,11 @@ def table(r: dict) -> str:
     steps, k = r["steps"], r["avg_steps"]
     averaged = f"steps {steps - k + 1}-{steps}" if k > 1 else f"step {steps}"
     rows = [
-        "| setting | train tokens/s | vs tutorial | eval tokens/s | GFLOP/s (train) "
+        "| setting | train tokens/s | vs tutorial | eval tokens/s | GFLOP/s (train) | MFU "
         f"| valid ppl, model after {steps} steps | vs lmx fp32 "
         f"| valid ppl, models after {averaged}, first {r['avg_batches']} batches "
         "| vs lmx fp32 (± standard error) | peak RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     seeds = " / ".join(str(x) for x in r["seeds"])
     per_seed = [f"per seed ({seeds}):"]
@@ -33,7 +34,7 @@ def table(r: dict) -> str:
         rows.append(
             f"| {name} | {s['train_tokens_per_s']:,.0f} | {s['train_tokens_per_s'] / base:.2f}x "
             f"| {s['eval_tokens_per_s']:,.0f} "
-            f"| {s['train_tokens_per_s'] * s['flops_per_token'] / 1e9:,.1f} "
+            f"| {s['train_tokens_per_s'] * s['flops_per_token'] / 1e9:,.1f} | {_mfu(r, name)} "
             f"| {s['val_ppl']:,.2f} | {100 * (s['val_ppl'] / fp32['val_ppl'] - 1):+.1f}% "
             f"| {averaged_ppl} | {s['peak_rss_mb']:,.0f} |"
         )
@@ -59,6 +60,24 @@ def table(r: dict) -> str:
         f"data preparation: cold {d['cold_s']:.2f} s, cached {d['cached_s']:.3f} s",
         f"startup: --help {st['help_s']:.2f} s, --cfg job {st['cfg_job_s']:.2f} s, config error "
         f"{st['config_error_s']:.2f} s, command to first training step {st['first_step_s']:.2f} s",
-        f"machine: {r['machine']}",
+        _machine_line(r["machine"]),
     ]
     return "\n".join(rows)
+
+
+def _mfu(r: dict, name: str) -> str:
+    """Achieved train GFLOP/s over the measured matmul peak of the setting's precision."""
+    peak = r["machine"].get("peak_gflops", {}).get(PRECISION[name])
+    if not peak:
+        return "-"  # a result saved before the bench measured the peak
+    s = r[name]
+    return f"{100 * s['train_tokens_per_s'] * s['flops_per_token'] / 1e9 / peak:.1f}%"
+
+
+def _machine_line(m: dict) -> str:
+    peak = m.get("peak_gflops")
+    ceiling = (f" | matmul peak (2048², best of 5): fp32 {peak['fp32']:,.0f} GFLOP/s, bf16 "
+               f"{peak['bf16']:,.0f} GFLOP/s" if peak else "")  # fmt: skip
+    isa = f" | ISA: {' '.join(m['isa']) or 'none of ' + ', '.join(ISA_FLAGS)}" if "isa" in m else ""
+    rest = {k: v for k, v in m.items() if k not in ("peak_gflops", "isa")}
+    return f"machine: {rest}{isa}{ceiling}"
