@@ -167,3 +167,19 @@ def test_bench_argument_errors_are_one_message(corpus_dir, arg, message):
     proc = run_module("lmx.bench", f"data.local_dir={corpus_dir}", arg)
     assert proc.returncode == 2 and message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_tf32_is_set_for_a_gpu_only():
+    from lmx.runtime.device import enable_tf32
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        enable_tf32(torch.device("cpu"), True)  # nothing to do on a CPU
+        assert torch.get_float32_matmul_precision() == "highest"
+        enable_tf32(torch.device("cuda"), True)  # a setting alone: no GPU needed to make it
+        assert torch.get_float32_matmul_precision() == "high"
+        enable_tf32(torch.device("cuda"), False)  # device.tf32=false keeps full fp32
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)

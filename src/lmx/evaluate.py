@@ -34,13 +34,14 @@ def evaluate_checkpoint(
     from lmx.data.streams import streams
     from lmx.models.pretrained import load_trained
     from lmx.perplexity import evaluate
-    from lmx.runtime.device import resolve_device
+    from lmx.runtime.device import enable_tf32, resolve_device
 
     if split not in SPLITS:
         raise ConfigError(f"split={split}: expected one of {', '.join(SPLITS)}")
     trained = load_trained(path, overrides)  # on cpu; the saved config names the device
     cfg = trained.cfg
     device = resolve_device(cfg.device, training=False)
+    enable_tf32(device, cfg.device.tf32)
     trained.model.to(device)
     data = streams(cfg.data, (split,), device, tokenizer=trained.tokenizer)
     score = evaluate(

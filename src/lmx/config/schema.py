@@ -189,6 +189,7 @@ class DeviceConfig:
     precision: Precision = Precision.fp32  # autocast dtype for forward passes
     compile: bool = False  # torch.compile the model (the first steps pay for compiling)
     threads: int | None = None  # CPU threads for torch; None: torch's default (all cores)
+    tf32: bool = True  # on a CUDA GPU, fp32 matmuls in TensorFloat-32 (no effect on a CPU)
 
 
 @dataclass
