@@ -65,15 +65,12 @@ def report(root: Path, group_by: str | None = None, baseline: str | None = None)
         raise ConfigError("--baseline needs --group-by")
     keys = parse_keys(group_by, rows) if group_by else []
     sets = by_fingerprint(rows)
-    text, md, body = [], ["# lmx report\n"], [f"<h1>lmx report: {html.escape(str(root))}</h1>"]
-    grouped: list[tuple[str, list[Group]]] = []
+    page = _Page(root)
+    grouped: list[tuple[str, list[Group], list[str], list[list[str]]]] = []
     missing: list[NoSuchGroup] = []  # fingerprints without the --baseline group
     for fp, runs in sets:
-        title = f"{len(runs)} run(s) on {fp}"
         header, cells, hidden = run_table(runs)
-        text += ["", f"== {title}", to_text(header, cells)]
-        md += [f"\n## {title}\n", to_markdown(header, cells)]
-        body += [f"<h2>{html.escape(title)}</h2>", to_html(header, cells)]
+        page.section(f"{len(runs)} run(s) on {fp}", header, cells)
         notes = [f"{len(hidden)} more settings differ (report.csv has them): "
                  f"{', '.join(hidden)}"] if hidden else []  # fmt: skip
         if keys and fp != "not scored yet":
@@ -84,28 +81,14 @@ def report(root: Path, group_by: str | None = None, baseline: str | None = None)
                 groups = group_runs(runs, keys, None)
                 notes.append(f"{err}: here the first group is the baseline")
             g_header, g_cells = group_table(groups, keys)
-            text += [
-                "",
-                f"grouped by {', '.join(keys)} ({GROUP_NOTE}):",
-                to_text(g_header, g_cells),
-            ]
-            md += [f"\nGrouped by {', '.join(keys)} ({GROUP_NOTE}):\n",
-                   to_markdown(g_header, g_cells)]  # fmt: skip
-            body += [f"<p class=note>Grouped by {html.escape(', '.join(keys))}: "
-                     f"{html.escape(GROUP_NOTE)}.</p>", to_html(g_header, g_cells)]  # fmt: skip
-            grouped.append((fp, groups))
-        text += notes
-        md += [f"\n{n}\n" for n in notes]
-        body += [f"<p class=note>{html.escape(n)}</p>" for n in notes]
-        errors = [f"{r['run']}: {r['status']}: {r['error']}" for r in runs if r["error"]]
-        if errors:
-            text += ["", *errors]
-            md += ["\n" + "\n".join(f"- {e}" for e in errors) + "\n"]
-            body += ["<ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in errors) + "</ul>"]
+            page.grouped(keys, g_header, g_cells)
+            grouped.append((fp, groups, g_header, g_cells))
+        page.notes(notes)
+        page.errors([f"{r['run']}: {r['status']}: {r['error']}" for r in runs if r["error"]])
     if missing and len(missing) == len(grouped):
         raise missing[0]  # no set of runs has it: a typo, most likely
     if len([fp for fp, _ in sets if fp != "not scored yet"]) > 1:
-        text.insert(0, "runs on different data, tokens or evaluations are ranked apart")
+        page.text.insert(0, "runs on different data, tokens or evaluations are ranked apart")
 
     written = ["report.csv", "report.md", "report.html"]
     for stale in [*root.glob("report_groups*.png"), root / "report_groups.csv"]:
@@ -115,24 +98,58 @@ def report(root: Path, group_by: str | None = None, baseline: str | None = None)
     if plot_curves(root / "report.png", [(fp, rs) for fp, rs in sets if fp != "not scored yet"]):
         figures.append("report.png")
     if grouped:
-        header = ["fingerprint", *group_table(grouped[0][1], keys)[0]]
-        cells = [[fp, *row] for fp, groups in grouped for row in group_table(groups, keys)[1]]
-        write_rows_csv(root / "report_groups.csv", header, cells)
+        cells = [[fp, *row] for fp, _, _, g_cells in grouped for row in g_cells]
+        write_rows_csv(root / "report_groups.csv", ["fingerprint", *grouped[0][2]], cells)
         written.append("report_groups.csv")
-    for i, (fp, groups) in enumerate(grouped):
+    for i, (fp, groups, _, _) in enumerate(grouped):
         name = "report_groups.png" if i == 0 else f"report_groups_{i + 1}.png"
         plot_groups(root / name, groups, keys, fp)
         figures.append(name)
     written += figures
-    md += [f"\n![{f}]({f})\n" for f in figures]
-    body += [_image(root / f) for f in figures]
-    (root / "report.md").write_text("".join(md))
-    page = "".join(body)
-    (root / "report.html").write_text(
-        f"<!doctype html><html><head><meta charset=utf-8><title>lmx report</title>"
-        f"<style>{STYLE}</style></head><body>{page}</body></html>\n"
-    )
-    return "\n".join([*text, "", f"wrote {', '.join(written)} in {root}"]).lstrip("\n")
+    page.write(root, figures)
+    return "\n".join([*page.text, "", f"wrote {', '.join(written)} in {root}"]).lstrip("\n")
+
+
+class _Page:
+    """The report as printed text, Markdown and HTML at once: each part added once."""
+
+    def __init__(self, root: Path):
+        self.text: list[str] = []
+        self.md = ["# lmx report\n"]
+        self.body = [f"<h1>lmx report: {html.escape(str(root))}</h1>"]
+
+    def section(self, title: str, header: list[str], cells: list[list[str]]) -> None:
+        self.text += ["", f"== {title}", to_text(header, cells)]
+        self.md += [f"\n## {title}\n", to_markdown(header, cells)]
+        self.body += [f"<h2>{html.escape(title)}</h2>", to_html(header, cells)]
+
+    def grouped(self, keys: list[str], header: list[str], cells: list[list[str]]) -> None:
+        by = ", ".join(keys)
+        self.text += ["", f"grouped by {by} ({GROUP_NOTE}):", to_text(header, cells)]
+        self.md += [f"\nGrouped by {by} ({GROUP_NOTE}):\n", to_markdown(header, cells)]
+        self.body += [f"<p class=note>Grouped by {html.escape(by)}: {html.escape(GROUP_NOTE)}.</p>",
+                      to_html(header, cells)]  # fmt: skip
+
+    def notes(self, notes: list[str]) -> None:
+        self.text += notes
+        self.md += [f"\n{n}\n" for n in notes]
+        self.body += [f"<p class=note>{html.escape(n)}</p>" for n in notes]
+
+    def errors(self, errors: list[str]) -> None:
+        if errors:
+            self.text += ["", *errors]
+            self.md += ["\n" + "\n".join(f"- {e}" for e in errors) + "\n"]
+            self.body += ["<ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in errors) + "</ul>"]
+
+    def write(self, root: Path, figures: list[str]) -> None:
+        """report.md and report.html, the figures linked and embedded."""
+        self.md += [f"\n![{f}]({f})\n" for f in figures]
+        (root / "report.md").write_text("".join(self.md))
+        images = "".join(_image(root / f) for f in figures)
+        (root / "report.html").write_text(
+            f"<!doctype html><html><head><meta charset=utf-8><title>lmx report</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(self.body)}{images}</body></html>\n"
+        )
 
 
 def _image(path: Path) -> str:

@@ -11,6 +11,7 @@ not raised: samples are never worth a run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
 import logging
 from typing import TYPE_CHECKING
@@ -40,9 +41,7 @@ def write_samples(run: Run, count: int, step: int) -> None:
 def samples_markdown(run: Run, count: int, step: int) -> str | None:
     """`count` samples as Markdown: the prompt in bold, then what the model wrote; None (and
     a warning) if sampling failed."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(run.checkpoint_meta["tokenizer"])
+    tok = _tokenizer(run.checkpoint_meta["tokenizer"])
     valid = run.splits["valid"]  # [rows, length]
     model, was_training = run.model, run.model.training
     model.eval()
@@ -62,6 +61,14 @@ def samples_markdown(run: Run, count: int, step: int) -> str | None:
     finally:
         model.train(was_training)
     return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer(saved: str):
+    """The run's tokenizer, parsed once, not at every validation."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(saved)
 
 
 def _eager():
