@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from lmx.config.legacy import typed_config
 from lmx.config.rules import leaves
 from lmx.errors import LmxError
-from lmx.runs.naming import group_choices
+from lmx.runs.naming import group_choices, override_values
 from lmx.runs.status import STATUS_FILE, read_status
 
 # Keys that say how or where a run ran, not what it is: never a column, never a group.
@@ -46,8 +46,7 @@ def overrides(run_dir: Path) -> dict[str, str]:
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return {}
-    pairs = (str(o).partition("=") for o in OmegaConf.load(path))
-    out = {k.lstrip("+~"): v for k, _, v in pairs}
+    out = override_values(list(OmegaConf.load(path)))
     return {k: v for k, v in out.items() if not k.startswith(("hydra.", "sweep."))}
 
 

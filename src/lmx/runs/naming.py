@@ -62,9 +62,14 @@ def short_names(keys: list[str]) -> list[str]:
     return short if len(set(short)) == len(short) else list(keys)
 
 
+def override_values(overrides: list[str]) -> dict[str, str]:
+    """`key=value` overrides as {key: value}, the +/~ prefixes dropped."""
+    return dict(str(o).lstrip("+~").partition("=")[::2] for o in overrides)
+
+
 def job_label(overrides: list[str], keys: list[str]) -> str:
     """'nhead=2,nlayers=1': this job's values of the swept keys, by short names."""
-    values = dict(o.lstrip("+~").partition("=")[::2] for o in overrides)
+    values = override_values(overrides)
     picked = [k for k in keys if k in values]
     pairs = zip(short_names(picked), picked, strict=True)
     return ",".join(f"{n}={values[k]}" for n, k in pairs)
