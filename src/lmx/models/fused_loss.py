@@ -20,11 +20,32 @@ from __future__ import annotations
 
 import torch
 
-# Rows per chunk: a [64, V] fp32 chunk of a word-level vocabulary fits in L2; larger fall out.
+# Rows per chunk. On a CPU a [64, V] fp32 chunk of a word-level vocabulary stays in cache,
+# where each pass over it is cheap (benchmarks/loss_chunks.py: 64 beat larger chunks on an AMD
+# EPYC and on an AMX Xeon alike). A GPU wants few, large kernels instead.
 CHUNK_ROWS = 64
-_TINY = 1e-30  # below this p(target) loses precision in fp32; such rows use logsumexp
+CUDA_CHUNK_ROWS = 8192
+# On a GPU the plain expression (logits, then F.cross_entropy) measured faster than the chunk
+# loop (benchmarks/gpu_check.py; docs/benchmarks.md); the loop's gain there is memory only, so
+# it takes over where the fp32 logits would pass this size.
+PLAIN_LOGITS_BYTES = 2**30
 
 
+def chunk_rows(device: torch.device) -> int:
+    return CHUNK_ROWS if device.type == "cpu" else CUDA_CHUNK_ROWS
+
+
+def _plain(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the plain expression serves this call better: under torch.compile (which fuses
+    it, and traces it whole where the chunk loop would break the graph), and on a GPU up to
+    PLAIN_LOGITS_BYTES of fp32 logits."""
+    if torch.compiler.is_compiling():
+        return True
+    rows = hidden.numel() // max(hidden.size(-1), 1)
+    return hidden.device.type == "cuda" and rows * weight.size(0) * 4 <= PLAIN_LOGITS_BYTES
+
+
+_TINY = 1e-30  # below this p(target) loses precision in fp32: such rows take another way
 _SCRATCH: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
 
@@ -47,15 +68,16 @@ def _scratch(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> 
     return buf[: rows * cols].view(rows, cols)
 
 
-def _token_losses(logits: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor):
-    """-log p(target) per row; rows where p(target) underflowed are redone with logsumexp."""
-    rows = torch.arange(logits.size(0), device=logits.device)
+def _token_losses(scores: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor):
+    """-log p(target) per row, without a host round-trip: where p(target) underflowed, the
+    row's loss is taken from its largest probability instead, which never underflows
+    (p_max >= 1/V): -log p(t) = -log p_max + max(scores) - scores[t]. Both forms are computed
+    for every row and `torch.where` picks, so no branch reads the device."""
+    rows = torch.arange(scores.size(0), device=scores.device)
+    s_target = scores[rows, targets]
     p_target = probs[rows, targets]
-    losses = -torch.log(p_target)
-    tiny = p_target < _TINY
-    if tiny.any():
-        x = logits[tiny].float()
-        losses[tiny] = torch.logsumexp(x, dim=1) - x.gather(1, targets[tiny, None]).squeeze(1)
+    exact = (scores.amax(1) - s_target).sub_(torch.log(probs.amax(1)))
+    losses = torch.where(p_target < _TINY, exact, -torch.log(p_target))
     return losses, rows
 
 
@@ -75,8 +97,9 @@ def _losses_only(hidden, weight, bias, targets, dtype) -> torch.Tensor:
     logits = _logits(hidden.to(dtype), weight.to(dtype))
     losses = torch.empty(hidden.size(0), dtype=torch.float32, device=hidden.device)
     bias32 = bias.float() if bias is not None else None
-    for start in range(0, hidden.size(0), CHUNK_ROWS):
-        end = min(start + CHUNK_ROWS, hidden.size(0))
+    step = chunk_rows(hidden.device)
+    for start in range(0, hidden.size(0), step):
+        end = min(start + step, hidden.size(0))
         scores, t = _scores(logits[start:end], bias32), targets[start:end]
         rows = torch.arange(scores.size(0), device=scores.device)
         losses[start:end] = torch.logsumexp(scores, dim=1) - scores[rows, t]
@@ -85,7 +108,7 @@ def _losses_only(hidden, weight, bias, targets, dtype) -> torch.Tensor:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, dtype, grad_scale):
+    def forward(ctx, hidden, weight, bias, targets, dtype, grad_scale, uniform):
         # hidden [N, D], weight [V, D], bias [V] or None, targets [N] -> losses [N] (fp32)
         # grad_scale: the d loss / d losses[i] the backward will most likely get (1/N: mean)
         h, w = hidden.to(dtype), weight.to(dtype)
@@ -94,8 +117,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
         bias32 = bias.float() if bias is not None else None
         grad_bias = torch.zeros_like(bias32) if ctx.needs_input_grad[2] else None
-        for start in range(0, n, CHUNK_ROWS):
-            end = min(start + CHUNK_ROWS, n)
+        step = chunk_rows(hidden.device)
+        for start in range(0, n, step):
+            end = min(start + step, n)
             chunk, t = logits[start:end], targets[start:end]
             scores = _scores(chunk, bias32)  # [c, V] fp32
             probs = torch.softmax(scores, dim=1)
@@ -113,28 +137,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_bias.mul_(grad_scale).to(bias.dtype) if grad_bias is not None else None,
         )
         ctx.input_dtypes = (hidden.dtype,)
-        ctx.grad_scale = grad_scale
+        ctx.grad_scale, ctx.uniform, ctx.spent = grad_scale, uniform, False
         return losses
 
     @staticmethod
     def backward(ctx, grad_losses):
-        # The forward's gradients assume d loss / d losses[i] = grad_scale for every row.
+        # The forward's gradients assume d loss / d losses[i] = grad_scale for every row; a
+        # mean or a sum of the losses (any multiple of one: a loss scaler's, a micro-batch's
+        # share) gives one value for all rows, g[0], and the gradients are scaled by
+        # g[0] / grad_scale on the device. A non-finite g[0] (a nan loss times something)
+        # makes them non-finite, which the step then refuses. No value is read on the host.
         g = grad_losses.float()
-        # One scale for all rows: mean or sum, maybe scaled. A non-finite one (a nan loss
-        # times something) gives non-finite gradients, which the step then refuses.
-        finite = bool(torch.isfinite(g).all())
-        if not finite or bool((g == g[0]).all()):
-            grads = list(ctx.saved_tensors)
-            ratio = (g[0] / torch.tensor(ctx.grad_scale, dtype=g.dtype)).item()
-            ratio = ratio if finite else float("nan")
-            if ratio != 1.0:  # not the reduction the forward expected, or a loss scaler's
-                grads = [None if x is None else (x.float() * ratio).to(x.dtype) for x in grads]
-            if grads[0] is not None:
-                grads[0] = grads[0].to(ctx.input_dtypes[0])
-            return grads[0], grads[1], grads[2], None, None, None
-        raise NotImplementedError(
-            "linear_cross_entropy's gradient supports sum or mean of the token losses only"
-        )
+        if not ctx.uniform and not bool((g == g[0]).all()):  # reduction="none" only
+            raise NotImplementedError(
+                "linear_cross_entropy's gradient supports sum or mean of the token losses only"
+            )
+        if ctx.spent:  # the gradients were scaled in place by the first backward
+            raise RuntimeError("linear_cross_entropy's graph cannot be backpropagated twice")
+        ctx.spent = True
+        ratio = g[0] / ctx.grad_scale  # a 0-d tensor: exactly 1 for the expected reduction
+        grads = [None if x is None else x.mul_(ratio) for x in ctx.saved_tensors]
+        if grads[0] is not None:
+            grads[0] = grads[0].to(ctx.input_dtypes[0])
+        return grads[0], grads[1], grads[2], None, None, None, None
 
 
 def linear_cross_entropy(
@@ -148,7 +173,16 @@ def linear_cross_entropy(
 
     hidden [..., D], targets [...]. The compute dtype is the autocast dtype when autocast is on
     (the decoder matmuls run in it, as autocast would run F.linear), else hidden's dtype.
+
+    Under torch.compile (device.compile=true), and on a GPU while the logits are not huge, it
+    is that very expression (see _plain).
     """
+    if _plain(hidden, weight):
+        logits = torch.nn.functional.linear(hidden, weight, bias)  # [..., V]
+        losses = torch.nn.functional.cross_entropy(
+            logits.flatten(0, -2).float(), targets.flatten(), reduction=reduction
+        )
+        return losses.view(targets.shape) if reduction == "none" else losses
     device_type = hidden.device.type
     shape = targets.shape
     dtype = (
@@ -168,7 +202,13 @@ def linear_cross_entropy(
     with torch.autocast(device_type, enabled=False):
         if wants_grad:
             losses = _LinearCrossEntropy.apply(
-                hidden.flatten(0, -2), weight, bias, targets, dtype, grad_scale
+                hidden.flatten(0, -2),
+                weight,
+                bias,
+                targets,
+                dtype,
+                grad_scale,
+                reduction != "none",  # a sum or mean: one d loss / d losses[i] for all rows
             )
         else:
             losses = _losses_only(hidden.flatten(0, -2), weight, bias, targets, dtype)
