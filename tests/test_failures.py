@@ -218,7 +218,8 @@ def test_the_fp16_scaler_scales_unscales_and_skips_overflowing_steps():
     plain_model, plain = step(torch.amp.GradScaler("cpu", enabled=False))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     scaled_model, scaled = step(scaler)
-    assert scaled.loss == plain.loss and scaled.norm == pytest.approx(plain.norm, rel=1e-6)
+    assert scaled.loss.item() == plain.loss.item()
+    assert scaled.norm.item() == pytest.approx(plain.norm.item(), rel=1e-6)
     for a, b in zip(plain_model.parameters(), scaled_model.parameters(), strict=True):
         torch.testing.assert_close(a, b)  # unscaled before the clip and the update
     assert scaler.get_scale() == 2.0**10  # no overflow: the scale holds

@@ -106,10 +106,12 @@ def world_from_env() -> World:
 
 
 def init(world: World, device: torch.device) -> None:
-    """Join the process group: nccl between GPUs, gloo between CPU processes."""
+    """Join the process group: nccl between GPUs, gloo between CPU processes. On GPUs gloo
+    also carries the CPU tensors (the stop flag each step, the meters at a log line), so that
+    agreeing on them never waits for the GPU."""
     if not world.enabled or dist.is_initialized():
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend)

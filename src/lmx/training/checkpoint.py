@@ -115,6 +115,7 @@ class Saver:
 
     def __init__(self, run: Run, progress: Progress, clock):
         self.run, self.progress, self.clock = run, progress, clock
+        self.before_save = lambda: None  # the loop's meters read: no non-finite weights saved
         self.best = run.run_dir / "checkpoints" / "best.pt"
         self.last = run.run_dir / "checkpoints" / "last.pt"
         self.start = clock()
@@ -124,10 +125,11 @@ class Saver:
         every rank must ask), for decisions such as a time budget."""
         wall = self.progress.wall_seconds + self.clock() - self.start
         if agreed and self.run.budget.max_time_s is not None:  # only a time budget needs it
-            return self.run.world.max(wall, self.run.device)
+            return self.run.world.max(wall, torch.device("cpu"))  # gloo: no GPU wait
         return wall
 
     def save(self, path: Path) -> None:
+        self.before_save()
         save_run(path, self.run, self.progress)
 
     def save_last(self) -> None:

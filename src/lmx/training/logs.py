@@ -86,9 +86,9 @@ class TensorBoard:
 
 
 # ---------------------------------------------------------------------------- log lines
-def log_window(run: Run, p: Progress, n_steps: int, seconds: float) -> None:
+def log_window(run: Run, p: Progress, n_steps: int, seconds: float) -> dict[str, str]:
     """The tutorial's train line and the TensorBoard scalars of the steps since the last one;
-    then a new window starts."""
+    then a new window starts. Returns the progress bar's figures: the loss and the lr."""
     w, lr = p.window, run.optimizer.param_groups[0]["lr"]
     n = max(w["batches"], 1)
     loss = w["loss"] / n
@@ -113,6 +113,7 @@ def log_window(run: Run, p: Progress, n_steps: int, seconds: float) -> None:
         p.step,
     )
     p.reset_window()
+    return {"loss": f"{loss:.2f}", "lr": f"{lr:.3g}"}
 
 
 def log_validation(p: Progress, score: Score, whole: bool) -> None:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from lmx.config.schema import Interval, Precision, TrainerConfig
+from lmx.config.schema import Interval, NonFinite, Precision, TrainerConfig
 from lmx.data.batching import batch_starts, get_batch, num_steps
 from lmx.models.carried import reset_state
 from lmx.perplexity import Score, evaluate, ppl
@@ -28,11 +28,12 @@ from lmx.training import logs
 from lmx.training.averaging import WeightAverage
 from lmx.training.budget import Budget, Stopping
 from lmx.training.checkpoint import Checkpoint, Saver, load_checkpoint
+from lmx.training.meters import DeviceMeters
 from lmx.training.optim import Schedule, TimeHorizon
 from lmx.training.samples import write_samples
 from lmx.training.signals import Interrupted, StopSignals
 from lmx.training.state import Progress
-from lmx.training.step import NonFiniteLoss, apply_nonfinite_policy, train_step
+from lmx.training.step import NonFiniteLoss, StepResult, apply_nonfinite_policy, train_step
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,18 @@ def start_epoch(run: Run, p: Progress) -> None:
         reset_state(run.model)
 
 
+def count_step(p: Progress, result: StepResult, tokens: int, meters: DeviceMeters, policy,
+               best_path: Path) -> None:  # fmt: skip
+    """A step into the count: a checked non-finite one goes by trainer.on_nonfinite (skip or
+    stop), and neither it nor one the fp16 scaler skipped counts in the loss meters."""
+    if result.nonfinite:
+        apply_nonfinite_policy(result.nonfinite, p, policy, best_path)
+    p.scaler_skipped_steps += result.scaler_skipped
+    p.count_step()
+    if not (result.nonfinite or result.scaler_skipped):
+        meters.add(p, result.loss, result.norm, tokens)
+
+
 class Trainer:
     def __init__(self, run: Run, cfg: TrainerConfig, resume_from: Checkpoint | None = None):
         self.run, self.cfg = run, cfg
@@ -99,6 +112,8 @@ class Trainer:
         self.horizon = TimeHorizon(run.schedule, run.budget)
         self.stopping = Stopping(run.budget, cfg.early_stop.patience, cfg.early_stop.min_delta)
         self.eval_args = eval_settings(run, cfg)
+        self.meters = DeviceMeters(run.device)  # read at log lines, saves and validations
+        self.saver.before_save = lambda: self.meters.read(self.progress, run.world, self.saver.best)
 
     def fit(self) -> dict[str, Any]:
         """Train to cfg.epochs, then test the best checkpoint. Returns the run summary."""
@@ -128,12 +143,9 @@ class Trainer:
                 result = train_step(run.train_model, run.parameters, run.optimizer,
                                     run.scaler, data, targets, run.precision, cfg.grad_clip,
                                     run.world, self.stop.requested is not None,
-                                    cfg.accumulate)  # fmt: skip
-                if result.nonfinite:
-                    apply_nonfinite_policy(result.nonfinite, p, cfg.on_nonfinite, self.saver.best)
-                p.scaler_skipped_steps += result.scaler_skipped
+                                    cfg.accumulate, cfg.on_nonfinite == NonFinite.skip)  # fmt: skip
                 tokens = targets.numel() * run.world.world_size  # equal shares
-                p.count_step(result.loss, result.norm, tokens)
+                count_step(p, result, tokens, self.meters, cfg.on_nonfinite, self.saver.best)
                 run.average.update(p.step)
                 p.count_time(time.perf_counter() - start, tokens, timed=self.warmup_left <= 0)
                 self.warmup_left -= 1
@@ -142,10 +154,11 @@ class Trainer:
                                             self.warmup_left < 0)  # fmt: skip
                     run.schedule.scheduler.step()
                 bar.update()
-                bar.set_postfix(loss=f"{result.loss:.2f}", lr=f"{self._lr():.3g}")
                 spent = self._spent()
                 if p.batch % cfg.log_interval == 0 or p.batch == n_steps or spent:
-                    logs.log_window(run, p, n_steps, time.perf_counter() - self.window_start)
+                    self.meters.read(p, run.world, self.saver.best)
+                    seconds = time.perf_counter() - self.window_start
+                    bar.set_postfix(logs.log_window(run, p, n_steps, seconds))
                     self.window_start = time.perf_counter()
                 stop = result.stop_requested if run.world.enabled else self.stop.requested
                 if stop:
@@ -171,12 +184,13 @@ class Trainer:
         """End of an epoch, or of training when a budget ends it part-way through one: score
         valid, step an epoch schedule (after a whole epoch), keep the best, save."""
         run, p = self.run, self.progress
+        self.meters.read(p, run.world, self.saver.best)  # the epoch's loss; finite weights
         whole = p.batch >= self.steps_per_epoch
         with run.average.applied():  # the weight average, if the run keeps one
             score = self.val_score = evaluate(run.model, run.splits["valid"], **self.eval_args)
         raw = evaluate(run.model, run.splits["valid"], **self.eval_args) if run.average.on else None
         self.validated_at = p.step
-        lr = self._lr()
+        lr = run.optimizer.param_groups[0]["lr"]
         run.schedule.after_validation(whole, score.loss)
         logs.log_validation(p, score, whole)  # warns when it is inf or nan
         scalars, details = logs.validation_record(score, raw)
@@ -220,9 +234,6 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ helpers
-    def _lr(self) -> float:
-        return self.run.optimizer.param_groups[0]["lr"]
-
     def _spent(self) -> str | None:
         return self.stopping.spent(self.progress, self.saver.wall_seconds(agreed=True))
 

@@ -47,17 +47,11 @@ class Progress:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def count_step(self, loss: float, norm: float, tokens: int) -> None:
-        """One optimizer step done; a skipped one (nan loss) counts in no meter."""
+    def count_step(self) -> None:
+        """One optimizer step done, skipped ones included. Its loss, norm and tokens go into
+        the epoch's and the window's sums through meters.DeviceMeters, read at log lines."""
         self.step += 1
         self.batch += 1
-        if math.isfinite(loss):
-            self.epoch_loss += loss * tokens
-            self.epoch_tokens += tokens
-            self.window["loss"] += loss
-            self.window["norm"] += norm
-            self.window["tokens"] += tokens
-            self.window["batches"] += 1
 
     def count_time(self, seconds: float, tokens: int, timed: bool) -> None:
         self.epoch_seconds += seconds

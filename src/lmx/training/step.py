@@ -36,14 +36,22 @@ class NonFiniteLoss(LmxError):
         )
 
 
+def stop_error(step: int, what: str, p, best_path: Path) -> NonFiniteLoss:
+    """trainer.on_nonfinite=stop: the error for a non-finite `what` (e.g. "loss (nan)") at
+    `step`, one of the current epoch's steps."""
+    where = f"step {step} (epoch {p.epoch}, batch {p.batch - (p.step - step)})"
+    best = f"{best_path} (epoch {p.best_epoch})" if p.best_epoch else "no best.pt yet"
+    return NonFiniteLoss.at(what, where, best)
+
+
 def apply_nonfinite_policy(what: str, p, policy: NonFinite, best_path: Path) -> None:
-    """trainer.on_nonfinite for a step that was not applied: count and skip it, or stop."""
-    where = f"step {p.step + 1} (epoch {p.epoch}, batch {p.batch + 1})"
+    """trainer.on_nonfinite for a checked step that was not applied (before it is counted):
+    count and skip it, or stop."""
     if policy == NonFinite.stop:
-        best = f"{best_path} (epoch {p.best_epoch})" if p.best_epoch else "no best.pt yet"
-        raise NonFiniteLoss.at(what, where, best)
+        raise stop_error(p.step + 1, what, p, best_path)
     p.skipped_batches += 1
-    log.warning("non-finite %s at %s: batch skipped", what, where)
+    log.warning("non-finite %s at step %d (epoch %d, batch %d): batch skipped", what,
+                p.step + 1, p.epoch, p.batch + 1)  # fmt: skip
 
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
@@ -72,9 +80,9 @@ def make_scaler(device: torch.device, precision: Precision) -> torch.amp.GradSca
 
 @dataclass
 class StepResult:
-    loss: float  # the step's mean loss (global under torchrun); nan when it was not applied
-    norm: float  # gradient norm before clipping; nan when not applied
-    nonfinite: str | None = None  # e.g. "loss (nan)": why it was not applied
+    loss: torch.Tensor  # 0-d, on the device: this rank's mean loss over the step's tokens
+    norm: torch.Tensor  # 0-d, on the device: the gradient norm before clipping
+    nonfinite: str | None = None  # e.g. "loss (nan)": why it was not applied (checked steps)
     stop_requested: bool = False  # a signal arrived on some rank (agreed under torchrun)
     scaler_skipped: bool = False  # fp16: the scaler found inf gradients and skipped it
 
@@ -91,21 +99,28 @@ def train_step(
     world,
     stop_requested: bool,
     accumulate: int = 1,
+    check: bool = True,
 ) -> StepResult:
-    """Forward, backward, clip, update; a non-finite loss or gradient norm updates nothing.
+    """Forward, backward, clip, update.
 
     `model` is what trains (DDP-wrapped under torchrun); `parameters` are its weights. With
     `accumulate` K > 1 the batch's rows go through in K micro-batches (the data's order
     unchanged) whose gradients add up before the one update; each micro-batch's loss is
     weighted by its share of the batch's tokens, so the step's loss is still the mean over
     all of them. Under DDP the gradients are all-reduced on the last micro-batch only.
+
+    With `check` (trainer.on_nonfinite=skip, and the fp16 scaler, which reads its overflow
+    flag anyway) the loss and the norm are read before the update, and a non-finite one
+    updates nothing. Without it nothing is read from the device: the update is applied, and
+    meters.DeviceMeters notes a non-finite value for the loop to stop on at its next read.
     """
     device = data.device
-    kept = peek_state(model)  # a step thrown away leaves a carried state as it was
+    check = check or scaler.is_enabled()
+    kept = peek_state(model) if check else None  # a step thrown away leaves a carried state
     optimizer.zero_grad(set_to_none=True)
     micro = list(zip(data.tensor_split(accumulate), targets.tensor_split(accumulate), strict=True))
     no_sync = getattr(model, "no_sync", None)
-    loss_value = 0.0
+    step_loss = torch.zeros((), dtype=torch.float64, device=device)  # as a Python float adds
     for k, (x, y) in enumerate(micro):
         share = y.numel() / targets.numel()
         syncs = no_sync is None or k == len(micro) - 1
@@ -115,26 +130,34 @@ def train_step(
             # Every rank runs every backward (a skipped one would stall DDP's all-reduce);
             # a non-finite loss is caught below, and its gradients are thrown away.
             scaler.scale(loss * share if len(micro) > 1 else loss).backward()
-        loss_value += loss.item() * share
-    if world.enabled:  # every rank sees the global loss and the same stop decision
-        loss_sum, stops = world.sum([loss_value, stop_requested], device)
-        loss_value, stop_requested = loss_sum / world.world_size, stops > 0
-    if not math.isfinite(loss_value):
-        optimizer.zero_grad(set_to_none=True)
-        set_state(model, kept)
-        return StepResult(math.nan, math.nan, f"loss ({loss_value})", stop_requested)
+        step_loss += loss.detach().double() * share
+    if world.enabled:  # every rank sees the same stop decision (a CPU all-reduce: no GPU wait)
+        stop_requested = world.sum([float(stop_requested)], torch.device("cpu"))[0] > 0
     scaler.unscale_(optimizer)  # the clip below sees the true gradients
-    norm = clip_grad_norm(parameters, grad_clip if grad_clip is not None else math.inf).item()
-    if not math.isfinite(norm):
-        # fp16: an overflow at this loss scale skips the step and shrinks the scale. At a scale
-        # of 1 or less the gradients overflow at their true size: a real non-finite gradient.
-        if scaler.is_enabled() and scaler.get_scale() > 1.0:
+    norm = clip_grad_norm(parameters, grad_clip if grad_clip is not None else math.inf)
+    if check:
+        bad = _nonfinite(step_loss, norm, world)
+        if bad == "norm" and scaler.is_enabled() and scaler.get_scale() > 1.0:
+            # fp16: an overflow at this loss scale skips the step and shrinks the scale. At a
+            # scale of 1 or less the gradients overflow at their true size: a real non-finite.
             scaler.step(optimizer)
             scaler.update()
-            return StepResult(math.nan, math.nan, None, stop_requested, scaler_skipped=True)
-        optimizer.zero_grad(set_to_none=True)
-        set_state(model, kept)
-        return StepResult(math.nan, math.nan, f"gradient norm ({norm})", stop_requested)
+            return StepResult(step_loss, norm, None, stop_requested, scaler_skipped=True)
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            set_state(model, kept)
+            value = step_loss if bad == "loss" else norm
+            what = "loss" if bad == "loss" else "gradient norm"
+            return StepResult(step_loss, norm, f"{what} ({value.item()})", stop_requested)
     scaler.step(optimizer)
     scaler.update()
-    return StepResult(loss_value, norm, None, stop_requested)
+    return StepResult(step_loss, norm, None, stop_requested)
+
+
+def _nonfinite(loss: torch.Tensor, norm: torch.Tensor, world) -> str | None:
+    """ "loss" or "norm" when either is non-finite on this rank (under torchrun, the loss on
+    any rank: the ranks must agree to skip), else None. Reads the device."""
+    loss_ok, norm_ok = torch.isfinite(torch.stack([loss, norm.double()])).tolist()
+    if world.enabled:
+        loss_ok = world.sum([float(not loss_ok)], torch.device("cpu"))[0] == 0
+    return None if loss_ok and norm_ok else "loss" if not loss_ok else "norm"
