@@ -67,7 +67,7 @@ def test_per_token_losses_without_grad():
 @pytest.mark.parametrize("no_grad", [torch.inference_mode, torch.no_grad])
 def test_evaluation_does_no_gradient_work(no_grad, monkeypatch):
     # Evaluation runs with real parameters, which require grad, under inference_mode: only the
-    # forward matmul and a logsumexp may run, not the softmax and the two gradient matmuls.
+    # forward matmul and a log-softmax may run, not the softmax and the two gradient matmuls.
     from torch.utils.flop_counter import FlopCounterMode
 
     model = TransformerLM(60, d_model=16, nhead=2, d_hid=16, nlayers=1)

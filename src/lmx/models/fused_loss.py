@@ -6,14 +6,18 @@ cost more than the matmuls. Here the logits are made once in the compute dtype, 
 over small row chunks (which stay in cache) turns each chunk into softmax - one_hot in place,
 so the same buffer becomes d loss / d logits. The gradients of hidden, weight and bias are
 taken right away, in the forward. The reduction's scale (1/N for a mean) is applied to each
-chunk while it is in cache, so for a plain mean or sum the backward returns them untouched;
-any other uniform scale (e.g. a loss scaler's) costs one multiply.
+chunk while it is in cache; the backward multiplies them by the scale it gets over that one
+(exactly 1 for a plain mean or sum), on the device: nothing in the loss reads a value back
+to the host, so a GPU never waits on it.
 
 Without grad (evaluation: grad mode off, as under torch.inference_mode or no_grad) only the
-per-token losses are computed: one matmul and a logsumexp per chunk, whether or not the
+per-token losses are computed: one matmul and a log-softmax per chunk, whether or not the
 parameters require grad.
 
 The loss is exact: softmax and log are taken in fp32 from the chunk's logits.
+
+Under torch.compile, and on a GPU below PLAIN_LOGITS_BYTES of fp32 logits, the plain
+expression runs instead (`_plain`): measured faster there, and traced whole.
 """
 
 from __future__ import annotations
@@ -92,8 +96,9 @@ def _scores(chunk: torch.Tensor, bias32: torch.Tensor | None) -> torch.Tensor:
 
 
 def _losses_only(hidden, weight, bias, targets, dtype) -> torch.Tensor:
-    """-log p(target) per row with no gradient work: one matmul, then logsumexp - the
-    target's score per chunk. hidden [N, D] -> losses [N] (fp32)."""
+    """-log p(target) per row with no gradient work: one matmul, then per chunk the target's
+    entry of log_softmax (one fused kernel; torch.logsumexp makes a temporary per step and
+    is several times slower). hidden [N, D] -> losses [N] (fp32)."""
     logits = _logits(hidden.to(dtype), weight.to(dtype))
     losses = torch.empty(hidden.size(0), dtype=torch.float32, device=hidden.device)
     bias32 = bias.float() if bias is not None else None
@@ -102,7 +107,7 @@ def _losses_only(hidden, weight, bias, targets, dtype) -> torch.Tensor:
         end = min(start + step, hidden.size(0))
         scores, t = _scores(logits[start:end], bias32), targets[start:end]
         rows = torch.arange(scores.size(0), device=scores.device)
-        losses[start:end] = torch.logsumexp(scores, dim=1) - scores[rows, t]
+        losses[start:end] = torch.log_softmax(scores, dim=1)[rows, t].neg_()
     return losses
 
 
