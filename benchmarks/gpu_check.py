@@ -8,7 +8,9 @@ process on the GPU (so its peak memory is its own), then scores the whole valida
 - `tutorial`: the tutorial's config (`python -m lmx.train` with no options), fp32 (TF32);
 - `tutorial_read_each_step`: the same with trainer.on_nonfinite=skip, whose step reads its
   loss and norm before the update: the cost of one host sync per step;
-- `seed_fast`: bf16, lmx's fused loss in large chunks (CUDA_CHUNK_ROWS);
+- `seed_fast`: bf16 and a sparse embedding gradient; with model.fused_loss=true, which on a
+  GPU takes the plain expression below 1 GiB of fp32 logits (fused_loss.PLAIN_LOGITS_BYTES;
+  the measurement that chose it ran seed_fast when it took the chunked loss);
 - `seed_fast_plain_loss`: the same with model.fused_loss=false (logits, then cross-entropy);
 - `seed_fast_compiled`: device.compile=true (the loss as inductor fuses it, dense embedding);
 - `wt2_strong_cpu`: the 4-layer, 256-wide preset; and `wt2_strong_cpu_compiled`.
@@ -152,7 +154,8 @@ def _epoch_tokens(data: str) -> int:
     from lmx.data.cache import load_corpus
 
     cfg = compose([f"data.local_dir={data}"])
-    return int(load_corpus(cfg.data).splits["train"].numel())
+    n = int(load_corpus(cfg.data).splits["train"].numel())
+    return n - n % cfg.data.batch_size
 
 
 if __name__ == "__main__":

@@ -238,3 +238,26 @@ def test_the_fp16_scaler_scales_unscales_and_skips_overflowing_steps():
     # Without a scaler the same overflow is a non-finite gradient norm: the policy decides.
     _, unscaled = step(torch.amp.GradScaler("cpu", enabled=False), overflow=True)
     assert unscaled.nonfinite.startswith("gradient norm") and not unscaled.scaler_skipped
+
+
+def test_fp16_with_skip_goes_on_after_a_nan_loss():
+    # on_nonfinite=skip under fp16: a nan loss is skipped after the scaler unscaled the
+    # gradients, so the scaler's step must still end, or the next step could not unscale.
+    from lmx.config.schema import Precision
+    from lmx.runtime.distributed import World
+    from lmx.training.step import train_step
+
+    torch.manual_seed(0)
+    model = TransformerLM(30, d_model=8, nhead=2, d_hid=8, nlayers=1, dropout=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    data, targets = torch.randint(0, 30, (2, 5)), torch.randint(0, 30, (2, 5))
+    args = (data, targets, Precision.fp32, 0.5, World(), False)
+    with torch.no_grad():
+        model.decoder.bias.fill_(float("nan"))
+    first = train_step(model, list(model.parameters()), opt, scaler, *args)
+    assert first.nonfinite == "loss (nan)"
+    with torch.no_grad():
+        model.decoder.bias.zero_()
+    second = train_step(model, list(model.parameters()), opt, scaler, *args)
+    assert second.nonfinite is None and torch.isfinite(second.loss)

@@ -13,7 +13,9 @@ from conftest import compose_cfg, tiny_overrides
 from lmx.train import train
 from lmx.training import loop
 
-# Every way a tensor's value reaches the host.
+# The Python-level ways a tensor's value reaches the host. Not seen here: reads inside torch's
+# own C++ kernels (a sparse gradient's coalesce, nonzero in the adaptive head; the README
+# names them) and blocking copies to a GPU (meters.py copies from pinned memory).
 READS = ["item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"]
 
 

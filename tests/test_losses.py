@@ -135,3 +135,19 @@ def test_fused_loss_gives_the_model_the_same_loss_and_gradients():
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
     for a, c in zip(g_fused, g_plain, strict=True):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
+
+
+def test_a_second_backward_is_refused_rather_than_scaled_twice():
+    # The backward scales the saved gradients in place, so a retained graph cannot run twice.
+    h, w, b, t = _inputs(n=8)
+    loss = linear_cross_entropy(h, w, b, t)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backpropagated twice"):
+        loss.backward()
+
+
+def test_nan_token_weights_give_nan_gradients_not_an_error():
+    h, w, b, t = _inputs(n=4)
+    per_token = linear_cross_entropy(h, w, b, t, reduction="none")
+    (per_token * torch.tensor([1.0, float("nan"), 1.0, 1.0])).sum().backward()
+    assert torch.isnan(w.grad).all()

@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 
 # Rows per chunk. On a CPU a [64, V] fp32 chunk of a word-level vocabulary stays in cache,
-# where each pass over it is cheap (benchmarks/loss_chunks.py: 64 beat larger chunks on an AMD
-# EPYC and on an AMX Xeon alike). A GPU wants few, large kernels instead.
+# where each pass over it is cheap (benchmarks/loss_chunks.py; docs/benchmarks.md has its
+# figures for both development CPUs). A GPU wants few, large kernels instead.
 CHUNK_ROWS = 64
 CUDA_CHUNK_ROWS = 8192
 # On a GPU the plain expression (logits, then F.cross_entropy) measured faster than the chunk
@@ -153,7 +153,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # g[0] / grad_scale on the device. A non-finite g[0] (a nan loss times something)
         # makes them non-finite, which the step then refuses. No value is read on the host.
         g = grad_losses.float()
-        if not ctx.uniform and not bool((g == g[0]).all()):  # reduction="none" only
+        # reduction="none" only: the caller may weight the tokens; nan weights give nan grads
+        weighted = not ctx.uniform and bool(torch.isfinite(g).all() & (g != g[0]).any())
+        if weighted:
             raise NotImplementedError(
                 "linear_cross_entropy's gradient supports sum or mean of the token losses only"
             )
@@ -161,6 +163,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             raise RuntimeError("linear_cross_entropy's graph cannot be backpropagated twice")
         ctx.spent = True
         ratio = g[0] / ctx.grad_scale  # a 0-d tensor: exactly 1 for the expected reduction
+        if not ctx.uniform:
+            ratio = ratio + 0.0 * g.sum()  # a nan anywhere in g makes every gradient nan
         grads = [None if x is None else x.mul_(ratio) for x in ctx.saved_tensors]
         if grads[0] is not None:
             grads[0] = grads[0].to(ctx.input_dtypes[0])

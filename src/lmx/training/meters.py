@@ -8,7 +8,9 @@ validation, a stop. Between reads nothing is read.
 
 The device copies are the very running sums that `Progress` keeps (the epoch's loss x tokens,
 the log window's sums), loaded from it after each read and added to in the same order as the
-host would, in float64: the figures are the same to the last bit whatever the read points.
+host would, in float64: in one process the figures are the same to the last bit whatever the
+read points. Under torchrun the ranks' sums are averaged at each read, so there they agree to
+rounding, and a non-finite step is named as the reading rank saw it.
 
 A non-finite loss or gradient norm is noted on the device (the first such step, which of
 the two, and its value); `read` raises `NonFiniteLoss` for it under `trainer.on_nonfinite=stop`,
@@ -37,8 +39,10 @@ class DeviceMeters:
     def _load(self, p) -> None:
         w = p.window
         values = [p.epoch_loss, p.epoch_tokens, w["loss"], w["norm"], w["tokens"], w["batches"]]
-        self.sums = torch.tensor(values, dtype=torch.float64, device=self.device)
-        self.bad = torch.tensor([-1.0, 0.0, 0.0, 0.0], dtype=torch.float64, device=self.device)
+        sums = torch.tensor([*values, -1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+        if self.device.type == "cuda":  # a pageable copy would wait for the GPU to finish
+            sums = sums.pin_memory().to(self.device, non_blocking=True)
+        self.sums, self.bad = sums.to(self.device).split([6, 4])
 
     def add(self, p, loss: torch.Tensor, norm: torch.Tensor, tokens: int) -> None:
         """One applied step (after `p.count_step`): its mean loss, the gradient norm and the

@@ -146,6 +146,8 @@ def train_step(
         if bad:
             optimizer.zero_grad(set_to_none=True)
             set_state(model, kept)
+            if scaler.is_enabled():  # unscale_ ran: the scaler's per-step state must end here
+                scaler.update()
             value = step_loss if bad == "loss" else norm
             what = "loss" if bad == "loss" else "gradient norm"
             return StepResult(step_loss, norm, f"{what} ({value.item()})", stop_requested)
