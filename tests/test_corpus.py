@@ -113,16 +113,16 @@ def test_bytes_that_are_not_utf8_name_the_file_and_line(corpus_dir, cache_dir):
 
 
 def test_a_split_file_that_cannot_be_read_is_named(corpus_dir, cache_dir, monkeypatch):
-    original = lmx.data.sources.Path.read_bytes
+    original = lmx.data.sources.Path.open
 
-    def refuse_valid(self):
+    def refuse_valid(self, *args, **kwargs):
         if self.name == "valid.txt" and self.parent == corpus_dir:
             raise PermissionError(13, "Permission denied")
-        return original(self)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(lmx.data.sources.Path, "read_bytes", refuse_valid)
+    monkeypatch.setattr(lmx.data.sources.Path, "open", refuse_valid)
     with pytest.raises(DataError, match=f"cannot read {corpus_dir / 'valid.txt'}: Permission"):
-        lmx.data.sources._read_local(lmx.data.sources.local_files(str(corpus_dir)), cache_dir)
+        load_corpus(data_cfg(corpus_dir, cache_dir))
 
 
 def _entry(cache_dir):
@@ -133,9 +133,9 @@ def _entry(cache_dir):
 @pytest.mark.parametrize(
     "damage",
     [
-        lambda e: (e / "train.npy").write_bytes((e / "train.npy").read_bytes()[:100]),  # cut
-        lambda e: (e / "valid.npy").write_bytes(b"garbage"),
-        lambda e: (e / "test.npy").unlink(),
+        lambda e: (e / "train.bin").write_bytes((e / "train.bin").read_bytes()[:100]),  # cut
+        lambda e: (e / "valid.bin").write_bytes(b"garbage"),
+        lambda e: (e / "test.bin").unlink(),
         lambda e: (e / "meta.json").write_text("{not json"),
         # another lmx version: same place, other format
         lambda e: (e / "meta.json").write_text('{"fingerprint": {"format": 0}}'),
@@ -161,3 +161,60 @@ def test_a_split_too_small_for_one_step_is_named(corpus_dir, cache_dir, tmp_path
     cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, "data.bptt=400"))
     with pytest.raises(DataError, match="the valid split has .* tokens: too few for one batch"):
         train(cfg, tmp_path / "run")
+
+
+def test_streaming_preparation_gives_the_ids_of_the_whole_text_at_once(
+    corpus_dir, cache_dir, monkeypatch
+):
+    # Batches of a few lines (a 200-byte read) against the tokenizer trained and applied on
+    # each split's whole text in one call: the same vocabulary and the same ids.
+    import numpy as np
+
+    from lmx.data.tokenizer import train_tokenizer
+
+    monkeypatch.setattr(lmx.data.sources, "READ_BYTES", 200)
+    cfg = data_cfg(corpus_dir, cache_dir)
+    streamed = load_corpus(cfg)
+    whole = {s: (corpus_dir / f"{s}.txt").read_text(encoding="utf-8").split("\n")[:-1]
+             for s in ("train", "valid", "test")}  # fmt: skip
+    tokenizer = train_tokenizer(cfg.tokenizer, whole["train"])
+    assert tokenizer.get_vocab() == streamed.tokenizer.get_vocab()
+    for split, lines in whole.items():
+        ids = [i for e in tokenizer.encode_batch(lines) for i in e.ids]
+        assert streamed.splits[split].dtype == torch.int64
+        assert np.array_equal(streamed.splits[split].numpy(), np.array(ids))
+
+
+@pytest.mark.parametrize("vocab,dtype", [(300, "uint16"), (2**16, "uint16"), (2**16 + 1, "int32")])
+def test_ids_are_stored_in_the_smallest_dtype(vocab, dtype):
+    from lmx.data.encode import ids_dtype
+
+    assert ids_dtype(vocab).name == dtype
+
+
+def test_the_cache_stores_uint16_ids(corpus_dir, cache_dir):
+    import json
+
+    load_corpus(data_cfg(corpus_dir, cache_dir))
+    entry = _entry(cache_dir)
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["dtype"] == "uint16"
+    for split, count in meta["tokens"].items():
+        assert (entry / f"{split}.bin").stat().st_size == 2 * count
+
+
+def test_long_preparation_logs_its_progress(corpus_dir, cache_dir, monkeypatch, caplog):
+    import lmx.data.encode
+
+    monkeypatch.setattr(lmx.data.encode, "LOG_EVERY_S", 0.0)  # a line at every batch
+    caplog.set_level(logging.INFO, logger="lmx.data")
+    load_corpus(data_cfg(corpus_dir, cache_dir))
+    assert "data: encoding train: 100%" in caplog.text and "tokens/s" in caplog.text
+
+
+def test_lines_split_as_the_datasets_text_loader_splits_them():
+    from lmx.data.sources import _split_lines
+
+    text = "a\r\nb\rc\u2028d\x85e\n\nf"  # only \n, \r\n and \r end a line
+    assert _split_lines(text) == ["a", "b", "c\u2028d\x85e", "", "f"]
+    assert _split_lines("a\n") == ["a"] and _split_lines("\n") == [""]

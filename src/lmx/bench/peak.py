@@ -12,6 +12,19 @@ from pathlib import Path
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what platform knows of it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def isa_flags() -> list[str]:
     """Which of ISA_FLAGS this CPU reports (/proc/cpuinfo); [] where that is unreadable."""
     try:

@@ -124,6 +124,9 @@ def _data(cfg: DictConfig, check: Check) -> None:
     if d.local_dir is not None:
         local = Path(d.local_dir).expanduser()
         check(local.is_dir(), f"data.local_dir={d.local_dir}: no such folder ({local.resolve()})")
+    else:
+        check(d.hub_path is not None, f"data={d.name} reads local files: set data.local_dir="
+              "PATH, a folder with train.txt, valid.txt and test.txt")  # fmt: skip
     tok = d.tokenizer
     if tok.kind == TokenizerKind.bpe:
         check(

@@ -82,8 +82,8 @@ class TokenizerConfig:
 @dataclass
 class DataConfig:
     name: str = "wikitext2"
-    hub_path: str = "Salesforce/wikitext"
-    hub_config: str = "wikitext-2-v1"  # or wikitext-2-raw-v1
+    hub_path: str | None = "Salesforce/wikitext"  # None (data=text): local files only
+    hub_config: str | None = "wikitext-2-v1"  # or wikitext-2-raw-v1, wikitext-103-v1
     local_dir: str | None = None  # folder with train/valid/test .txt (or wiki.*.tokens)
     cache_dir: str | None = None  # None: $LMX_CACHE_DIR or ~/.cache/lmx
     batch_size: int = 20  # columns of the training stream

@@ -8,7 +8,6 @@ tokenizer settings, the cache format), so a second run with the same settings lo
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -23,14 +22,15 @@ from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
 from lmx.config.schema import DataConfig
-from lmx.data.sources import SPLITS, files_fingerprint, local_files, read_texts
+from lmx.data.encode import encode_in_memory, encode_to_file, ids_dtype, lines_of
+from lmx.data.sources import SPLITS, files_fingerprint, local_files, text_batches
 from lmx.data.tokenizer import train_tokenizer
 from lmx.errors import DataError
 from lmx.paths import default_cache_dir
 
 log = logging.getLogger(__name__)
 
-_CACHE_FORMAT = 1  # bump when the cached files change meaning
+_CACHE_FORMAT = 2  # bump when the cached files change meaning (2: raw ids, uint16 or int32)
 
 
 @dataclass
@@ -60,8 +60,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     if loaded is None:
         log.info("data: reading and tokenizing (first run with these settings)")
         start = time.perf_counter()
-        texts = read_texts(cfg, root)
-        _build_entry(texts, cfg, fingerprint, entry)
+        _build_entry(text_batches(cfg, root), cfg, fingerprint, entry)
         log.info("data: tokenized in %.1f s, cached at %s", time.perf_counter() - start, entry)
         loaded = _load_entry(entry, fingerprint, rebuild_on_error=False)
     else:
@@ -71,25 +70,27 @@ def load_corpus(cfg: DataConfig) -> Corpus:
 
 
 def _load_entry(entry: Path, fingerprint: dict, rebuild_on_error: bool = True):
-    """(tokenizer, streams) of a cache entry, checked against meta.json. A damaged entry, or
-    one that another lmx version wrote, is removed (None: rebuild it); a fresh one must load."""
+    """(tokenizer, int64 streams) of a cache entry, checked against meta.json. A damaged
+    entry, or one that another lmx version wrote, is removed (None: rebuild it); a fresh one
+    must load."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
         if meta.get("fingerprint") != fingerprint:
             raise ValueError("it was written with other settings or by another lmx version")
-        # Memory-mapped, copy-on-write: pages are read on first touch, nothing is copied.
-        splits = {s: torch.from_numpy(np.load(entry / f"{s}.npy", mmap_mode="c")) for s in SPLITS}
         tokenizer = Tokenizer.from_file(str(entry / "tokenizer.json"))
         vocab = tokenizer.get_vocab_size()
-        for s, stream in splits.items():
-            if stream.dtype != torch.int64 or stream.dim() != 1:
-                raise ValueError(f"{s}.npy is not a 1-D int64 array")
-            if len(stream) != meta["tokens"][s]:
-                raise ValueError(
-                    f"{s}.npy has {len(stream)} tokens, meta.json says {meta['tokens'][s]}"
-                )
-            if len(stream) and (int(stream.min()) < 0 or int(stream.max()) >= vocab):
-                raise ValueError(f"{s}.npy has ids outside the vocabulary of {vocab}")
+        dtype = ids_dtype(vocab)
+        splits = {}
+        for s in SPLITS:
+            path = entry / f"{s}.bin"
+            if path.stat().st_size != meta["tokens"][s] * dtype.itemsize:
+                raise ValueError(f"{s}.bin does not hold the {meta['tokens'][s]} {dtype} ids "
+                                 "meta.json says")  # fmt: skip
+            # Memory-mapped: pages are read as they are widened, nothing else is copied.
+            ids = np.memmap(path, dtype=dtype, mode="r", shape=(meta["tokens"][s],))
+            if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+                raise ValueError(f"{s}.bin has ids outside the vocabulary of {vocab}")
+            splits[s] = torch.from_numpy(ids.astype(np.int64))
         return tokenizer, splits
     except Exception as err:  # any damage: unreadable, truncated, wrong shape or ids
         if not rebuild_on_error:
@@ -101,8 +102,8 @@ def _load_entry(entry: Path, fingerprint: dict, rebuild_on_error: bool = True):
 
 def encode_split(cfg: DataConfig, tokenizer: Tokenizer, split: str) -> torch.Tensor:
     """One split's text encoded with a given tokenizer (a checkpoint's own), uncached."""
-    texts = read_texts(cfg, _cache_root(cfg))
-    return torch.from_numpy(_encode_split(tokenizer, texts[split]))
+    batches = text_batches(cfg, _cache_root(cfg))[split]
+    return torch.from_numpy(encode_in_memory(tokenizer, batches))
 
 
 def _cache_root(cfg: DataConfig) -> Path:
@@ -110,33 +111,32 @@ def _cache_root(cfg: DataConfig) -> Path:
 
 
 # ---------------------------------------------------------------------------- build
-def _encode_split(tokenizer: Tokenizer, lines: list[str]) -> np.ndarray:
-    """All lines through the fast tokenizer in one batch (parallel, in Rust, without the
-    character offsets we never use), concatenated into one int64 stream."""
-    encodings = tokenizer.encode_batch_fast(lines)
-    total = sum(len(e) for e in encodings)
-    ids = itertools.chain.from_iterable(e.ids for e in encodings)
-    return np.fromiter(ids, dtype=np.int64, count=total)
-
-
-def _build_entry(
-    texts: dict[str, list[str]], cfg: DataConfig, fingerprint: dict, entry: Path
-) -> None:
-    tokenizer = train_tokenizer(cfg.tokenizer, texts["train"])
+def _build_entry(batches: dict, cfg: DataConfig, fingerprint: dict, entry: Path) -> None:
+    """Train the tokenizer on the train split, then encode every split into `entry`, in
+    bounded memory (lmx.data.encode). Valid and test are read once first, so bytes that are
+    not UTF-8 there stop the build before the long passes over train."""
+    for split in ("valid", "test"):
+        for _ in batches[split]():
+            pass
+    tokenizer = train_tokenizer(cfg.tokenizer, lines_of(batches["train"], "vocabulary"))
     tmp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    counts = {}
-    for split in SPLITS:
-        stream = _encode_split(tokenizer, texts[split])
-        if stream.size == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(f"the {split} split is empty: it has no tokens")
-        np.save(tmp / f"{split}.npy", stream)
-        counts[split] = int(stream.size)
-    tokenizer.save(str(tmp / "tokenizer.json"))
-    meta = {"fingerprint": fingerprint, "vocab_size": tokenizer.get_vocab_size(), "tokens": counts}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    try:
+        counts = {}
+        for split in SPLITS:
+            counts[split] = encode_to_file(tokenizer, batches[split], tmp / f"{split}.bin",
+                                           f"encoding {split}")  # fmt: skip
+            if counts[split] == 0:
+                raise DataError(f"the {split} split is empty: it has no tokens")
+        tokenizer.save(str(tmp / "tokenizer.json"))
+        vocab = tokenizer.get_vocab_size()
+        meta = {"fingerprint": fingerprint, "vocab_size": vocab,
+                "dtype": ids_dtype(vocab).name, "tokens": counts}  # fmt: skip
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.replace(tmp, entry)  # atomic: a reader sees a complete entry or none
     except OSError:  # another run finished the same entry first

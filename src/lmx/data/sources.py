@@ -1,6 +1,7 @@
 """Where a corpus's text comes from: a local folder of split files, or the Hugging Face Hub.
 
-Every source gives the same thing: each split's lines, as `datasets` reads them. Problems name
+Every source gives the same thing: each split's lines, as `datasets` reads them, in batches
+(a few MB at a time), so that no split is ever held whole. Problems name
 the file (a missing or empty split, bytes that are not UTF-8 with line and column) or say how
 to work offline.
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 from lmx.config.schema import DataConfig
+from lmx.data.encode import Batches
 from lmx.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -22,10 +25,15 @@ _HUB_SPLIT = {"train": "train", "valid": "validation", "test": "test"}
 _LOCAL_NAMES = {s: (f"{s}.txt", f"wiki.{s}.tokens") for s in SPLITS}
 
 
-def read_texts(cfg: DataConfig, cache_root: Path) -> dict[str, list[str]]:
+# Bytes read at a time from a local file (then to the end of that line): a batch of lines.
+READ_BYTES = 1 << 22
+
+
+def text_batches(cfg: DataConfig, cache_root: Path) -> dict[str, Batches]:
+    """Each split's text as batches of lines (encode.Batches: callable once per pass)."""
     if cfg.local_dir is not None:
-        return _read_local(local_files(cfg.local_dir), cache_root)
-    return _read_hub(cfg, cache_root)
+        return {s: _local_batches(p) for s, p in local_files(cfg.local_dir).items()}
+    return _hub_batches(cfg, cache_root)
 
 
 def local_files(local_dir: str) -> dict[str, Path]:
@@ -45,49 +53,71 @@ def local_files(local_dir: str) -> dict[str, Path]:
 
 
 def files_fingerprint(files: dict[str, Path]) -> dict[str, str]:
-    return {s: hashlib.sha256(p.read_bytes()).hexdigest() for s, p in files.items()}
+    """Each file's sha256, read a block at a time (a large corpus is never in memory)."""
+    digests = {}
+    for split, path in files.items():
+        try:
+            with path.open("rb") as f:
+                digests[split] = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as err:
+            raise DataError(f"cannot read {path}: {err.strerror or err}") from err
+    return digests
 
 
-def _check_readable_utf8(path: Path) -> None:
-    """datasets reports bad bytes without naming the file or line; say both."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err.strerror or err}") from err
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        raise DataError(
-            f"{path}, line {line}, column {column}: byte 0x{data[err.start]:02x} is not valid "
-            "UTF-8 (the WikiText files are UTF-8 text)"
-        ) from None
+def _local_batches(path: Path) -> Batches:
+    """A local file's lines, READ_BYTES at a time, split as `datasets`' text loader splits
+    them, so that the token counts of the WikiText files stay those lmx has always had. Bytes that are not UTF-8 raise a
+    DataError naming the file, line and column."""
+    size = path.stat().st_size
+
+    def batches() -> Iterator[tuple[list[str], float]]:
+        try:
+            f = path.open("rb")
+        except OSError as err:
+            raise DataError(f"cannot read {path}: {err.strerror or err}") from err
+        with f:
+            lines_before = 0
+            while chunk := f.read(READ_BYTES):
+                chunk += f.readline()  # to the end of the line: no line or character split
+                try:
+                    text = chunk.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise _not_utf8(path, chunk, err, lines_before) from None
+                lines_before += chunk.count(b"\n")
+                yield _split_lines(text), f.tell() / size
+
+    return batches
 
 
-def _read_local(files: dict[str, Path], cache_root: Path) -> dict[str, list[str]]:
-    import datasets  # heavy import, only when there is work to do
-
-    for path in files.values():
-        _check_readable_utf8(path)
-
-    datasets.disable_progress_bars()  # a few seconds of work; one log line says it
-
-    try:
-        ds = datasets.load_dataset(
-            "text",
-            data_files={s: str(p) for s, p in files.items()},
-            cache_dir=str(cache_root / "hf-datasets"),
-        )
-    except Exception as err:  # datasets wraps decode errors in several exception types
-        raise DataError(f"could not read the text files in {files['train'].parent}: {err}") from err
-    return {s: _lines(ds[s]) for s in SPLITS}
+def _split_lines(text: str) -> list[str]:
+    """Lines as `datasets`' text loader makes them: universal newlines ("\r\n" and "\r" become
+    "\n"), then split on "\n" alone (not on the other breaks str.splitlines knows)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the break after the last line ends it; it starts no empty line
+    return lines
 
 
-def _lines(split) -> list[str]:
-    """A split's text as a list, straight from its arrow column: ds["text"] is a lazy column
-    whose per-row access is slow enough to cost seconds on WikiText-2."""
-    return split.data.column("text").to_pylist()
+def _not_utf8(path: Path, chunk: bytes, err: UnicodeDecodeError, lines_before: int) -> DataError:
+    line = lines_before + chunk.count(b"\n", 0, err.start) + 1
+    column = err.start - (chunk.rfind(b"\n", 0, err.start) + 1) + 1
+    return DataError(
+        f"{path}, line {line}, column {column}: byte 0x{chunk[err.start]:02x} is not valid "
+        "UTF-8 (the WikiText files are UTF-8 text)"
+    )
+
+
+def _arrow_batches(split, rows: int = 50_000) -> Batches:
+    """A `datasets` split's text column, `rows` lines at a time, straight from its arrow table
+    (per-row access to ds["text"] is slow enough to cost seconds on WikiText-2)."""
+    column = split.data.column("text")
+
+    def batches() -> Iterator[tuple[list[str], float]]:
+        n = len(column)
+        for start in range(0, n, rows):
+            yield column.slice(start, rows).to_pylist(), min(start + rows, n) / n
+
+    return batches
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -102,7 +132,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _read_hub(cfg: DataConfig, cache_root: Path) -> dict[str, list[str]]:
+def _hub_batches(cfg: DataConfig, cache_root: Path) -> dict[str, Batches]:
     hint = (
         "Use a local copy instead: data.local_dir=PATH, a folder with train.txt, valid.txt and "
         "test.txt (for example data.local_dir=../shared/data/wikitext-2). If the dataset is "
@@ -118,4 +148,4 @@ def _read_hub(cfg: DataConfig, cache_root: Path) -> dict[str, list[str]]:
         ds = datasets.load_dataset(cfg.hub_path, cfg.hub_config)
     except Exception as err:
         raise DataError(f"cannot load {name} from the Hugging Face Hub: {err}. {hint}") from err
-    return {s: _lines(ds[_HUB_SPLIT[s]]) for s in SPLITS}
+    return {s: _arrow_batches(ds[_HUB_SPLIT[s]]) for s in SPLITS}

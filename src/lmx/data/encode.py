@@ -1,0 +1,108 @@
+"""A corpus's text to token ids on disk in bounded memory: read in batches of lines, train the
+vocabulary from them, then encode each split batch by batch straight into its id file.
+
+Nothing holds a whole split: the reader yields a few MB of lines at a time, the tokenizer
+trains from that iterator (its word counts are all it keeps), and each batch's ids go to disk
+as soon as they are made, in the smallest dtype that holds the vocabulary (uint16 below 65,536
+types, else int32), as nanoGPT stores them. `tokenizers` encodes a batch on every core.
+
+Long work shows progress: a bar with tokens/s and the time left on a terminal, and a log line
+every LOG_EVERY_S seconds otherwise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+log = logging.getLogger("lmx.data")
+
+LOG_EVERY_S = 10.0
+
+# A source of one split's text: called afresh for each pass, it yields (lines, fraction done).
+Batches = Callable[[], Iterator[tuple[list[str], float]]]
+
+
+def ids_dtype(vocab_size: int) -> np.dtype:
+    """The smallest id dtype for a vocabulary: uint16 up to 65,536 types, else int32."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
+
+
+class Meter:
+    """Progress of one pass: a tqdm bar on a terminal, else a log line every LOG_EVERY_S."""
+
+    def __init__(self, what: str):
+        self.what, self.start, self.logged, self.tokens = what, time.perf_counter(), 0.0, 0
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            look = "{desc}: {percentage:3.0f}%|{bar}| {postfix} [{remaining} left]"
+            self.bar = tqdm(total=100, desc=what, leave=False, bar_format=look)
+
+    def update(self, fraction: float, tokens: int = 0) -> None:
+        self.tokens += tokens
+        elapsed = time.perf_counter() - self.start
+        rate = self.tokens / elapsed if elapsed > 0 else 0.0
+        if self.bar is not None:
+            self.bar.n = round(100 * fraction, 1)
+            self.bar.set_postfix_str(f"{self.tokens:,} tokens, {rate:,.0f} tokens/s", refresh=True)
+        elif elapsed - self.logged >= LOG_EVERY_S:
+            self.logged = elapsed
+            left = elapsed * (1 - fraction) / fraction if fraction > 0 else float("nan")
+            log.info("data: %s: %.0f%%, %s tokens, %s tokens/s, about %.0f s left", self.what,
+                     100 * fraction, f"{self.tokens:,}", f"{rate:,.0f}", left)  # fmt: skip
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def lines_of(batches: Batches, what: str) -> Iterator[list[str]]:
+    """The batches' lines, with progress (for the vocabulary's pass over the train split)."""
+    meter = Meter(what)
+    try:
+        for lines, fraction in batches():
+            meter.update(fraction)
+            yield lines
+    finally:
+        meter.close()
+
+
+def encode_batch(tokenizer: Tokenizer, lines: list[str], dtype: np.dtype) -> np.ndarray:
+    """The lines through the fast tokenizer in one call (parallel, in Rust, without the
+    character offsets we never use), concatenated into one stream."""
+    encodings = tokenizer.encode_batch_fast(lines)
+    total = sum(len(e) for e in encodings)
+    ids = itertools.chain.from_iterable(e.ids for e in encodings)
+    return np.fromiter(ids, dtype=dtype, count=total)
+
+
+def encode_to_file(tokenizer: Tokenizer, batches: Batches, path: Path, what: str) -> int:
+    """Encode every batch into `path` (raw ids, ids_dtype of the vocabulary), appended as made.
+    Returns the number of tokens written."""
+    dtype = ids_dtype(tokenizer.get_vocab_size())
+    meter, count = Meter(what), 0
+    try:
+        with path.open("wb") as f:
+            for lines, fraction in batches():
+                ids = encode_batch(tokenizer, lines, dtype)
+                f.write(ids.tobytes())
+                count += ids.size
+                meter.update(fraction, ids.size)
+    finally:
+        meter.close()
+    return count
+
+
+def encode_in_memory(tokenizer: Tokenizer, batches: Batches) -> np.ndarray:
+    """One split's ids in memory (a checkpoint's own tokenizer, uncached), as int64."""
+    parts = [encode_batch(tokenizer, lines, np.dtype(np.int64)) for lines, _ in batches()]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

@@ -1,0 +1,76 @@
+"""data=text (any folder of text) and data=wikitext103: they compose, read local folders laid
+out as their users have them, and give the WikiText checks' clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import compose_cfg, run_cli, tiny_overrides, write_corpus
+from lmx.data.cache import load_corpus
+from lmx.errors import DataError
+from lmx.train import train
+
+
+def test_a_folder_of_text_trains(tmp_path, cache_dir):
+    folder = write_corpus(tmp_path / "mine")
+    cfg = compose_cfg(tiny_overrides(folder, cache_dir, "data=text", "trainer.epochs=1"))
+    assert (cfg.data.name, cfg.data.hub_path) == ("text", None)
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["status"] == "done" and metrics["test_ppl"] > 1
+    assert any(cache_dir.glob("text-*"))  # its own cache entry, named for it
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda f: (f / "valid.txt").unlink(), "the valid split is missing"),
+        (lambda f: (f / "test.txt").write_text(""), "the test split is empty"),
+        (lambda f: (f / "train.txt").write_bytes(b"fine\nbad \xff here\n"),
+         "train.txt, line 2, column 5: byte 0xff is not valid UTF-8"),
+    ],
+)  # fmt: skip
+def test_a_folder_of_text_gives_the_clear_errors(tmp_path, cache_dir, damage, message):
+    folder = write_corpus(tmp_path / "mine")
+    damage(folder)
+    cfg = compose_cfg(tiny_overrides(folder, cache_dir, "data=text"))
+    with pytest.raises(DataError, match=message):
+        load_corpus(cfg.data)
+
+
+def test_text_without_a_folder_is_refused_before_any_work(tmp_path):
+    proc = run_cli("data=text", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert "data=text reads local files: set data.local_dir=PATH" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_folder_too_small_for_a_step_is_named(tmp_path, cache_dir):
+    folder = write_corpus(tmp_path / "mine")
+    (folder / "valid.txt").write_text("just a few words\n", encoding="utf-8")
+    cfg = compose_cfg(tiny_overrides(folder, cache_dir, "data=text"))
+    with pytest.raises(DataError, match="the valid split has .* tokens: too few"):
+        train(cfg, tmp_path / "run")
+
+
+def test_wikitext103_composes_and_reads_its_archive_layout(tmp_path, cache_dir):
+    folder = write_corpus(
+        tmp_path / "wikitext-103",
+        names=("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"),
+    )
+    cfg = compose_cfg(["data=wikitext103", f"data.local_dir={folder}",
+                       f"data.cache_dir={cache_dir}"])  # fmt: skip
+    assert (cfg.data.name, cfg.data.hub_config) == ("wikitext103", "wikitext-103-v1")
+    assert cfg.data.tokenizer.eos and cfg.data.tokenizer.normalization.value == "none"
+    corpus = load_corpus(cfg.data)
+    # whitespace split, case kept, <eos> after every line: "The" and "the" are two types
+    vocab = corpus.tokenizer.get_vocab()
+    assert {"<eos>", "The", "the"} <= set(vocab)
+    lines = (folder / "wiki.valid.tokens").read_text(encoding="utf-8").splitlines()
+    words = sum(len(line.split()) for line in lines)
+    assert len(corpus.splits["valid"]) == words + len(lines)  # one <eos> per line
+
+
+def test_the_gpu_preset_for_wikitext103_composes():
+    cfg = compose_cfg(["experiment=wt103_gpt", "data.local_dir=/tmp"])
+    assert cfg.data.name == "wikitext103" and cfg.model.head == "adaptive"
+    assert cfg.device.type.value == "cuda" and cfg.device.compile
