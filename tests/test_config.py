@@ -87,8 +87,10 @@ def test_presets_change_what_they_say():
 
 
 @pytest.mark.parametrize("group,option", shipped_options())
-def test_every_shipped_option_composes_and_validates(group, option):
-    cfg = compose_cfg([f"{group}={option}"])
+def test_every_shipped_option_composes_and_validates(group, option, tmp_path):
+    # data=text has no hub source: like every local corpus it needs a folder
+    local = [f"data.local_dir={tmp_path}"] if (group, option) == ("data", "text") else []
+    cfg = compose_cfg([f"{group}={option}", *local])
     validate(cfg)
     if group in ("optim", "scheduler"):
         assert cfg[group]._target_.startswith(("torch.optim", "lmx."))

@@ -72,5 +72,5 @@ def test_wikitext103_composes_and_reads_its_archive_layout(tmp_path, cache_dir):
 
 def test_the_gpu_preset_for_wikitext103_composes():
     cfg = compose_cfg(["experiment=wt103_gpt", "data.local_dir=/tmp"])
-    assert cfg.data.name == "wikitext103" and cfg.model.head == "adaptive"
+    assert cfg.data.name == "wikitext103" and cfg.model.head.value == "adaptive"
     assert cfg.device.type.value == "cuda" and cfg.device.compile
