@@ -11,25 +11,13 @@ milliseconds per call (the median of `--repeats`, after warm-up) and each size a
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from lmx.bench.peak import isa_flags
+from lmx.bench.peak import cpu_model, isa_flags
 from lmx.models import fused_loss
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def time_call(rows: int, bf16: bool, repeats: int, n=700, d=200, v=28782) -> float:

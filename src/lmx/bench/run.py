@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from lmx.bench.peak import isa_flags, peaks
+from lmx.bench.peak import cpu_model, isa_flags, peaks
 from lmx.bench.settings import LEVERS, RESULT_TAG, SETTINGS
 
 
@@ -53,14 +51,7 @@ def _time_command(args: list[str], until: str | None = None) -> float:
 def _machine() -> dict:
     import torch
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     info = {
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -66,8 +66,8 @@ def files_fingerprint(files: dict[str, Path]) -> dict[str, str]:
 
 def _local_batches(path: Path) -> Batches:
     """A local file's lines, READ_BYTES at a time, split as `datasets`' text loader splits
-    them, so that the token counts of the WikiText files stay those lmx has always had. Bytes that are not UTF-8 raise a
-    DataError naming the file, line and column."""
+    them, so that the token counts of the WikiText files stay those lmx has always had. Bytes
+    that are not UTF-8 raise a DataError naming the file, line and column."""
     size = path.stat().st_size
 
     def batches() -> Iterator[tuple[list[str], float]]:
