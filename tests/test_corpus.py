@@ -181,7 +181,7 @@ def test_streaming_preparation_gives_the_ids_of_the_whole_text_at_once(
     assert tokenizer.get_vocab() == streamed.tokenizer.get_vocab()
     for split, lines in whole.items():
         ids = [i for e in tokenizer.encode_batch(lines) for i in e.ids]
-        assert streamed.splits[split].dtype == torch.int64
+        assert streamed.splits[split].dtype == torch.uint16  # the cache's compact ids
         assert np.array_equal(streamed.splits[split].numpy(), np.array(ids))
 
 
@@ -218,3 +218,18 @@ def test_lines_split_as_the_datasets_text_loader_splits_them():
     text = "a\r\nb\rc\u2028d\x85e\n\nf"  # only \n, \r\n and \r end a line
     assert _split_lines(text) == ["a", "b", "c\u2028d\x85e", "", "f"]
     assert _split_lines("a\n") == ["a"] and _split_lines("\n") == [""]
+
+
+def test_rows_stay_compact_and_only_a_batch_is_widened(corpus_dir, cache_dir):
+    # An epoch never holds a split as int64: the rows keep the cache's uint16, a batch (and an
+    # evaluation window group) is widened on its own, and training reads the same ids.
+    from lmx.data.batching import get_batch
+    from lmx.data.streams import streams
+
+    cfg = data_cfg(corpus_dir, cache_dir, batch_size=4, bptt=8)
+    rows = streams(cfg).rows
+    assert {r.dtype for r in rows.values()} == {torch.uint16}
+    data, targets = get_batch(rows["train"], 8, 8)
+    assert data.dtype == targets.dtype == torch.int64 and data.shape == (4, 8)
+    assert torch.equal(data, rows["train"][:, 8:16].long())
+    assert torch.equal(targets[:, :-1], data[:, 1:])

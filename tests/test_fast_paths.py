@@ -41,7 +41,7 @@ def test_fast_paths_reach_the_fp32_validation_loss(corpus_dir, cache_dir, tmp_pa
 
 def test_stacked_eval_windows_give_the_same_loss(corpus_dir, cache_dir):
     cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir))
-    valid = batchify(load_corpus(cfg.data).splits["valid"], 3, "valid", 7)  # ragged last window
+    valid = batchify(load_corpus(cfg.data).splits["valid"].long(), 3, "valid", 7)  # ragged end
     torch.manual_seed(0)
     model = TransformerLM(200, d_model=16, nhead=2, d_hid=16, nlayers=1)
     valid = valid.clamp(max=199)

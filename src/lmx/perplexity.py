@@ -121,8 +121,9 @@ def _score(model, source, groups, device, precision) -> tuple[float, int]:
     """(summed loss, tokens scored) over the groups of windows, in order."""
     total, count = 0.0, 0
     for group in groups:
-        data = torch.cat([source[:, a:b] for a, b, _ in group])  # [len(group) * rows, T]
-        targets = torch.cat([source[:, a + 1 : b + 1] for a, b, _ in group])
+        # [len(group) * rows, T], widened from the source's compact dtype
+        data = torch.cat([source[:, a:b] for a, b, _ in group]).long()
+        targets = torch.cat([source[:, a + 1 : b + 1] for a, b, _ in group]).long()
         new = group[0][2]
         with autocast(device, precision):
             if new == targets.size(1):  # every target scored: the mean is enough

@@ -41,8 +41,8 @@ def work_tutorial(
     torch.manual_seed(seed)
     ntokens = corpus.vocab_size
     model = ref.TransformerModel(ntokens, 200, 2, 200, 2, 0.2).to(device)
-    train = ref.batchify(corpus.splits["train"], 20).to(device)
-    valid = ref.batchify(corpus.splits["valid"], 10).to(device)
+    train = ref.batchify(corpus.splits["train"].long(), 20).to(device)  # the tutorial's int64
+    valid = ref.batchify(corpus.splits["valid"].long(), 10).to(device)
     first = steps - max(avg_steps, 1) + 1  # the steps before the first averaged model
     tokens, seconds = ref.train_steps(model, train, 35, ntokens, first, warmup=warmup)
     iterates = []

@@ -32,12 +32,13 @@ def batch_starts(source: torch.Tensor, bptt: int) -> range:
 
 
 def get_batch(source: torch.Tensor, i: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs [bsz, T] = positions i..i+T-1, targets [bsz, T] = positions i+1..i+T.
+    """Inputs [bsz, T] = positions i..i+T-1, targets [bsz, T] = positions i+1..i+T, as int64.
 
-    T = bptt, except for the last step of a split, which is shorter.
+    T = bptt, except for the last step of a split, which is shorter. The source stays in its
+    compact dtype (uint16 or int32 from the token cache); only the batch is widened.
     """
     seq_len = min(bptt, source.size(1) - 1 - i)
-    return source[:, i : i + seq_len], source[:, i + 1 : i + 1 + seq_len]
+    return source[:, i : i + seq_len].long(), source[:, i + 1 : i + 1 + seq_len].long()
 
 
 def num_steps(source: torch.Tensor, bptt: int, limit: int | None = None) -> int:

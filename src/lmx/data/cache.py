@@ -37,7 +37,9 @@ _CACHE_FORMAT = 2  # bump when the cached files change meaning (2: raw ids, uint
 class Corpus:
     tokenizer: Tokenizer
     tokenizer_path: Path  # tokenizer.json in the cache entry
-    splits: dict[str, torch.Tensor]  # split -> 1-D int64 stream of token ids
+    # split -> 1-D stream of token ids in the cache's compact dtype (uint16 or int32), mapped
+    # from disk; batching.get_batch and the evaluation widen each batch to int64
+    splits: dict[str, torch.Tensor]
 
     @property
     def vocab_size(self) -> int:
@@ -70,7 +72,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
 
 
 def _load_entry(entry: Path, fingerprint: dict, rebuild_on_error: bool = True):
-    """(tokenizer, int64 streams) of a cache entry, checked against meta.json. A damaged
+    """(tokenizer, compact streams) of a cache entry, checked against meta.json. A damaged
     entry, or one that another lmx version wrote, is removed (None: rebuild it); a fresh one
     must load."""
     try:
@@ -86,11 +88,11 @@ def _load_entry(entry: Path, fingerprint: dict, rebuild_on_error: bool = True):
             if path.stat().st_size != meta["tokens"][s] * dtype.itemsize:
                 raise ValueError(f"{s}.bin does not hold the {meta['tokens'][s]} {dtype} ids "
                                  "meta.json says")  # fmt: skip
-            # Memory-mapped: pages are read as they are widened, nothing else is copied.
-            ids = np.memmap(path, dtype=dtype, mode="r", shape=(meta["tokens"][s],))
+            # Memory-mapped, copy-on-write: pages are read on first touch, nothing is copied.
+            ids = np.memmap(path, dtype=dtype, mode="c", shape=(meta["tokens"][s],))
             if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
                 raise ValueError(f"{s}.bin has ids outside the vocabulary of {vocab}")
-            splits[s] = torch.from_numpy(ids.astype(np.int64))
+            splits[s] = torch.from_numpy(ids)
         return tokenizer, splits
     except Exception as err:  # any damage: unreadable, truncated, wrong shape or ids
         if not rebuild_on_error:

@@ -4,7 +4,8 @@ Training, `lmx.evaluate` and the benchmarks all call `streams`, so they score th
 tokens in the same rows. The train split is cut into `data.batch_size` rows, valid and test
 into `data.eval_batch_size` rows (the tutorial's batchify). Under torchrun each rank keeps its
 own share of the rows. The rows are small (a few MB for WikiText-2), so they move to the
-device once and a step does no host-to-device copy.
+device once, in the token cache's compact dtype (uint16 or int32; int32 for uint16 on a
+GPU), and a step widens only its own batch to int64: an epoch never holds the split as int64.
 """
 
 from __future__ import annotations
@@ -63,8 +64,16 @@ def streams(
         else:
             rows[split] = world.eval_rows(batchify(stream, cfg.eval_batch_size, split, cfg.bptt))
     return Streams(
-        rows={s: r.to(device) for s, r in rows.items()},
+        rows={s: _to_device(r, torch.device(device)) for s, r in rows.items()},
         tokens={s: len(stream) for s, stream in ids.items()},
         tokenizer=tokenizer,
         tokenizer_path=tokenizer_path,
     )
+
+
+def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The rows on the device in their compact dtype. torch's CUDA kernels for uint16 are few
+    (a cast may be missing), so on a GPU uint16 rows become int32, still half of int64."""
+    if device.type != "cpu" and rows.dtype == torch.uint16:
+        rows = rows.to(torch.int32)
+    return rows.to(device)
