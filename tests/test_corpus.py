@@ -233,3 +233,21 @@ def test_rows_stay_compact_and_only_a_batch_is_widened(corpus_dir, cache_dir):
     assert data.dtype == targets.dtype == torch.int64 and data.shape == (4, 8)
     assert torch.equal(data, rows["train"][:, 8:16].long())
     assert torch.equal(targets[:, :-1], data[:, 1:])
+
+
+def test_a_dead_builders_half_built_entry_is_removed(corpus_dir, cache_dir):
+    import subprocess
+    import sys
+
+    load_corpus(data_cfg(corpus_dir, cache_dir))
+    entry = _entry(cache_dir)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    orphan = entry.with_name(f".{entry.name}.tmp-{dead}")
+    orphan.mkdir()
+    (orphan / "train.bin").write_bytes(b"\0" * 100)
+    import shutil
+
+    shutil.rmtree(entry)  # the next load builds again, and clears what the dead one left
+    load_corpus(data_cfg(corpus_dir, cache_dir))
+    assert not orphan.exists() and _entry(cache_dir).is_dir()

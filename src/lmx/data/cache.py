@@ -1,8 +1,9 @@
-"""A corpus as three token-id streams, through `datasets` and `tokenizers`, cached on disk.
+"""A corpus as three token-id streams, prepared in bounded memory and cached on disk.
 
 The cache entry is keyed by everything that produced it (the source's content or hub name, the
-tokenizer settings, the cache format), so a second run with the same settings loads two small
-.npy files and a tokenizer.json instead of reading and tokenizing the text again.
+tokenizer settings, the cache format), so a second run with the same settings maps three
+small .bin files of compact ids and a tokenizer.json instead of reading and tokenizing the
+text again. Local files are read directly (lmx.data.sources); the Hub goes through `datasets`.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def _build_entry(batches: dict, cfg: DataConfig, fingerprint: dict, entry: Path)
         for _ in batches[split]():
             pass
     tokenizer = train_tokenizer(cfg.tokenizer, lines_of(batches["train"], "vocabulary"))
+    _remove_orphans(entry)
     tmp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -143,3 +145,15 @@ def _build_entry(batches: dict, cfg: DataConfig, fingerprint: dict, entry: Path)
         os.replace(tmp, entry)  # atomic: a reader sees a complete entry or none
     except OSError:  # another run finished the same entry first
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_orphans(entry: Path) -> None:
+    """Half-built copies of `entry` whose builder died (SIGKILL, out of memory): their pid,
+    in the folder's name, is no longer a process. A live builder's copy is left alone."""
+    for tmp in entry.parent.glob(f".{entry.name}.tmp-*"):
+        try:
+            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError):  # not our name, or another user's live process
+            pass

@@ -38,8 +38,9 @@ def ids_dtype(vocab_size: int) -> np.dtype:
 class Meter:
     """Progress of one pass: a tqdm bar on a terminal, else a log line every LOG_EVERY_S."""
 
-    def __init__(self, what: str):
-        self.what, self.start, self.logged, self.tokens = what, time.perf_counter(), 0.0, 0
+    def __init__(self, what: str, unit: str = "tokens"):
+        self.what, self.unit, self.start, self.logged = what, unit, time.perf_counter(), 0.0
+        self.tokens = 0  # counted in `unit`
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -53,12 +54,14 @@ class Meter:
         rate = self.tokens / elapsed if elapsed > 0 else 0.0
         if self.bar is not None:
             self.bar.n = round(100 * fraction, 1)
-            self.bar.set_postfix_str(f"{self.tokens:,} tokens, {rate:,.0f} tokens/s", refresh=True)
+            u = self.unit
+            self.bar.set_postfix_str(f"{self.tokens:,} {u}, {rate:,.0f} {u}/s", refresh=True)
         elif elapsed - self.logged >= LOG_EVERY_S:
             self.logged = elapsed
             left = elapsed * (1 - fraction) / fraction if fraction > 0 else float("nan")
-            log.info("data: %s: %.0f%%, %s tokens, %s tokens/s, about %.0f s left", self.what,
-                     100 * fraction, f"{self.tokens:,}", f"{rate:,.0f}", left)  # fmt: skip
+            log.info("data: %s: %.0f%%, %s %s, %s %s/s, about %.0f s left", self.what,
+                     100 * fraction, f"{self.tokens:,}", self.unit, f"{rate:,.0f}", self.unit,
+                     left)  # fmt: skip
 
     def close(self) -> None:
         if self.bar is not None:
@@ -67,10 +70,10 @@ class Meter:
 
 def lines_of(batches: Batches, what: str) -> Iterator[list[str]]:
     """The batches' lines, with progress (for the vocabulary's pass over the train split)."""
-    meter = Meter(what)
+    meter = Meter(what, unit="lines")
     try:
         for lines, fraction in batches():
-            meter.update(fraction)
+            meter.update(fraction, len(lines))
             yield lines
     finally:
         meter.close()

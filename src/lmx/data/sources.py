@@ -57,8 +57,11 @@ def files_fingerprint(files: dict[str, Path]) -> dict[str, str]:
     digests = {}
     for split, path in files.items():
         try:
+            digest = hashlib.sha256()
             with path.open("rb") as f:
-                digests[split] = hashlib.file_digest(f, "sha256").hexdigest()
+                while block := f.read(1 << 20):
+                    digest.update(block)
+            digests[split] = digest.hexdigest()
         except OSError as err:
             raise DataError(f"cannot read {path}: {err.strerror or err}") from err
     return digests
