@@ -251,3 +251,25 @@ def test_a_dead_builders_half_built_entry_is_removed(corpus_dir, cache_dir):
     shutil.rmtree(entry)  # the next load builds again, and clears what the dead one left
     load_corpus(data_cfg(corpus_dir, cache_dir))
     assert not orphan.exists() and _entry(cache_dir).is_dir()
+
+
+def test_an_unchanged_corpus_is_not_read_again_to_key_the_cache(corpus_dir, cache_dir, monkeypatch):
+    import os
+    import time
+
+    hashed, sha256 = [], lmx.data.sources._sha256
+    monkeypatch.setattr(lmx.data.sources, "_sha256", lambda p: hashed.append(p.name) or sha256(p))
+    cfg = data_cfg(corpus_dir, cache_dir)
+    load_corpus(cfg)  # files written just now: hashed, but their stamps not trusted yet
+    load_corpus(cfg)
+    assert len(hashed) == 6
+    ten_s_ago = time.time_ns() - 10**10
+    for path in corpus_dir.iterdir():
+        os.utime(path, ns=(ten_s_ago, ten_s_ago))
+    first = load_corpus(cfg)
+    hashed.clear()
+    assert load_corpus(cfg).splits["train"].equal(first.splits["train"]) and hashed == []
+    train = corpus_dir / "train.txt"  # a same-size edit changes the stamp: hashed again
+    train.write_bytes(train.read_bytes().replace(b" cat ", b" dog "))
+    changed = load_corpus(cfg)
+    assert hashed == ["train.txt"] and not changed.splits["train"].equal(first.splits["train"])

@@ -52,7 +52,9 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     source = local_files(cfg.local_dir) if cfg.local_dir is not None else None
     fingerprint = {
         "format": _CACHE_FORMAT,
-        "source": files_fingerprint(source) if source else f"hub:{cfg.hub_path}:{cfg.hub_config}",
+        "source": files_fingerprint(source, _cache_root(cfg) / "file-hashes.json")
+        if source
+        else f"hub:{cfg.hub_path}:{cfg.hub_config}",
         "tokenizer": OmegaConf.to_container(OmegaConf.structured(cfg.tokenizer), enum_to_str=True),
     }
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]

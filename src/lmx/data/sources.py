@@ -9,8 +9,10 @@ to work offline.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,6 +20,7 @@ from urllib.parse import urlparse
 from lmx.config.schema import DataConfig
 from lmx.data.encode import Batches
 from lmx.errors import DataError
+from lmx.files import WriteError, write_json
 
 SPLITS = ("train", "valid", "test")
 _HUB_SPLIT = {"train": "train", "valid": "validation", "test": "test"}
@@ -52,19 +55,57 @@ def local_files(local_dir: str) -> dict[str, Path]:
     return files
 
 
-def files_fingerprint(files: dict[str, Path]) -> dict[str, str]:
-    """Each file's sha256, read a block at a time (a large corpus is never in memory)."""
-    digests = {}
+def files_fingerprint(files: dict[str, Path], known: Path | None = None) -> dict[str, str]:
+    """Each file's sha256, read a block at a time (a large corpus is never in memory).
+
+    With `known` (a JSON file in the cache folder) a file whose size, modification time and
+    inode are those of its last hashing reuses that hash, so a large corpus is not read at
+    every start. As git's index does, a stamp is trusted only if the file was last modified
+    well before it was hashed (RACY_NS): a same-size rewrite within one timestamp tick of the
+    hashing cannot pass for the old content.
+    """
+    seen = _read_known(known)
+    digests, changed = {}, False
     for split, path in files.items():
         try:
-            digest = hashlib.sha256()
-            with path.open("rb") as f:
-                while block := f.read(1 << 20):
-                    digest.update(block)
-            digests[split] = digest.hexdigest()
+            st = path.stat()
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+            entry = seen.get(str(path), {})
+            if entry.get("stamp") == stamp and st.st_mtime_ns < entry["hashed_ns"] - RACY_NS:
+                digests[split] = entry["sha256"]
+                continue
+            hashed_ns = time.time_ns()
+            digests[split] = _sha256(path)
         except OSError as err:
             raise DataError(f"cannot read {path}: {err.strerror or err}") from err
+        seen[str(path)] = {"stamp": stamp, "hashed_ns": hashed_ns, "sha256": digests[split]}
+        changed = True
+    if known is not None and changed:
+        try:
+            known.parent.mkdir(parents=True, exist_ok=True)
+            write_json(known, seen)
+        except (OSError, WriteError):  # a cache of hashes: without it the next start rehashes
+            pass
     return digests
+
+
+RACY_NS = 2_000_000_000  # a file modified this close to its hashing is hashed again
+
+
+def _read_known(known: Path | None) -> dict:
+    try:
+        seen = json.loads(known.read_text()) if known is not None else {}
+        return seen if isinstance(seen, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _local_batches(path: Path) -> Batches:
