@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 SETTINGS = {
@@ -48,10 +48,10 @@ def measure(name: str, data: str, steps: int, warmup: int) -> dict:
     """One setting, in this process: train `steps` steps, then score the validation split."""
     import torch
 
-    from lmx.bench.workers import _flops_per_token
+    from lmx.bench.iterates import train_valid_rows
+    from lmx.bench.workers import flops_per_token, lmx_eval
     from lmx.config.compose import compose
     from lmx.models.pretrained import load_trained
-    from lmx.perplexity import evaluate
     from lmx.runtime.device import resolve_device
     from lmx.train import train
 
@@ -64,24 +64,15 @@ def measure(name: str, data: str, steps: int, warmup: int) -> dict:
         metrics = train(cfg, Path(tmp) / "run")
         model = load_trained(Path(tmp) / "run" / "checkpoints" / "best.pt", []).model
     device = resolve_device(cfg.device)
-    from lmx.bench.iterates import train_valid_rows
-
     _, valid = train_valid_rows(cfg, device)
-    model.to(device)
-    args = dict(precision=cfg.device.precision,
-                tokens_per_forward=cfg.trainer.eval_tokens_per_forward)  # fmt: skip
-    evaluate(model, valid, cfg.data.bptt, device, **args, limit=2)  # warm-up
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    score = evaluate(model, valid, cfg.data.bptt, device, **args)
-    eval_tps = score.tokens / (time.perf_counter() - start)
+    val_loss, eval_tps = lmx_eval(cfg, model.to(device), valid, device)  # as the bench times it
     m = cfg.model
     return {
         "precision": cfg.device.precision.value,
         "train_tokens_per_s": metrics["train_tokens_per_s"],
         "eval_tokens_per_s": eval_tps,
-        "val_ppl_after_steps": score.ppl,
-        "flops_per_token": _flops_per_token(
+        "val_ppl_after_steps": math.exp(val_loss),
+        "flops_per_token": flops_per_token(
             m.d_model, m.d_hid, m.nlayers, metrics["vocab_size"], cfg.data.bptt
         ),  # fmt: skip
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20,
@@ -108,11 +99,10 @@ def main() -> None:
     unknown = [n for n in args.only.split(",") if n not in SETTINGS]
     if unknown:
         sys.exit(f"--only: unknown {', '.join(unknown)}; settings: {', '.join(SETTINGS)}")
-    from lmx.bench.peak import matmul_gflops
+    from lmx.bench.peak import peaks
 
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 runs use TF32 (device.tf32=true)
-    peak = {"fp32": matmul_gflops("float32", 8192, device="cuda"),
-            "bf16": matmul_gflops("bfloat16", 8192, device="cuda")}  # fmt: skip
+    peak = peaks("cuda", n=8192)
     epoch = _epoch_tokens(args.data)
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                "peak_gflops": peak, "epoch_tokens": epoch, "settings": {}}  # fmt: skip

@@ -59,7 +59,7 @@ def matmul_gflops(dtype_name: str, n: int = 2048, repeats: int = 5, device: str 
     return 2 * n**3 / best / 1e9
 
 
-def peaks(device: str = "cpu") -> dict[str, float]:
-    """{"fp32": GFLOP/s, "bf16": GFLOP/s} of this machine's matmul."""
-    return {"fp32": matmul_gflops("float32", device=device),
-            "bf16": matmul_gflops("bfloat16", device=device)}  # fmt: skip
+def peaks(device: str = "cpu", n: int = 2048) -> dict[str, float]:
+    """{"fp32": GFLOP/s, "bf16": GFLOP/s} of this machine's [n x n] matmul."""
+    return {"fp32": matmul_gflops("float32", n, device=device),
+            "bf16": matmul_gflops("bfloat16", n, device=device)}  # fmt: skip

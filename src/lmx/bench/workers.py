@@ -21,7 +21,7 @@ def _peak_memory() -> dict[str, float]:
     return peak
 
 
-def _flops_per_token(d: int, d_hid: int, nlayers: int, ntoken: int, bptt: int) -> float:
+def flops_per_token(d: int, d_hid: int, nlayers: int, ntoken: int, bptt: int) -> float:
     """6 x matmul weights (forward + backward) plus the attention products (12 T d a layer)."""
     weights = nlayers * (4 * d * d + 2 * d * d_hid) + d * ntoken
     return 6 * weights + 12 * nlayers * bptt * d
@@ -58,7 +58,7 @@ def work_tutorial(
         "eval_tokens_per_s": (valid.numel() - valid.size(1)) / eval_seconds,
         "val_loss": val_loss,
         "iterate_val_losses": iterates,
-        "flops_per_token": _flops_per_token(200, 200, 2, ntokens, 35),
+        "flops_per_token": flops_per_token(200, 200, 2, ntokens, 35),
         **_peak_memory(),
     }
 
@@ -97,21 +97,21 @@ def work_lmx(
     if avg_steps:
         iterates = iterate_losses(model, cfg, train_ids, valid, device, first, avg_steps,
                                   avg_batches)  # fmt: skip
-    val_loss, eval_tokens_per_s = _lmx_eval(cfg, model, valid, device)
+    val_loss, eval_tokens_per_s = lmx_eval(cfg, model, valid, device)
     m = cfg.model
     return {
         "train_tokens_per_s": metrics["train_tokens_per_s"],
         "eval_tokens_per_s": eval_tokens_per_s,
         "val_loss": val_loss,
         "iterate_val_losses": iterates,
-        "flops_per_token": _flops_per_token(
+        "flops_per_token": flops_per_token(
             m.d_model, m.d_hid, m.nlayers, metrics["vocab_size"], cfg.data.bptt
         ),
         **_peak_memory(),
     }
 
 
-def _lmx_eval(cfg, model, valid, device) -> tuple[float, float]:
+def lmx_eval(cfg, model, valid, device) -> tuple[float, float]:
     """lmx's evaluate over the whole validation split: (loss, tokens/s after a warm-up)."""
     from lmx.perplexity import evaluate
 

@@ -26,14 +26,15 @@ import torch
 
 from lmx.training.step import stop_error
 
-_SUMS = ("epoch_loss", "epoch_tokens", "loss", "norm", "tokens", "batches")
 _WHAT = {1.0: "loss", 2.0: "gradient norm"}
 
 
 class DeviceMeters:
     def __init__(self, device: torch.device):
         self.device = device
-        self.sums: torch.Tensor | None = None  # [6] float64, as _SUMS; None: load from Progress
+        # [6] float64: the epoch's loss x tokens and tokens, the window's loss, norm, tokens
+        # and batches; None: to be loaded from Progress
+        self.sums: torch.Tensor | None = None
         self.bad: torch.Tensor | None = None  # [4]: first bad step, what (1 loss, 2 norm), value
 
     def _load(self, p) -> None:
@@ -41,8 +42,8 @@ class DeviceMeters:
         values = [p.epoch_loss, p.epoch_tokens, w["loss"], w["norm"], w["tokens"], w["batches"]]
         sums = torch.tensor([*values, -1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
         if self.device.type == "cuda":  # a pageable copy would wait for the GPU to finish
-            sums = sums.pin_memory().to(self.device, non_blocking=True)
-        self.sums, self.bad = sums.to(self.device).split([6, 4])
+            sums = sums.pin_memory()
+        self.sums, self.bad = sums.to(self.device, non_blocking=True).split([6, 4])
 
     def add(self, p, loss: torch.Tensor, norm: torch.Tensor, tokens: int) -> None:
         """One applied step (after `p.count_step`): its mean loss, the gradient norm and the
