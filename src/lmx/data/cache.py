@@ -50,15 +50,15 @@ class Corpus:
 def load_corpus(cfg: DataConfig) -> Corpus:
     """Token streams for train/valid/test, from the cache or built and cached now."""
     source = local_files(cfg.local_dir) if cfg.local_dir is not None else None
+    root = _cache_root(cfg)
     fingerprint = {
         "format": _CACHE_FORMAT,
-        "source": files_fingerprint(source, _cache_root(cfg) / "file-hashes.json")
+        "source": files_fingerprint(source, root / "file-hashes.json")
         if source
         else f"hub:{cfg.hub_path}:{cfg.hub_config}",
         "tokenizer": OmegaConf.to_container(OmegaConf.structured(cfg.tokenizer), enum_to_str=True),
     }
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    root = _cache_root(cfg)
     entry = root / f"{cfg.name}-{key}"
 
     loaded = _load_entry(entry, fingerprint) if (entry / "meta.json").is_file() else None
