@@ -273,3 +273,19 @@ def test_an_unchanged_corpus_is_not_read_again_to_key_the_cache(corpus_dir, cach
     train.write_bytes(train.read_bytes().replace(b" cat ", b" dog "))
     changed = load_corpus(cfg)
     assert hashed == ["train.txt"] and not changed.splits["train"].equal(first.splits["train"])
+
+
+def test_a_bpe_corpus_is_trained_and_encoded_by_tokenizers(corpus_dir, cache_dir):
+    # BPE takes the tokenizers route (train, then encode): the cached ids are its own.
+    import json
+
+    import numpy as np
+
+    cfg = data_cfg(corpus_dir, cache_dir)
+    cfg.tokenizer.kind, cfg.tokenizer.vocab_size = "bpe", 120
+    corpus = load_corpus(cfg)
+    assert json.loads(corpus.tokenizer.to_str())["model"]["type"] == "BPE"
+    for split in ("train", "valid", "test"):
+        lines = (corpus_dir / f"{split}.txt").read_text(encoding="utf-8").split("\n")[:-1]
+        ids = [i for e in corpus.tokenizer.encode_batch(lines) for i in e.ids]
+        assert np.array_equal(corpus.splits[split].numpy(), np.array(ids))

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from tokenizers import Tokenizer
 
 from lmx.config.schema import DataConfig
+from lmx.data import wordlevel
 from lmx.data.encode import encode_in_memory, encode_to_file, ids_dtype, lines_of
 from lmx.data.sources import SPLITS, files_fingerprint, local_files, text_batches
 from lmx.data.tokenizer import train_tokenizer
@@ -117,22 +118,19 @@ def _cache_root(cfg: DataConfig) -> Path:
 
 # ---------------------------------------------------------------------------- build
 def _build_entry(batches: dict, cfg: DataConfig, fingerprint: dict, entry: Path) -> None:
-    """Train the tokenizer on the train split, then encode every split into `entry`, in
-    bounded memory (lmx.data.encode). Valid and test are read once first, so bytes that are
-    not UTF-8 there stop the build before the long passes over train."""
-    for split in ("valid", "test"):
-        for _ in batches[split]():
-            pass
-    tokenizer = train_tokenizer(cfg.tokenizer, lines_of(batches["train"], "vocabulary"))
+    """Every split encoded into `entry` with the vocabulary of the train split, in bounded
+    memory: a word-level corpus in one pass over each split (lmx.data.wordlevel), a BPE one by
+    training `tokenizers` and then encoding (lmx.data.encode)."""
     _remove_orphans(entry)
     tmp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        counts = {}
+        if wordlevel.supported(cfg.tokenizer):
+            tokenizer, counts = wordlevel.encode_corpus(cfg.tokenizer, batches, tmp, SPLITS)
+        else:
+            tokenizer, counts = _train_and_encode(batches, cfg, tmp)
         for split in SPLITS:
-            counts[split] = encode_to_file(tokenizer, batches[split], tmp / f"{split}.bin",
-                                           f"encoding {split}")  # fmt: skip
             if counts[split] == 0:
                 raise DataError(f"the {split} split is empty: it has no tokens")
         tokenizer.save(str(tmp / "tokenizer.json"))
@@ -147,6 +145,19 @@ def _build_entry(batches: dict, cfg: DataConfig, fingerprint: dict, entry: Path)
         os.replace(tmp, entry)  # atomic: a reader sees a complete entry or none
     except OSError:  # another run finished the same entry first
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _train_and_encode(batches: dict, cfg: DataConfig, out: Path) -> tuple[Tokenizer, dict]:
+    """Train `tokenizers` on the train split, then encode every split into out/{split}.bin.
+    Valid and test are read once first, so bytes that are not UTF-8 there stop the build
+    before the long passes over train."""
+    for split in ("valid", "test"):
+        for _ in batches[split]():
+            pass
+    tokenizer = train_tokenizer(cfg.tokenizer, lines_of(batches["train"], "vocabulary"))
+    counts = {s: encode_to_file(tokenizer, batches[s], out / f"{s}.bin", f"encoding {s}")
+              for s in SPLITS}  # fmt: skip
+    return tokenizer, counts
 
 
 def _remove_orphans(entry: Path) -> None:

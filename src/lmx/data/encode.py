@@ -1,10 +1,13 @@
-"""A corpus's text to token ids on disk in bounded memory: read in batches of lines, train the
-vocabulary from them, then encode each split batch by batch straight into its id file.
+"""A corpus's text to token ids on disk through `tokenizers`, in bounded memory, and the
+progress meter every preparation pass shows.
 
-Nothing holds a whole split: the reader yields a few MB of lines at a time, the tokenizer
-trains from that iterator (its word counts are all it keeps), and each batch's ids go to disk
-as soon as they are made, in the smallest dtype that holds the vocabulary (uint16 below 65,536
-types, else int32), as nanoGPT stores them. `tokenizers` encodes a batch on every core.
+The `tokenizers` route (BPE; a word-level corpus takes lmx.data.wordlevel's single pass):
+read in batches of lines, train the vocabulary from them, then encode each split batch by
+batch straight into its id file. Nothing holds a whole split: the reader yields a few MB of
+lines at a time, the tokenizer trains from that iterator (its word counts are all it keeps),
+and each batch's ids go to disk as soon as they are made, in the smallest dtype that holds the
+vocabulary (uint16 below 65,536 types, else int32), as nanoGPT stores them. `tokenizers`
+encodes a batch on every core.
 
 Long work shows progress: a bar with tokens/s and the time left on a terminal, and a log line
 every LOG_EVERY_S seconds otherwise.

@@ -20,7 +20,7 @@ UNK = "<unk>"
 EOS = "<eos>"
 
 # torchtext's basic_english, applied in this order after lowercasing.
-_BASIC_ENGLISH_RULES = [
+BASIC_ENGLISH_RULES = [
     ("'", " '  "),
     ('"', ""),
     (".", " . "),
@@ -42,10 +42,10 @@ def special_tokens(cfg: TokenizerConfig) -> list[str]:
     return [UNK, EOS] if cfg.eos else [UNK]
 
 
-def _normalizer(cfg: TokenizerConfig) -> normalizers.Normalizer | None:
+def normalizer_of(cfg: TokenizerConfig) -> normalizers.Normalizer | None:
     if cfg.normalization == Normalization.basic_english:
         steps = [normalizers.Lowercase()]
-        steps += [normalizers.Replace(old, new) for old, new in _BASIC_ENGLISH_RULES]
+        steps += [normalizers.Replace(old, new) for old, new in BASIC_ENGLISH_RULES]
         return normalizers.Sequence(steps)
     return None
 
@@ -61,7 +61,7 @@ def build_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
         # Metaspace marks word starts, so decoded subwords get their spaces back.
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
-    normalizer = _normalizer(cfg)
+    normalizer = normalizer_of(cfg)
     if normalizer is not None:
         tok.normalizer = normalizer
     return tok
@@ -85,7 +85,19 @@ def train_tokenizer(cfg: TokenizerConfig, lines: Iterable[str]) -> Tokenizer:
     tok = build_tokenizer(cfg)
     tok.train_from_iterator(lines, trainer=_trainer(cfg))
     if cfg.kind == TokenizerKind.word:
-        tok = _specials_first(tok, cfg)
+        return word_tokenizer(cfg, _specials_first(tok, cfg))
+    return _with_eos(tok, cfg)
+
+
+def word_tokenizer(cfg: TokenizerConfig, vocab: list[str]) -> Tokenizer:
+    """The word-level tokenizer of a vocabulary (id = place in the list, specials first)."""
+    tok = build_tokenizer(cfg)
+    tok.model = models.WordLevel(vocab={w: i for i, w in enumerate(vocab)}, unk_token=UNK)
+    tok.add_special_tokens(special_tokens(cfg))
+    return _with_eos(tok, cfg)
+
+
+def _with_eos(tok: Tokenizer, cfg: TokenizerConfig) -> Tokenizer:
     if cfg.eos:
         # Every encoded line ends with <eos>, an empty one included (as pytorch/examples).
         tok.post_processor = TemplateProcessing(
@@ -94,8 +106,8 @@ def train_tokenizer(cfg: TokenizerConfig, lines: Iterable[str]) -> Tokenizer:
     return tok
 
 
-def _specials_first(trained: Tokenizer, cfg: TokenizerConfig) -> Tokenizer:
-    """The same word-level tokenizer with the specials at ids 0, 1, ...
+def _specials_first(trained: Tokenizer, cfg: TokenizerConfig) -> list[str]:
+    """A trained word-level vocabulary with the specials at ids 0, 1, ...
 
     WordLevelTrainer ranks a special by its count when the corpus also contains it (WikiText
     has `<unk>` in its text), whereas the tutorial's vocabulary has `<unk>` at index 0. The
@@ -103,8 +115,4 @@ def _specials_first(trained: Tokenizer, cfg: TokenizerConfig) -> Tokenizer:
     """
     specials = special_tokens(cfg)
     vocab = trained.get_vocab()
-    rest = [w for w in sorted(vocab, key=vocab.__getitem__) if w not in specials]
-    tok = build_tokenizer(cfg)
-    tok.model = models.WordLevel(vocab={w: i for i, w in enumerate(specials + rest)}, unk_token=UNK)
-    tok.add_special_tokens(specials)
-    return tok
+    return specials + [w for w in sorted(vocab, key=vocab.__getitem__) if w not in specials]
