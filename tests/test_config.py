@@ -37,6 +37,8 @@ def test_every_group_has_options():
         "examples_transformer",
         "sweep_heads",
         "hpo_optuna",
+        "wt2_speedrun",
+        "wt2_hour_cpu",
     } <= presets
 
 
@@ -84,6 +86,12 @@ def test_presets_change_what_they_say():
     assert examples.normalization.value == "none" and examples.eos
     smoke = compose_cfg(["experiment=smoke"])
     assert smoke.trainer.limit_train_batches is not None and smoke.model.d_model < 200
+    # The records: their budget is their own, and on the tutorial's tokens (comparable ppl).
+    for preset, budget in (("wt2_speedrun", "60s"), ("wt2_hour_cpu", "58m")):
+        cfg = compose_cfg([f"experiment={preset}"])
+        assert cfg.trainer.max_time == budget and cfg.model.cell.value == "lstm"
+        assert cfg.data.tokenizer.normalization.value == "basic_english"
+        assert cfg.model.head.value == "adaptive"
 
 
 @pytest.mark.parametrize("group,option", shipped_options())
@@ -307,3 +315,9 @@ def test_declared_dependency_floors_cover_what_the_code_calls():
     assert floors["torch"] >= Version("2.4")
     assert floors["tokenizers"] >= Version("0.21")
     assert floors["hydra-core"] >= Version("1.3") and floors["omegaconf"] >= Version("2.3")
+
+
+def test_a_negative_min_frequency_is_refused():
+    # tokenizers would fail deep inside its trainer; the one-pass route would read it as 0
+    with pytest.raises(ConfigError, match=r"data.tokenizer.min_frequency=-1 must be >= 0"):
+        validate(compose_cfg(["data.tokenizer.min_frequency=-1"]))

@@ -57,7 +57,7 @@ def _both(cfg: TokenizerConfig, texts: dict[str, list[str]], tmp_path, per: int 
     slow.mkdir()
     fast.mkdir()
     tok_slow, n_slow = _train_and_encode(batches, Data, slow)
-    tok_fast, n_fast = wordlevel.encode_corpus(cfg, batches, fast, SPLITS)
+    tok_fast, n_fast = wordlevel.encode_corpus(cfg, batches, fast)
     assert tok_fast.to_str() == tok_slow.to_str()
     assert n_fast == n_slow
     for s in SPLITS:
@@ -92,7 +92,8 @@ def test_plain_batches_take_the_fast_route_and_still_agree(cfg, tmp_path, monkey
     calls = []
     monkeypatch.setattr(wordlevel.OnePassEncoder, "_by_line",
                         lambda *a, **k: calls.append(1) or pytest.fail("fell back"))  # fmt: skip
-    texts = {s: [" the cat , the <unk> dog . ", "a <unk> 's hat", ""] * 5 for s in SPLITS}
+    rows = [" the cat , the <unk> dog . ", "a <unk> 's hat", "", " = Hub row = \n"]
+    texts = {s: rows * 5 for s in SPLITS}
     _both(cfg, texts, tmp_path, per=4)
     assert not calls
 

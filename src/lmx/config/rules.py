@@ -135,6 +135,8 @@ def _data(cfg: DictConfig, check: Check) -> None:
         )
     elif tok.vocab_size is not None:
         check(tok.vocab_size > 0, f"data.tokenizer.vocab_size={tok.vocab_size} must be > 0")
+    check(tok.min_frequency >= 0,
+          f"data.tokenizer.min_frequency={tok.min_frequency} must be >= 0")  # fmt: skip
 
 
 def _optim(cfg: DictConfig, check: Check) -> None:

@@ -127,12 +127,9 @@ def _build_entry(batches: dict, cfg: DataConfig, fingerprint: dict, entry: Path)
     tmp.mkdir(parents=True)
     try:
         if wordlevel.supported(cfg.tokenizer):
-            tokenizer, counts = wordlevel.encode_corpus(cfg.tokenizer, batches, tmp, SPLITS)
+            tokenizer, counts = wordlevel.encode_corpus(cfg.tokenizer, batches, tmp)
         else:
             tokenizer, counts = _train_and_encode(batches, cfg, tmp)
-        for split in SPLITS:
-            if counts[split] == 0:
-                raise DataError(f"the {split} split is empty: it has no tokens")
         tokenizer.save(str(tmp / "tokenizer.json"))
         vocab = tokenizer.get_vocab_size()
         meta = {"fingerprint": fingerprint, "vocab_size": vocab,
@@ -155,8 +152,7 @@ def _train_and_encode(batches: dict, cfg: DataConfig, out: Path) -> tuple[Tokeni
         for _ in batches[split]():
             pass
     tokenizer = train_tokenizer(cfg.tokenizer, lines_of(batches["train"], "vocabulary"))
-    counts = {s: encode_to_file(tokenizer, batches[s], out / f"{s}.bin", f"encoding {s}")
-              for s in SPLITS}  # fmt: skip
+    counts = {s: encode_to_file(tokenizer, batches[s], out / f"{s}.bin", s) for s in SPLITS}
     return tokenizer, counts
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from lmx.errors import DataError
+
 log = logging.getLogger("lmx.data")
 
 LOG_EVERY_S = 10.0
@@ -71,6 +73,12 @@ class Meter:
             self.bar.close()
 
 
+def require_tokens(split: str, count: int) -> None:
+    """A split that encodes to nothing cannot be batched: say so by name."""
+    if count == 0:
+        raise DataError(f"the {split} split is empty: it has no tokens")
+
+
 def lines_of(batches: Batches, what: str) -> Iterator[list[str]]:
     """The batches' lines, with progress (for the vocabulary's pass over the train split)."""
     meter = Meter(what, unit="lines")
@@ -91,11 +99,11 @@ def encode_batch(tokenizer: Tokenizer, lines: list[str], dtype: np.dtype) -> np.
     return np.fromiter(ids, dtype=dtype, count=total)
 
 
-def encode_to_file(tokenizer: Tokenizer, batches: Batches, path: Path, what: str) -> int:
+def encode_to_file(tokenizer: Tokenizer, batches: Batches, path: Path, split: str) -> int:
     """Encode every batch into `path` (raw ids, ids_dtype of the vocabulary), appended as made.
     Returns the number of tokens written."""
     dtype = ids_dtype(tokenizer.get_vocab_size())
-    meter, count = Meter(what), 0
+    meter, count = Meter(f"encoding {split}"), 0
     try:
         with path.open("wb") as f:
             for lines, fraction in batches():
@@ -105,6 +113,7 @@ def encode_to_file(tokenizer: Tokenizer, batches: Batches, path: Path, what: str
                 meter.update(fraction, ids.size)
     finally:
         meter.close()
+    require_tokens(split, count)
     return count
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 
 from lmx.config.schema import Normalization, TokenizerConfig, TokenizerKind
-from lmx.data.encode import Batches, Meter, ids_dtype
+from lmx.data.encode import Batches, Meter, ids_dtype, require_tokens
 from lmx.data.tokenizer import (
     BASIC_ENGLISH_RULES,
     EOS,
@@ -74,8 +74,10 @@ class OnePassEncoder:
     def __init__(self, cfg: TokenizerConfig):
         self.cfg, self.specials = cfg, special_tokens(cfg)
         self.lower = cfg.normalization == Normalization.basic_english
+        # word -> provisional id. Reading a missing word ADDS it (its id: the words seen so
+        # far), which is what makes a batch's lookup one C-level map; use .get to only look.
         self.ids: defaultdict[str, int] = defaultdict()
-        self.ids.default_factory = self.ids.__len__  # a new word's id: the words seen so far
+        self.ids.default_factory = self.ids.__len__
         self.counts = np.zeros(0, dtype=np.int64)  # by provisional id, train split only
         # A text holding one of these takes tokenizers' route (one `in` each: cheap).
         self._odd = _odd_spaces() + (_odd_lowercase() if self.lower else "")
@@ -114,18 +116,22 @@ class OnePassEncoder:
     def _ids(self, words: list[str]) -> np.ndarray:
         return np.fromiter(map(self.ids.__getitem__, words), dtype=np.int32, count=len(words))
 
-    def encode(self, lines: list[str], count: bool) -> np.ndarray:
+    def provisional_ids(self, lines: list[str], count: bool) -> np.ndarray:
         """A batch's provisional ids (int32); `count`: add its words to the vocabulary's.
 
         The whole batch is normalized and split at once. That is what encoding each line
         does unless a special token in the raw text does not stand apart as a word afterwards
-        (tokenizers splits specials out before normalizing, and only when encoding), or, with
-        <eos>, a line holds a "\n" (Hub rows do): then line by line."""
-        text = "\n".join(lines)
-        exact = any(c in text for c in self._odd)
+        (tokenizers splits specials out before normalizing, and only when encoding): then
+        line by line."""
+        if not lines:
+            return np.zeros(0, dtype=np.int32)
         eos = self.cfg.eos
+        text = "\n".join(lines)
         if eos and text.count("\n") != len(lines) - 1:
-            return self._by_line(lines, exact, count)
+            # A row holds a "\n" (Hub rows end in one). It only separates words, as a space
+            # does, and no rule or special has one; but each line must stay one line here.
+            text = "\n".join(line.replace("\n", " ") for line in lines)
+        exact = any(c in text for c in self._odd)
         normalized = self._normalized(text, exact)
         if eos:  # normalizing keeps every "\n": one line of words each, then <eos>
             words = []
@@ -135,7 +141,7 @@ class OnePassEncoder:
         else:
             words = self._split_words(normalized, exact)
         ids = self._ids(words)
-        found = np.bincount(ids, minlength=len(self.ids))
+        found = np.bincount(ids)
         if eos:
             found[self.ids[EOS]] -= len(lines)  # the <eos> after each line is not a word
         if not self._specials_apart(text, normalized, found):
@@ -146,13 +152,14 @@ class OnePassEncoder:
 
     def _specials_apart(self, text: str, normalized: str, found: np.ndarray) -> bool:
         """Whether every special token of the raw text is a word of its own once normalized.
-        Normalizing never breaks a special (no rule touches its characters), but it can make
-        one (<UNK> lowercased), so the three counts agree only when each raw one is a word."""
+        Normalizing never breaks <unk> or <eos>: they are lowercase already, and no rule's
+        pattern can overlap them (single characters they lack, and "<br />"). It can make one
+        (<UNK> lowercased), so the three counts agree only when each raw one is a word."""
         for s in self.specials:
             n = text.count(s)
             if n:
-                p = self.ids.get(s)  # .get: no id for a word the text may not have
-                if normalized.count(s) != n or p is None or found[p] != n:
+                p = self.ids.get(s)
+                if normalized.count(s) != n or p is None or p >= found.size or found[p] != n:
                     return False
         return True
 
@@ -167,7 +174,7 @@ class OnePassEncoder:
             counted += self._words(line, exact)
         ids = self._ids(encoded)
         if count:
-            self._add(np.bincount(self._ids(counted), minlength=len(self.ids)))
+            self._add(np.bincount(self._ids(counted)))
         return ids
 
     def _add(self, found: np.ndarray) -> None:
@@ -179,11 +186,16 @@ class OnePassEncoder:
     def vocabulary(self) -> list[str]:
         """The trained vocabulary, specials first, as WordLevelTrainer + word_tokenizer make
         it: the specials, then words by count (descending, ties alphabetical) at or above
-        min_frequency, cut to vocab_size entries counting a special found in the text twice."""
-        counts = np.zeros(len(self.ids), dtype=np.int64)
-        counts[: self.counts.size] = self.counts
+        min_frequency, cut to vocab_size entries.
+
+        The trainer lists the specials and then every counted word, a special found in the
+        text included, takes the first vocab_size entries, and builds a map in which the
+        special's later place wins; word_tokenizer then puts the specials first again. So a
+        special found in the text fills two of the vocab_size places, as here."""
         floor = max(self.cfg.min_frequency, 1)  # a word never seen in train is not a type
-        seen = [(w, int(n)) for w, n in zip(self.ids, counts.tolist(), strict=True) if n >= floor]
+        kept = np.flatnonzero(self.counts >= floor)  # only these become Python objects
+        words = list(self.ids)
+        seen = zip([words[i] for i in kept.tolist()], self.counts[kept].tolist(), strict=True)
         ranked = [w for w, _ in sorted(seen, key=lambda wn: (-wn[1], wn[0]))]
         taken = (self.specials + ranked)[: self.cfg.vocab_size]  # None: no cap
         return self.specials + [w for w in taken[len(self.specials) :] if w not in self.specials]
@@ -198,31 +210,39 @@ class OnePassEncoder:
         return table
 
 
-def encode_corpus(cfg: TokenizerConfig, batches: dict[str, Batches], out: Path,
-                  splits: tuple[str, ...]) -> tuple[Tokenizer, dict[str, int]]:  # fmt: skip
+def encode_corpus(cfg: TokenizerConfig, batches: dict[str, Batches],
+                  out: Path) -> tuple[Tokenizer, dict[str, int]]:  # fmt: skip
     """Every split of a word-level corpus into out/{split}.bin (final ids, ids_dtype of the
     vocabulary) and the trained tokenizer, reading each split once. Valid and test go first:
-    they are small, and bad bytes there stop the build before the long pass over train."""
+    they are small, so bad bytes or no words there stop the build before the long pass over
+    train. While it runs, the provisional ids (int32) take about twice the disk of the final
+    ones; they are removed as each split is remapped (the caller removes `out` on an error)."""
     enc = OnePassEncoder(cfg)
     counts: dict[str, int] = {}
-    for split in sorted(splits, key=lambda s: s == "train"):
+    for split in ("valid", "test", "train"):  # lmx.data.sources.SPLITS, train last
         meter, counts[split] = Meter(f"encoding {split}"), 0
         try:
             with (out / f"{split}.prov").open("wb") as f:
                 for lines, fraction in batches[split]():
-                    ids = enc.encode(lines, count=split == "train")
+                    ids = enc.provisional_ids(lines, count=split == "train")
                     ids.tofile(f)
                     counts[split] += ids.size
                     meter.update(fraction, ids.size)
         finally:
             meter.close()
+        require_tokens(split, counts[split])
     vocab = enc.vocabulary()
     dtype = ids_dtype(len(vocab))
     table = enc.final_ids(vocab, dtype)
-    for split in splits:
-        prov = out / f"{split}.prov"
-        with prov.open("rb") as src, (out / f"{split}.bin").open("wb") as dst:
-            while (chunk := np.fromfile(src, dtype=np.int32, count=REMAP_CHUNK)).size:
-                table[chunk].tofile(dst)
-        prov.unlink()
+    meter, total = Meter("final ids"), sum(counts.values())
+    try:
+        for split in ("valid", "test", "train"):  # the small ones first: less disk at once
+            prov = out / f"{split}.prov"
+            with prov.open("rb") as src, (out / f"{split}.bin").open("wb") as dst:
+                while (chunk := np.fromfile(src, dtype=np.int32, count=REMAP_CHUNK)).size:
+                    table[chunk].tofile(dst)
+                    meter.update((meter.tokens + chunk.size) / total, chunk.size)
+            prov.unlink()
+    finally:
+        meter.close()
     return word_tokenizer(cfg, vocab), counts
