@@ -39,6 +39,8 @@ def test_every_group_has_options():
         "hpo_optuna",
         "wt2_speedrun",
         "wt2_hour_cpu",
+        "wt2_speedrun_gpu",
+        "wt2_hour_gpu",
     } <= presets
 
 
@@ -87,9 +89,12 @@ def test_presets_change_what_they_say():
     smoke = compose_cfg(["experiment=smoke"])
     assert smoke.trainer.limit_train_batches is not None and smoke.model.d_model < 200
     # The records: their budget is their own, and on the tutorial's tokens (comparable ppl).
-    for preset, budget in (("wt2_speedrun", "60s"), ("wt2_hour_cpu", "58m")):
+    for preset, budget, device in (("wt2_speedrun", "60s", "cpu"), ("wt2_hour_cpu", "58m", "cpu"),
+                                   ("wt2_speedrun_gpu", "20s", "cuda"),
+                                   ("wt2_hour_gpu", "58m", "cuda")):  # fmt: skip
         cfg = compose_cfg([f"experiment={preset}"])
         assert cfg.trainer.max_time == budget and cfg.model.cell.value == "lstm"
+        assert cfg.device.type.value == device
         assert cfg.data.tokenizer.normalization.value == "basic_english"
         assert cfg.model.head.value == "adaptive"
 
