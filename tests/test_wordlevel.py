@@ -12,7 +12,7 @@ from tokenizers import pre_tokenizers
 
 from lmx.config.schema import Normalization, TokenizerConfig
 from lmx.data import wordlevel
-from lmx.data.cache import _train_and_encode
+from lmx.data.encode import train_and_encode
 from lmx.data.sources import SPLITS
 
 BASIC = TokenizerConfig()
@@ -50,13 +50,10 @@ def _batches(lines: list[str], per: int):
 def _both(cfg: TokenizerConfig, texts: dict[str, list[str]], tmp_path, per: int = 3):
     batches = {s: _batches(texts[s], per) for s in SPLITS}
 
-    class Data:  # the DataConfig fields _train_and_encode reads
-        tokenizer = cfg
-
     slow, fast = tmp_path / "slow", tmp_path / "fast"
     slow.mkdir()
     fast.mkdir()
-    tok_slow, n_slow = _train_and_encode(batches, Data, slow)
+    tok_slow, n_slow = train_and_encode(cfg, batches, slow)
     tok_fast, n_fast = wordlevel.encode_corpus(cfg, batches, fast)
     assert tok_fast.to_str() == tok_slow.to_str()
     assert n_fast == n_slow

@@ -24,9 +24,8 @@ from tokenizers import Tokenizer
 
 from lmx.config.schema import DataConfig
 from lmx.data import wordlevel
-from lmx.data.encode import encode_in_memory, encode_to_file, ids_dtype, lines_of
+from lmx.data.encode import encode_in_memory, ids_dtype, train_and_encode
 from lmx.data.sources import SPLITS, files_fingerprint, local_files, text_batches
-from lmx.data.tokenizer import train_tokenizer
 from lmx.errors import DataError
 from lmx.paths import default_cache_dir
 
@@ -129,7 +128,7 @@ def _build_entry(batches: dict, cfg: DataConfig, fingerprint: dict, entry: Path)
         if wordlevel.supported(cfg.tokenizer):
             tokenizer, counts = wordlevel.encode_corpus(cfg.tokenizer, batches, tmp)
         else:
-            tokenizer, counts = _train_and_encode(batches, cfg, tmp)
+            tokenizer, counts = train_and_encode(cfg.tokenizer, batches, tmp)
         tokenizer.save(str(tmp / "tokenizer.json"))
         vocab = tokenizer.get_vocab_size()
         meta = {"fingerprint": fingerprint, "vocab_size": vocab,
@@ -142,18 +141,6 @@ def _build_entry(batches: dict, cfg: DataConfig, fingerprint: dict, entry: Path)
         os.replace(tmp, entry)  # atomic: a reader sees a complete entry or none
     except OSError:  # another run finished the same entry first
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _train_and_encode(batches: dict, cfg: DataConfig, out: Path) -> tuple[Tokenizer, dict]:
-    """Train `tokenizers` on the train split, then encode every split into out/{split}.bin.
-    Valid and test are read once first, so bytes that are not UTF-8 there stop the build
-    before the long passes over train."""
-    for split in ("valid", "test"):
-        for _ in batches[split]():
-            pass
-    tokenizer = train_tokenizer(cfg.tokenizer, lines_of(batches["train"], "vocabulary"))
-    counts = {s: encode_to_file(tokenizer, batches[s], out / f"{s}.bin", s) for s in SPLITS}
-    return tokenizer, counts
 
 
 def _remove_orphans(entry: Path) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from lmx.config.schema import TokenizerConfig
+from lmx.data.tokenizer import train_tokenizer
 from lmx.errors import DataError
 
 log = logging.getLogger("lmx.data")
@@ -115,6 +117,21 @@ def encode_to_file(tokenizer: Tokenizer, batches: Batches, path: Path, split: st
         meter.close()
     require_tokens(split, count)
     return count
+
+
+def train_and_encode(cfg: TokenizerConfig, batches: dict[str, Batches],
+                     out: Path) -> tuple[Tokenizer, dict[str, int]]:  # fmt: skip
+    """Train `tokenizers` on the train split, then encode every split into out/{split}.bin
+    (as lmx.data.wordlevel.encode_corpus does in one pass for a word-level tokenizer). Valid
+    and test are read once first, so bytes that are not UTF-8 there stop the build before
+    the long passes over train."""
+    for split in ("valid", "test"):
+        for _ in batches[split]():
+            pass
+    tokenizer = train_tokenizer(cfg, lines_of(batches["train"], "vocabulary"))
+    counts = {s: encode_to_file(tokenizer, batches[s], out / f"{s}.bin", s)
+              for s in ("train", "valid", "test")}  # fmt: skip
+    return tokenizer, counts
 
 
 def encode_in_memory(tokenizer: Tokenizer, batches: Batches) -> np.ndarray:
