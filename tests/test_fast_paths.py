@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import resource
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -183,3 +187,60 @@ def test_tf32_is_set_for_a_gpu_only():
         assert torch.get_float32_matmul_precision() == "highest"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+# A step's worth of large tensors, allocated together and freed together, again and again: the
+# minor page faults of a step (each a page the kernel mapped and zeroed anew). "mapped" pins
+# glibc's mmap threshold at its initial 128 KiB, so that every such tensor is mapped afresh
+# (what glibc's defaults do to a training step's tensors, though not always to this probe's);
+# "on" is device.keep_heap.
+_HEAP_PROBE = """
+import ctypes, resource, sys, torch
+from lmx.runtime import heap
+if sys.argv[1] == "on":
+    assert heap.keep_heap(True)
+else:
+    assert ctypes.CDLL("libc.so.6").mallopt(heap.M_MMAP_THRESHOLD, 128 * 1024) == 1
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def step():
+    tensors = [torch.ones(5_000_000) for _ in range(3)]  # 3 x 20 MB
+for _ in range(3):
+    step()
+counts = []
+for _ in range(11):
+    start = faults()
+    step()
+    counts.append(faults() - start)
+print(sorted(counts)[5])  # the median step: a rare one that grows the heap is not the rule
+"""
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc"
+)
+def test_keep_heap_stops_the_page_faults_of_each_step():
+    def faults_per_step(mode: str) -> float:
+        proc = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        return float(proc.stdout)
+
+    pages = 3 * 20e6 / resource.getpagesize()
+    assert faults_per_step("mapped") > 0.5 * pages
+    assert faults_per_step("on") < 0.01 * pages
+    from lmx.runtime.heap import keep_heap
+
+    assert keep_heap(False) is False  # device.keep_heap=false leaves malloc as it is
+
+
+def test_keep_heap_is_on_by_default_and_set_by_the_entry_points(monkeypatch, tmp_path):
+    from lmx.runtime import device as device_mod
+
+    calls = []
+    monkeypatch.setattr(device_mod, "keep_heap", calls.append)
+    cfg = compose_cfg([])
+    assert cfg.device.keep_heap is True
+    device_mod.apply_settings(torch.device("cpu"), cfg.device)
+    cfg.device.keep_heap = False
+    device_mod.apply_settings(torch.device("cpu"), cfg.device)
+    assert calls == [True, False]

@@ -34,14 +34,14 @@ def evaluate_checkpoint(
     from lmx.data.streams import streams
     from lmx.models.pretrained import load_trained
     from lmx.perplexity import evaluate
-    from lmx.runtime.device import enable_tf32, resolve_device
+    from lmx.runtime.device import apply_settings, resolve_device
 
     if split not in SPLITS:
         raise ConfigError(f"split={split}: expected one of {', '.join(SPLITS)}")
     trained = load_trained(path, overrides)  # on cpu; the saved config names the device
     cfg = trained.cfg
     device = resolve_device(cfg.device, training=False)
-    enable_tf32(device, cfg.device.tf32)
+    apply_settings(device, cfg.device)
     trained.model.to(device)
     data = streams(cfg.data, (split,), device, tokenizer=trained.tokenizer)
     score = evaluate(

@@ -122,7 +122,7 @@ def generate(
 ) -> list[str]:
     """`num_samples` continuations of the prompt, each with the prompt before it."""
     from lmx.models.pretrained import load_trained
-    from lmx.runtime.device import resolve_device
+    from lmx.runtime.device import apply_settings, resolve_device
 
     if min(max_new_tokens, temperature, top_k) < 0:
         raise ConfigError("max_new_tokens, temperature and top_k must be >= 0")
@@ -134,7 +134,9 @@ def generate(
     trained = load_trained(path, overrides)  # on cpu
     if not any(o.startswith("device.type=") for o in overrides):
         trained.cfg.device.type = "auto"  # the best there is, not the one it trained on
-    trained.model.to(resolve_device(trained.cfg.device, training=False))
+    device = resolve_device(trained.cfg.device, training=False)
+    apply_settings(device, trained.cfg.device)
+    trained.model.to(device)
     tok = trained.tokenizer
     encoding = tok.encode(prompt, add_special_tokens=False)  # no <eos> after the prompt
     _warn_unknown(prompt, encoding, tok)

@@ -41,7 +41,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     import torch
 
     from lmx.runtime import distributed
-    from lmx.runtime.device import enable_tf32, resolve_device
+    from lmx.runtime.device import apply_settings, resolve_device
     from lmx.training.build import build_run
     from lmx.training.loop import fit
 
@@ -49,7 +49,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         torch.set_num_threads(cfg.device.threads)
     world = distributed.world_from_env()
     device = resolve_device(cfg.device, world)
-    enable_tf32(device, cfg.device.tf32)
+    apply_settings(device, cfg.device)
     distributed.init(world, device)
     try:
         run_dir = Path(world.broadcast(str(run_dir)))

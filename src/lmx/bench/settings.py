@@ -9,7 +9,13 @@ SETTINGS = {  # name -> lmx overrides (None: the tutorial's own loop)
 PRECISION = {"tutorial_loop": "fp32", "lmx_fp32": "fp32", "lmx_seed_fast": "bf16"}
 # The speed levers one at a time, each on top of the previous row (train and eval speed only).
 LEVERS = {
-    "fp32, plain loss, one eval window": [
+    "fp32, plain loss, one eval window, glibc's malloc defaults": [
+        "experiment=seed_tutorial",
+        "model.fused_loss=false",
+        "trainer.eval_tokens_per_forward=1",
+        "device.keep_heap=false",
+    ],
+    "+ freed memory kept in the heap": [
         "experiment=seed_tutorial",
         "model.fused_loss=false",
         "trainer.eval_tokens_per_forward=1",

@@ -190,6 +190,8 @@ class DeviceConfig:
     compile: bool = False  # torch.compile the model (the first steps pay for compiling)
     threads: int | None = None  # CPU threads for torch; None: torch's default (all cores)
     tf32: bool = True  # on a CUDA GPU, fp32 matmuls in TensorFloat-32 (no effect on a CPU)
+    # freed host memory stays in the process for the next step (glibc): lmx/runtime/heap.py
+    keep_heap: bool = True
 
 
 @dataclass

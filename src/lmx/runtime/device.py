@@ -10,6 +10,7 @@ from lmx.config.rules import FP16_ON_CPU
 from lmx.config.schema import DeviceConfig, DeviceType, Precision
 from lmx.errors import ConfigError
 from lmx.runtime.distributed import World
+from lmx.runtime.heap import keep_heap
 
 _DTYPES = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
@@ -41,6 +42,12 @@ def enable_tf32(device: torch.device, on: bool) -> None:
     where the run computes in bf16 or fp16 anyway."""
     if device.type == "cuda":  # never on a CPU: there "high" may let matmuls use bf16
         torch.set_float32_matmul_precision("high" if on else "highest")
+
+
+def apply_settings(device: torch.device, cfg: DeviceConfig) -> None:
+    """The process-wide settings of a DeviceConfig: device.tf32 and device.keep_heap."""
+    enable_tf32(device, cfg.tf32)
+    keep_heap(cfg.keep_heap)
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
