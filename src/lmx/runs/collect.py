@@ -30,7 +30,7 @@ ADMIN_KEYS = (
     "hydra.", "sweep.", "name", "data.cache_dir", "data.local_dir", "data.hub_path",
     "data.hub_config", "trainer.resume", "trainer.progress", "trainer.tensorboard",
     "trainer.checkpoint_every_steps", "trainer.log_interval", "trainer.samples",
-    "trainer.hparams_all", "device.type", "device.threads",
+    "trainer.hparams_all", "device.type", "device.threads", "device.keep_heap",
 )  # fmt: skip
 
 

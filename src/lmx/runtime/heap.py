@@ -1,25 +1,31 @@
 """device.keep_heap: the memory a training step frees stays in the process for the next step.
 
-glibc's malloc gives an allocation above its mmap threshold (128 KiB at first, raised on the
-fly as large blocks are freed) its own mapping, and unmaps it when it is freed; it also hands
-the heap's free top back to the kernel once more than the trim threshold lies there. A
-training step allocates and frees the same tens of megabytes every step (the decoder weight
-cast to bf16, its gradient, the activations), so with those defaults each step maps them
-again, and the kernel faults in and zeroes every 4 KiB page of them anew: tens of thousands of
-page faults a step for the tutorial's model, a large share of a CPU step's time.
+glibc's malloc gives an allocation above its mmap threshold its own mapping and unmaps it when
+it is freed, and it hands the heap's free top back to the kernel once more than its trim
+threshold lies there. Both thresholds start small (128 KiB) and move with the sizes freed. A
+training step allocates and frees the same large tensors every step (the decoder weight cast
+to bf16, its gradient, the activations); with those thresholds many of them are mapped or
+trimmed and mapped again, and every page of them is faulted in and zeroed by the kernel anew,
+step after step. docs/benchmarks.md has the measured cost and the gain.
 
-With the mmap threshold at glibc's maximum (32 MiB) and the trim threshold raised, such
-blocks come from the heap and stay there, and the next step reuses the same pages. The
-cost: up to TRIM_BYTES of freed memory stay counted in the process's resident size. Larger
-blocks (the fused loss's logits buffer, which it reuses itself) are still mapped on their
-own. Other C libraries (macOS, musl) are left as they are.
+With the mmap threshold at glibc's maximum (32 MiB on 64-bit) and the trim threshold at
+TRIM_BYTES, such blocks come from the heap and stay there, and the next step reuses the same
+pages. The cost: freed memory is kept rather than returned to the system (up to TRIM_BYTES
+of it at the top of each heap), so the resident size can stay higher than before. Larger
+blocks (the fused loss's logits buffer, which it reuses itself) are still mapped on their own.
+
+The setting is process-wide, and glibc's moving thresholds cannot be turned back on: once set
+in a process it stays set, and a later run in that process (a sequential sweep) asking for
+keep_heap=false gets a warning. Nothing is done where the C library is not glibc (macOS,
+musl), where another allocator is preloaded, or where the user set glibc's own malloc
+variables (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES): theirs win.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
+import os
 import platform
 
 log = logging.getLogger(__name__)
@@ -27,19 +33,43 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 MMAP_BYTES = 32 * 2**20  # glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
 TRIM_BYTES = 256 * 2**20
+_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+_set_in_this_process = False
+
+
+def _glibc_malloc() -> bool:
+    """Whether malloc here is glibc's and the user has not tuned it already."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if "malloc" in os.environ.get("LD_PRELOAD", ""):  # jemalloc, tcmalloc, mimalloc
+        return False
+    user = any(v in os.environ for v in _USER_SETTINGS)
+    return not user and "glibc.malloc." not in os.environ.get("GLIBC_TUNABLES", "")
 
 
 def keep_heap(on: bool) -> bool:
-    """Set glibc's thresholds as above when `on`; returns whether they were set (False where
-    the C library is not glibc, or `on` is False: then malloc keeps its defaults)."""
-    if not on or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
+    """Set glibc's thresholds as above when `on`; returns whether they are set in this
+    process now (False where glibc's malloc is not in use or the user tuned it, and for `on`
+    False before any run of this process set them)."""
+    global _set_in_this_process
+    if not on:
+        if _set_in_this_process:
+            log.warning("device.keep_heap=false: an earlier run in this process set it, and "
+                        "it cannot be undone; run this one in a process of its own")  # fmt: skip
+        return _set_in_this_process
+    if _set_in_this_process or not _glibc_malloc():
+        return _set_in_this_process
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        done = libc.mallopt(M_MMAP_THRESHOLD, MMAP_BYTES) == 1
-        done = libc.mallopt(M_TRIM_THRESHOLD, TRIM_BYTES) == 1 and done
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # no loadable libc, or one without mallopt
         return False
-    if not done:
-        log.warning("device.keep_heap: glibc refused the malloc thresholds; left as they were")
-    return done
+    # The mmap threshold first: where it is refused (a 32-bit glibc), nothing is changed.
+    if mallopt(M_MMAP_THRESHOLD, MMAP_BYTES) != 1:
+        log.warning("device.keep_heap: glibc refused the mmap threshold; malloc left as it was")
+        return False
+    _set_in_this_process = True
+    if mallopt(M_TRIM_THRESHOLD, TRIM_BYTES) != 1:
+        log.warning("device.keep_heap: glibc refused the trim threshold; a freed heap top is "
+                    "still handed back")  # fmt: skip
+    return True
