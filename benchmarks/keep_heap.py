@@ -1,0 +1,94 @@
+"""device.keep_heap's effect on a training step: ms per step and minor page faults per step of an
+experiment's model (the tutorial's shape with the WikiText-2 vocabulary, random token ids),
+with glibc's malloc defaults and with keep_heap, each in its own process, alternating.
+
+    python benchmarks/keep_heap.py [--experiment seed_fast] [--rounds 3] [--steps 30]
+
+Each process times `--steps` steps (zero_grad, forward under the experiment's autocast,
+backward, clip, SGD) after 5 warm-up steps, on 2 threads. `--experiment tutorial` takes the
+tutorial's own model and step instead (lmx/bench/tutorial_reference.py: full fp32 logits and
+nn.CrossEntropyLoss), with the same malloc setting. It prints the CPU, then a line per process
+and the median per mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+from lmx.bench.peak import cpu_model, isa_flags
+
+_WORKER = """
+import json, resource, sys, time, torch
+from hydra.utils import instantiate
+from lmx.config.compose import compose
+from lmx.runtime.device import apply_settings, autocast
+from lmx.training.step import clip_grad_norm
+
+from lmx.bench import tutorial_reference as ref
+
+experiment, keep, steps = sys.argv[1], sys.argv[2] == "on", int(sys.argv[3])
+torch.set_num_threads(2)
+tutorial = experiment == "tutorial"
+choice = [] if tutorial else [f"experiment={experiment}"]
+cfg = compose([*choice, f"device.keep_heap={keep}"])
+device = torch.device("cpu")
+apply_settings(device, cfg.device)
+torch.manual_seed(0)
+if tutorial:  # [T, B] ids; the model returns logits
+    model = ref.TransformerModel(28782, 200, 2, 200, 2, 0.2).train()
+    x, y = torch.randint(0, 28782, (2, 35, 20))
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(35)
+    criterion = torch.nn.CrossEntropyLoss()
+    forward = lambda: criterion(model(x, mask).view(-1, 28782), y.reshape(-1))
+else:
+    model = instantiate(cfg.model, ntoken=28782).train()
+    x, y = torch.randint(0, 28782, (2, 20, 35))
+    forward = lambda: model(x, y)
+optimizer = torch.optim.SGD(model.parameters(), lr=5.0)
+def step():
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, cfg.device.precision):
+        loss = forward()
+    loss.backward()
+    clip_grad_norm(list(model.parameters()), 0.5)
+    optimizer.step()
+for _ in range(5):
+    step()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+start = time.perf_counter()
+for _ in range(steps):
+    step()
+seconds = time.perf_counter() - start
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+print(json.dumps({"ms": 1000 * seconds / steps, "faults": faults / steps}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", default="seed_fast")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    print(f"{cpu_model()}; flags {' '.join(isa_flags())}; experiment={args.experiment}")
+    ms: dict[str, list[float]] = {"off": [], "on": []}
+    for r in range(args.rounds):
+        for mode in ("off", "on"):
+            out = subprocess.run(
+                [sys.executable, "-c", _WORKER, args.experiment, mode, str(args.steps)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            figures = json.loads(out.stdout.splitlines()[-1])
+            ms[mode].append(figures["ms"])
+            print(f"round {r + 1}, keep_heap {mode:3s}: {figures['ms']:6.1f} ms/step, "
+                  f"{figures['faults']:8.1f} minor faults/step")  # fmt: skip
+    off, on = statistics.median(ms["off"]), statistics.median(ms["on"])
+    print(f"median: off {off:.1f} ms/step, on {on:.1f} ms/step ({off / on:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
