@@ -16,6 +16,7 @@ from lmx.data.batching import batchify
 from lmx.data.cache import load_corpus
 from lmx.models.transformer import TransformerLM
 from lmx.perplexity import evaluate
+from lmx.runtime import heap
 from lmx.train import train
 
 # A small model trained for one epoch of the tiny corpus: a few hundred steps.
@@ -225,6 +226,7 @@ def _thp_always() -> bool:  # 2 MiB pages: a mapped block faults in a few times 
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or _thp_always(),
     reason="glibc's malloc, 4 KiB pages",
 )
+@pytest.mark.skipif(heap._why_not() is not None, reason="keep_heap leaves malloc alone here")
 def test_keep_heap_stops_the_page_faults_of_each_step():
     def faults_per_step(mode: str) -> float:
         proc = run_python("-c", _HEAP_PROBE, mode, timeout=120)
@@ -263,6 +265,11 @@ def test_keep_heap_false_after_true_stays_set_and_says_so(monkeypatch, caplog):
     monkeypatch.setattr(heap, "_set_in_this_process", True)  # as after a keep_heap=true run
     assert heap.keep_heap(False) is True
     assert "cannot be undone" in caplog.text
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
     monkeypatch.setattr(heap, "_set_in_this_process", False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")  # not a threshold
+    assert heap._why_not() is None or platform.libc_ver()[0] != "glibc"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1000000")
     assert heap.keep_heap(True) is False  # the user's own malloc settings win
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    assert heap.keep_heap(True) is False

@@ -34,18 +34,23 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mallo
 MMAP_BYTES = 32 * 2**20  # glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
 TRIM_BYTES = 256 * 2**20
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_USER_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold",
+                  "glibc.malloc.top_pad")  # fmt: skip
 
 _set_in_this_process = False
 
 
-def _glibc_malloc() -> bool:
-    """Whether malloc here is glibc's and the user has not tuned it already."""
+def _why_not() -> str | None:
+    """Why glibc's thresholds are not to be set here, or None."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    if "malloc" in os.environ.get("LD_PRELOAD", ""):  # jemalloc, tcmalloc, mimalloc
-        return False
-    user = any(v in os.environ for v in _USER_SETTINGS)
-    return not user and "glibc.malloc." not in os.environ.get("GLIBC_TUNABLES", "")
+        return "the C library is not glibc"
+    # an allocator in LD_PRELOAD replaces malloc: jemalloc, tcmalloc and mimalloc all say so
+    if "malloc" in os.environ.get("LD_PRELOAD", ""):
+        return "another allocator is preloaded (LD_PRELOAD)"
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(v in os.environ for v in _USER_SETTINGS) or any(t in tunables for t in _USER_TUNABLES):
+        return "glibc's malloc thresholds are set in the environment"
+    return None
 
 
 def keep_heap(on: bool) -> bool:
@@ -58,8 +63,12 @@ def keep_heap(on: bool) -> bool:
             log.warning("device.keep_heap=false: an earlier run in this process set it, and "
                         "it cannot be undone; run this one in a process of its own")  # fmt: skip
         return _set_in_this_process
-    if _set_in_this_process or not _glibc_malloc():
-        return _set_in_this_process
+    if _set_in_this_process:
+        return True
+    why = _why_not()
+    if why is not None:
+        log.info("device.keep_heap: malloc left as it is (%s)", why)
+        return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # no loadable libc, or one without mallopt
