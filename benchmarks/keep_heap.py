@@ -4,14 +4,13 @@ and with keep_heap, each in its own process, alternating.
 
     python benchmarks/keep_heap.py [--experiment seed_fast] [--rounds 3] [--steps 30]
 
-Each process times `--steps` steps (zero_grad, forward under the experiment's autocast,
-backward, clip at trainer.grad_clip, the experiment's optimizer) after 5 warm-up steps, on 2
-threads, on one batch of the experiment's shape. The token ids are random: they repeat less
-than text does, which makes a sparse embedding gradient somewhat dearer than in training.
-`--experiment tutorial_loop` takes the tutorial's own model and step instead
-(lmx/bench/tutorial_reference.py: full fp32 logits, nn.CrossEntropyLoss, zero_grad after the
-forward, the loss read every step), with the same malloc setting. It prints the CPU, a line
-per process, and the median per mode with their ratio.
+Each process times `--steps` of lmx's own training step (lmx.training.step.train_step: the
+experiment's autocast, optimizer and trainer.grad_clip, no per-step check) after 5 warm-up
+steps, on 2 threads, on one batch of the experiment's shape. The token ids are random: they
+repeat less than text does, which makes a sparse embedding gradient somewhat dearer than in
+training. `--experiment tutorial_loop` times the tutorial's own train() instead
+(lmx.bench.tutorial_reference.train_steps, over a random stream), with the same malloc
+setting. It prints the CPU, a line per process, and the median per mode with their ratio.
 """
 
 from __future__ import annotations
@@ -27,11 +26,12 @@ from lmx.bench.peak import cpu_model, isa_flags
 _WORKER = """
 import json, resource, sys, time, torch
 from hydra.utils import instantiate
-from lmx.config.compose import compose
-from lmx.runtime.device import apply_settings, autocast
-from lmx.training.optim import build_optimizer
-from lmx.training.step import clip_grad_norm
 from lmx.bench import tutorial_reference as ref
+from lmx.config.compose import compose
+from lmx.runtime.device import apply_settings
+from lmx.runtime.distributed import World
+from lmx.training.optim import build_optimizer
+from lmx.training.step import make_scaler, train_step
 
 experiment, keep, steps = sys.argv[1], sys.argv[2] == "on", int(sys.argv[3])
 torch.set_num_threads(2)
@@ -41,38 +41,26 @@ cfg = compose([*choice, f"device.keep_heap={keep}"])
 device = torch.device("cpu")
 apply_settings(device, cfg.device)
 torch.manual_seed(0)
-if tutorial:  # tutorial_reference.train_steps's step, on [T, B] ids
-    model = ref.TransformerModel(28782, 200, 2, 200, 2, 0.2).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=5.0)
-    x, y = torch.randint(0, 28782, (2, 35, 20))
-    mask = torch.nn.Transformer.generate_square_subsequent_mask(35)
-    criterion = torch.nn.CrossEntropyLoss()
-    def step():
-        loss = criterion(model(x, mask).view(-1, 28782), y.reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
-        optimizer.step()
-        loss.item()
-else:
+if tutorial:  # the tutorial's own train() over a random [T, 20] stream
+    model = ref.TransformerModel(28782, 200, 2, 200, 2, 0.2)
+    stream = torch.randint(0, 28782, ((steps + 5) * 35 + 1, 20))
+    def run(n, first):
+        return ref.train_steps(model, stream, 35, 28782, n, warmup=0, first=first)[1]
+else:  # lmx's train_step, as the trainer calls it without a per-step check
     model = instantiate(cfg.model, ntoken=28782).train()
+    params = list(model.parameters())
     optimizer = build_optimizer(cfg.optim, model)
+    scaler = make_scaler(device, cfg.device.precision)
     x, y = torch.randint(0, 28782, (2, cfg.data.batch_size, cfg.data.bptt))
-    clip = cfg.trainer.grad_clip if cfg.trainer.grad_clip is not None else float("inf")
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, cfg.device.precision):
-            loss = model(x, y)
-        loss.backward()
-        clip_grad_norm(list(model.parameters()), clip)
-        optimizer.step()
-for _ in range(5):
-    step()
+    def run(n, first):
+        start = time.perf_counter()
+        for _ in range(n):
+            train_step(model, params, optimizer, scaler, x, y, cfg.device.precision,
+                       cfg.trainer.grad_clip, World(), False, check=False)
+        return time.perf_counter() - start
+run(5, 0)
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-start = time.perf_counter()
-for _ in range(steps):
-    step()
-seconds = time.perf_counter() - start
+seconds = run(steps, 5)
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 print(json.dumps({"ms": 1000 * seconds / steps, "faults": faults / steps}))
 """

@@ -39,6 +39,9 @@ from lmx.data.tokenizer import (
     word_tokenizer,
 )
 
+# lmx.data.sources.SPLITS with train last: bad bytes or no words in the small splits stop the
+# build before the long pass over train, and they are remapped first (less disk at once)
+SMALL_FIRST = ("valid", "test", "train")
 REMAP_CHUNK = 1 << 24  # ids per chunk when provisional ids become final ones
 PROBE_CHARS = 1 << 16  # code points per slice when probing tokenizers' lowercasing
 
@@ -219,7 +222,7 @@ def encode_corpus(cfg: TokenizerConfig, batches: dict[str, Batches],
     ones; they are removed as each split is remapped (the caller removes `out` on an error)."""
     enc = OnePassEncoder(cfg)
     counts: dict[str, int] = {}
-    for split in ("valid", "test", "train"):  # lmx.data.sources.SPLITS, train last
+    for split in SMALL_FIRST:
         meter, counts[split] = Meter(f"encoding {split}"), 0
         try:
             with (out / f"{split}.prov").open("wb") as f:
@@ -236,7 +239,7 @@ def encode_corpus(cfg: TokenizerConfig, batches: dict[str, Batches],
     table = enc.final_ids(vocab, dtype)
     meter, total = Meter("final ids"), sum(counts.values())
     try:
-        for split in ("valid", "test", "train"):  # the small ones first: less disk at once
+        for split in SMALL_FIRST:
             prov = out / f"{split}.prov"
             with prov.open("rb") as src, (out / f"{split}.bin").open("wb") as dst:
                 while (chunk := np.fromfile(src, dtype=np.int32, count=REMAP_CHUNK)).size:
