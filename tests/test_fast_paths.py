@@ -238,23 +238,27 @@ def test_keep_heap_stops_the_page_faults_of_each_step():
     assert faults_per_step("on") < 0.01 * pages
 
 
-def test_keep_heap_is_set_by_train_evaluate_and_generate(
+def test_device_settings_take_effect_in_train_evaluate_and_generate(
     corpus_dir, cache_dir, tmp_path, tiny_run, monkeypatch
 ):
+    """device.keep_heap and device.threads, from the run's config, the checkpoint's saved one
+    or an override, are applied by each entry point (not by train alone)."""
     from lmx.evaluate import evaluate_checkpoint
     from lmx.generate import generate
     from lmx.runtime import device as device_mod
 
-    calls = []
-    monkeypatch.setattr(device_mod, "keep_heap", calls.append)
+    heap_calls, thread_calls = [], []
+    monkeypatch.setattr(device_mod, "keep_heap", heap_calls.append)
+    monkeypatch.setattr(torch, "set_num_threads", thread_calls.append)
     assert compose_cfg([]).device.keep_heap is True
     short = ("trainer.epochs=1", "trainer.limit_train_batches=2", "device.keep_heap=false")
-    cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, *short))
+    cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, *short, "device.threads=1"))
     train(cfg, tmp_path / "run")
     _, run_dir, _ = tiny_run
-    evaluate_checkpoint(run_dir, "valid")
+    evaluate_checkpoint(run_dir, "valid", overrides=["device.threads=2"])
     generate(run_dir, "the", max_new_tokens=2, overrides=["device.keep_heap=false"])
-    assert calls == [False, True, False]  # the run's config, the checkpoint's, an override
+    assert heap_calls == [False, True, False]  # the run's config, the checkpoint's, an override
+    assert thread_calls == [1, 2]  # generate: the checkpoint's threads=None leaves torch's own
 
 
 def test_keep_heap_false_after_true_stays_set_and_says_so(monkeypatch, caplog):

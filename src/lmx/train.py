@@ -38,15 +38,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     """
     absolute_paths(cfg)
     validate(cfg)  # before any data work
-    import torch
 
     from lmx.runtime import distributed
     from lmx.runtime.device import apply_settings, resolve_device
     from lmx.training.build import build_run
     from lmx.training.loop import fit
 
-    if cfg.device.threads is not None:
-        torch.set_num_threads(cfg.device.threads)
     world = distributed.world_from_env()
     device = resolve_device(cfg.device, world)
     apply_settings(device, cfg.device)

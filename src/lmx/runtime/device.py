@@ -45,7 +45,11 @@ def enable_tf32(device: torch.device, on: bool) -> None:
 
 
 def apply_settings(device: torch.device, cfg: DeviceConfig) -> None:
-    """The process-wide settings of a DeviceConfig: device.tf32 and device.keep_heap."""
+    """The process-wide settings of a DeviceConfig: device.threads, device.tf32 and
+    device.keep_heap. Train, evaluate and generate each apply them, so a setting in the saved
+    config or on the command line takes effect in all three."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     enable_tf32(device, cfg.tf32)
     keep_heap(cfg.keep_heap)
 
