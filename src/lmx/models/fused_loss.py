@@ -111,6 +111,22 @@ def _losses_only(hidden, weight, bias, targets, dtype) -> torch.Tensor:
     return losses
 
 
+def _chunk_grad(chunk, bias32, targets, grad_scale, grad_bias) -> torch.Tensor:
+    """One chunk of logits [c, V], in place: returns its losses [c] (fp32) and leaves in the
+    chunk grad_scale * d(sum of losses)/d logits = grad_scale * (softmax - one_hot), in the
+    chunk's dtype; grad_bias (fp32 [V], or None) gains the unscaled column sums."""
+    scores = _scores(chunk, bias32)  # [c, V] fp32
+    probs = torch.softmax(scores, dim=1)
+    losses, rows = _token_losses(scores, probs, targets)
+    probs[rows, targets] -= 1.0
+    if grad_bias is not None:
+        grad_bias += probs.sum(0)  # while the chunk is in cache
+    # into the logits' place (two passes in cache beat one mixed-dtype torch.mul(out=chunk);
+    # computing in the chunk's bf16 instead did not pay: benchmarks/step_parts.py)
+    chunk.copy_(probs.mul_(grad_scale) if grad_scale != 1.0 else probs)
+    return losses
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, dtype, grad_scale, uniform):
@@ -125,16 +141,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         step = chunk_rows(hidden.device)
         for start in range(0, n, step):
             end = min(start + step, n)
-            chunk, t = logits[start:end], targets[start:end]
-            scores = _scores(chunk, bias32)  # [c, V] fp32
-            probs = torch.softmax(scores, dim=1)
-            losses[start:end], rows = _token_losses(scores, probs, t)
-            probs[rows, t] -= 1.0  # d(sum of losses)/d logits = softmax - one_hot
-            if grad_bias is not None:
-                grad_bias += probs.sum(0)  # while the chunk is in cache
-            # d(loss)/d logits for the expected reduction, into the logits' place (two passes
-            # in cache beat one mixed-dtype torch.mul(out=chunk))
-            chunk.copy_(probs.mul_(grad_scale) if grad_scale != 1.0 else probs)
+            losses[start:end] = _chunk_grad(
+                logits[start:end], bias32, targets[start:end], grad_scale, grad_bias
+            )
         grad_logits = logits  # [N, V], now grad_scale * d(sum of losses)/d logits
         ctx.save_for_backward(
             grad_logits @ w if ctx.needs_input_grad[0] else None,  # [N, D]
