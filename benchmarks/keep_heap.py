@@ -37,7 +37,7 @@ experiment, keep, steps = sys.argv[1], sys.argv[2] == "on", int(sys.argv[3])
 torch.set_num_threads(2)
 tutorial = experiment == "tutorial_loop"
 choice = [] if tutorial else [f"experiment={experiment}"]
-cfg = compose([*choice, f"device.keep_heap={keep}"])
+cfg = compose([*choice, f"device.keep_heap={keep}", "device.threads=2"])
 device = torch.device("cpu")
 apply_settings(device, cfg.device)
 torch.manual_seed(0)

@@ -9,8 +9,9 @@ It prints the CPU model and its matmul ISA flags, then:
    batch of random token ids with the WikiText-2 vocabulary (28,782 types); then the ops
    that take the most self CPU time over 10 steps (torch.profiler), in ms per step;
 2. the decoder's three bf16 matmuls (forward logits, grad of the hidden, grad of the
-   weight) with the inner size D padded with zeros from 200 to 208, 224 and 256: zeros
-   change no product, so the padding would be exact if a wider K suited the matmul kernel;
+   weight) with the hidden size D padded with zeros from 200 to 208, 224 and 256 (the
+   forward's inner size; an output size of the two gradient products): zeros change no
+   product, so the padding would be exact if the wider shape suited the matmul kernels;
 3. one 64-row chunk of the fused loss's per-chunk work four ways, timed call by call in
    turn (median and best, µs):
    - `lmx`: the fused loss's own chunk (fused_loss._chunk_grad: the chunk cast to fp32,
@@ -19,8 +20,9 @@ It prints the CPU model and its matmul ISA flags, then:
    - `bias_bf16`: the bias added to the bf16 chunk, the softmax from bf16 into fp32, the
      scale left for later (it could be applied to the [N, D] matmul operands);
    - `softmax_bf16`: as `bias_bf16` with the softmax written in bf16;
-   - `softmax_bf16_apart`: as `softmax_bf16`, written into a second bf16 buffer, so nothing
-     is copied back into the chunk.
+   - `softmax_bf16_apart`: as `softmax_bf16`, written into a second bf16 buffer (through
+     torch's private `torch._softmax(..., out=)`), so nothing is copied back into the chunk.
+   All four add into one bias-gradient buffer that is never reset: only their time counts.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from lmx.models import fused_loss
 N, D, V, ROWS = 700, 200, 28782, 64  # the tutorial's batch of 20 x 35 tokens, its decoder
 
 
-def step_figures(experiment: str) -> None:
+def step_figures(experiment: str, threads: int) -> None:
     from hydra.utils import instantiate
     from torch.profiler import ProfilerActivity, profile
 
@@ -47,7 +49,7 @@ def step_figures(experiment: str) -> None:
     from lmx.training.optim import build_optimizer
     from lmx.training.step import make_scaler, train_step
 
-    cfg = compose([f"experiment={experiment}"])
+    cfg = compose([f"experiment={experiment}", f"device.threads={threads}"])
     device = torch.device("cpu")
     apply_settings(device, cfg.device)
     torch.manual_seed(0)
@@ -73,7 +75,7 @@ def step_figures(experiment: str) -> None:
     for e in ops:
         share = e.self_cpu_time_total / total
         print(f"  {e.key:28s} {e.self_cpu_time_total / 1e4:6.1f} ms/step  {share:6.1%}"
-              f"  {e.count // 10:5d} calls/step")  # fmt: skip
+              f"  {e.count / 10:5.1f} calls/step")  # fmt: skip
 
 
 def median_ms(call, repeats: int = 12) -> float:
@@ -160,7 +162,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"{cpu_model()}; flags {' '.join(isa_flags())}; {args.threads} threads; "
           f"torch {torch.__version__}")  # fmt: skip
-    step_figures(args.experiment)
+    step_figures(args.experiment, args.threads)
     print("the decoder's bf16 matmuls, [700 x D] hidden, [28,782 x D] weight:")
     matmul_figures()
     print(f"one [{ROWS} x {V}] chunk of the fused loss, four ways:")

@@ -239,10 +239,11 @@ def test_keep_heap_stops_the_page_faults_of_each_step():
 
 
 def test_device_settings_take_effect_in_train_evaluate_and_generate(
-    corpus_dir, cache_dir, tmp_path, tiny_run, monkeypatch
+    corpus_dir, cache_dir, tmp_path, monkeypatch
 ):
-    """device.keep_heap and device.threads, from the run's config, the checkpoint's saved one
-    or an override, are applied by each entry point (not by train alone)."""
+    """device.keep_heap and device.threads are applied by each entry point, not by train
+    alone: evaluate takes the checkpoint's saved values, generate the machine's threads (like
+    its device: not the training host's) unless the command line gives them."""
     from lmx.evaluate import evaluate_checkpoint
     from lmx.generate import generate
     from lmx.runtime import device as device_mod
@@ -253,12 +254,14 @@ def test_device_settings_take_effect_in_train_evaluate_and_generate(
     assert compose_cfg([]).device.keep_heap is True
     short = ("trainer.epochs=1", "trainer.limit_train_batches=2", "device.keep_heap=false")
     cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, *short, "device.threads=1"))
-    train(cfg, tmp_path / "run")
-    _, run_dir, _ = tiny_run
-    evaluate_checkpoint(run_dir, "valid", overrides=["device.threads=2"])
-    generate(run_dir, "the", max_new_tokens=2, overrides=["device.keep_heap=false"])
-    assert heap_calls == [False, True, False]  # the run's config, the checkpoint's, an override
-    assert thread_calls == [1, 2]  # generate: the checkpoint's threads=None leaves torch's own
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir)
+    evaluate_checkpoint(run_dir, "valid")  # the saved keep_heap=false, threads=1
+    evaluate_checkpoint(run_dir, "valid", overrides=["device.keep_heap=true", "device.threads=2"])
+    generate(run_dir, "the", max_new_tokens=2)  # torch's own threads: none set
+    generate(run_dir, "the", max_new_tokens=2, overrides=["device.threads=2"])
+    assert heap_calls == [False, False, True, False, False]
+    assert thread_calls == [1, 1, 2, 2]
 
 
 def test_keep_heap_false_after_true_stays_set_and_says_so(monkeypatch, caplog):

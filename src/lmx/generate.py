@@ -132,8 +132,11 @@ def generate(
         raise ConfigError("repetition_penalty must be > 0 and num_samples >= 1")
     overrides = overrides or []
     trained = load_trained(path, overrides)  # on cpu
+    # the best there is, not what it trained on, unless the command line says otherwise
     if not any(o.startswith("device.type=") for o in overrides):
-        trained.cfg.device.type = "auto"  # the best there is, not the one it trained on
+        trained.cfg.device.type = "auto"
+    if not any(o.startswith("device.threads=") for o in overrides):
+        trained.cfg.device.threads = None  # torch's own: all cores
     device = resolve_device(trained.cfg.device, training=False)
     apply_settings(device, trained.cfg.device)
     trained.model.to(device)
