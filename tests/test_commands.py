@@ -48,8 +48,13 @@ def test_evaluate_rejects_unknown_split_and_keys(tiny_run):
     _, run_dir, _ = tiny_run
     with pytest.raises(ConfigError, match="split=dev"):
         evaluate_checkpoint(run_dir, "dev")
-    with pytest.raises(ConfigError, match="nhed"):
-        evaluate_checkpoint(run_dir, "test", ["model.nhed=1"])
+    with pytest.raises(ConfigError) as err:  # every bad override, one message, like train's
+        evaluate_checkpoint(run_dir, "test", ["model.nhed=1", "device.threads=two", "dropout"])
+    lines = str(err.value).splitlines()
+    assert "saved config" in lines[0] and len(lines) == 4
+    assert "did you mean model.nhead?" in lines[1]
+    assert lines[2].startswith("  - device.threads=two: ")
+    assert lines[3] == "  - dropout: expected key=value"
 
 
 def test_a_pickle_that_is_not_a_checkpoint_is_refused(tmp_path):

@@ -172,6 +172,7 @@ def test_all_problems_reported_together(tmp_path):
         ("model.nhead=3", "not divisible by model.nhead=3", 2),
         ("data.local_dir=/no/such/wikitext", "/no/such/wikitext", 2),
         ("optim=adamx", "optim=adamx: no such option; did you mean adamw?", 2),
+        ("device=gpu", "device=gpu: no such option; did you mean cuda?", 2),
         ("model.nhead=[1,", "cannot parse the command line", 2),
     ],
 )

@@ -32,6 +32,9 @@ _OTHER_CONFIG = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--confi
 _TAKES_VALUE = {"-c", "--cfg", "-p", "--package", "--experimental-rerun", "-i", "--info"}
 _CFG_CHOICES = {"job", "hydra", "all"}
 _INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+# Words users type for an option under another name; spelling alone would suggest another
+# option (gpu -> cpu).
+_SAME_AS = {"gpu": "cuda"}
 
 
 def overrides_of(argv: list[str]) -> list[str] | None:
@@ -69,7 +72,8 @@ def _check_choice(group: str, choice, problems: list[str]) -> bool:
     options = _group_options(group)
     if str(choice) in options:
         return True
-    close = difflib.get_close_matches(str(choice), options, n=1, cutoff=0.5)
+    close = [_SAME_AS[str(choice)]] if _SAME_AS.get(str(choice)) in options else []
+    close = close or difflib.get_close_matches(str(choice), options, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]}?" if close else ""
     problems.append(f"{group}={choice}: no such option{hint} (options: {', '.join(options)})")
     return False
@@ -175,7 +179,7 @@ def _problems_under(choices: list[str], values, parser, found: list[str]) -> lis
     alternatives: list[list[tuple[str, object]]] = []
     for o in values:
         key = o.key_or_group
-        exists = OmegaConf.select(base, key, default="<absent>") != "<absent>"
+        exists = key in all_keys(base)  # a select() would call a ??? value absent
         if o.is_delete():
             if not exists:
                 hint = did_you_mean(key, all_keys(base))
@@ -219,6 +223,25 @@ def _problems_under(choices: list[str], values, parser, found: list[str]) -> lis
             problems += config_problems(trial)
         except OmegaConfBaseException as err:  # e.g. a missing mandatory value
             problems.append(str(err).splitlines()[0])
+    return problems
+
+
+def dotlist_problems(cfg, overrides: list[str]) -> list[str]:
+    """Merge key=value overrides into a loaded config (a checkpoint's: evaluate, generate)
+    and return the problem of each one that does not fit, as the train command line reports
+    them: an unknown key with a "did you mean", a value of the wrong type."""
+    problems: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            problems.append(f"{item}: expected key=value")
+        elif key not in all_keys(cfg):
+            problems.append(_no_such_key(key, cfg))
+        else:
+            try:
+                cfg.merge_with_dotlist([item])
+            except OmegaConfBaseException as err:
+                problems.append(f"{key}={_show(value)}: {str(err).splitlines()[0]}")
     return problems
 
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
 from lmx.config.legacy import typed_config
+from lmx.config.preflight import dotlist_problems
 from lmx.config.schema import TokenizerKind
 from lmx.errors import CheckpointError, ConfigError
 from lmx.training.checkpoint import Checkpoint, load_checkpoint
@@ -49,10 +50,10 @@ def load_trained(
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path, map_location=device)
     cfg = typed_config(ckpt.config, str(path))
-    try:
-        cfg.merge_with_dotlist(overrides or [])
-    except Exception as err:  # OmegaConf's errors name the key and the expected type
-        raise ConfigError(f"bad override: {err}") from err
+    problems = dotlist_problems(cfg, overrides or [])
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"invalid override of {path}'s saved config:\n{lines}")
     model = instantiate(cfg.model, ntoken=ckpt.vocab_size)
     model.load_state_dict(ckpt.eval_weights())  # the weight average, if the run kept one
     model.to(device).eval()
