@@ -149,3 +149,24 @@ def test_a_wide_selection_shows_the_typed_settings_and_names_the_rest(tmp_path):
     assert f"3 more settings differ (report.csv has them): {hidden}" in text
     with open(tmp_path / "report.csv") as f:
         assert "optim.k9" in next(csv.reader(f))
+
+
+def test_group_bars_have_error_bars_only_where_runs_spread(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from lmx.runs.groups import Group
+    from lmx.runs.plots import plot_groups
+
+    drawn = []
+    errorbar = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, *args, **kwargs):
+        drawn.append(list(x))
+        return errorbar(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    groups = [Group(("1",), [{}] * 3, (6.0, 0.1), None), Group(("2",), [{}], (6.3, None), None),
+              Group(("4",), [{}] * 2, (6.1, 0.05), None)]  # fmt: skip
+    plot_groups(tmp_path / "g.png", groups, ["model.nhead"], "a data fingerprint")
+    assert drawn == [["nhead=1\nn=3", "nhead=4\nn=2"]]  # not the group of one run
+    assert (tmp_path / "g.png").stat().st_size > 1000

@@ -103,9 +103,14 @@ def plot_groups(path: Path, groups: list[Group], keys: list[str], fingerprint: s
     short = short_names(keys)
     names = ["\n".join([*(f"{n}={v}" for n, v in zip(short, g.values, strict=True)), f"n={g.n}"])
              for g in groups]  # fmt: skip
-    ax.bar(names, means, yerr=[low, high], capsize=6, color="#4c72b0")
+    ax.bar(names, means, color="#4c72b0")
+    erred = [i for i, s in enumerate(se) if s > 0]  # a group of one run has no error bar
+    if erred:
+        ax.errorbar([names[i] for i in erred], [means[i] for i in erred], fmt="none",
+                    yerr=[[low[i] for i in erred], [high[i] for i in erred]], capsize=6,
+                    ecolor="black")  # fmt: skip
     ax.set(ylabel="best validation ppl (mean ± 1 SE)")
-    ax.set_title(_wrap(fingerprint), fontsize=8)
+    ax.set_title(_wrap(fingerprint, int(14 * fig.get_figwidth())), fontsize=8)  # fits at 8 pt
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
