@@ -170,3 +170,14 @@ def test_group_bars_have_error_bars_only_where_runs_spread(tmp_path, monkeypatch
     plot_groups(tmp_path / "g.png", groups, ["model.nhead"], "a data fingerprint")
     assert drawn == [["nhead=1\nn=3", "nhead=4\nn=2"]]  # not the group of one run
     assert (tmp_path / "g.png").stat().st_size > 1000
+
+
+def test_a_misspelled_report_flag_gets_a_suggestion(tmp_path, capsys):
+    from lmx.report import main
+
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path), "--grup-by", "model.nhead"])
+    assert err.value.code == 2
+    assert "unrecognized arguments: --grup-by model.nhead; did you mean --group-by?" in (
+        capsys.readouterr().err
+    )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lmx.cli import run
+from lmx.config.rules import did_you_mean
 from lmx.errors import ConfigError
 from lmx.runs.collect import collect
 from lmx.runs.groups import Group, NoSuchGroup, group_runs, group_table, parse_keys
@@ -174,7 +175,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> None:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, unknown = p.parse_known_args(argv)
+    if unknown:  # argparse names a misspelled flag but suggests nothing
+        flags = [f for a in p._actions for f in a.option_strings]
+        hints = "".join(did_you_mean(u, flags) for u in unknown if u.startswith("-"))
+        p.error(f"unrecognized arguments: {' '.join(unknown)}{hints}")
     print(report(Path(args.path), args.group_by, args.baseline))
 
 
