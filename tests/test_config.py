@@ -327,3 +327,15 @@ def test_a_negative_min_frequency_is_refused():
     # tokenizers would fail deep inside its trainer; the one-pass route would read it as 0
     with pytest.raises(ConfigError, match=r"data.tokenizer.min_frequency=-1 must be >= 0"):
         validate(compose_cfg(["data.tokenizer.min_frequency=-1"]))
+
+
+def test_list_elements_are_keys_to_the_checks():
+    from lmx.config.preflight import check_command_line, dotlist_problems
+
+    check_command_line(["optim=adamw", "optim.betas.0=0.8"])  # raises on any problem
+    with pytest.raises(ConfigError, match=r"optim\.betas\.0=x"):
+        check_command_line(["optim=adamw", "optim.betas.0=x"])
+    cfg = compose_cfg(["optim=adamw"])  # a saved config, as evaluate and generate load it
+    problems = dotlist_problems(cfg, ["optim.betas.0=0.8", "+optim.foo=1"])
+    assert problems == ["+optim.foo: adding or deleting keys of a saved config is not supported"]
+    assert cfg.optim.betas[0] == 0.8

@@ -179,7 +179,7 @@ def main(argv: list[str]) -> None:
     args, unknown = p.parse_known_args(argv)
     if unknown:  # argparse names a misspelled flag but suggests nothing
         flags = [f for a in p._actions for f in a.option_strings]
-        hints = "".join(did_you_mean(u, flags) for u in unknown if u.startswith("-"))
+        hints = "".join(did_you_mean(u.split("=")[0], flags) for u in unknown if u[:1] == "-")
         p.error(f"unrecognized arguments: {' '.join(unknown)}{hints}")
     print(report(Path(args.path), args.group_by, args.baseline))
 

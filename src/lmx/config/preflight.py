@@ -179,7 +179,7 @@ def _problems_under(choices: list[str], values, parser, found: list[str]) -> lis
     alternatives: list[list[tuple[str, object]]] = []
     for o in values:
         key = o.key_or_group
-        exists = key in all_keys(base)  # a select() would call a ??? value absent
+        exists = _exists(base, key)
         if o.is_delete():
             if not exists:
                 hint = did_you_mean(key, all_keys(base))
@@ -226,6 +226,15 @@ def _problems_under(choices: list[str], values, parser, found: list[str]) -> lis
     return problems
 
 
+def _exists(cfg, key: str) -> bool:
+    """Whether `key` names a node of cfg: a dotted key (all_keys: a ??? value counts, which
+    select() calls absent) or a list element (optim.betas.0, which all_keys does not list)."""
+    return key in all_keys(cfg) or OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT
+
+
+_ABSENT = object()
+
+
 def dotlist_problems(cfg, overrides: list[str]) -> list[str]:
     """Merge key=value overrides into a loaded config (a checkpoint's: evaluate, generate)
     and return the problem of each one that does not fit, as the train command line reports
@@ -235,7 +244,9 @@ def dotlist_problems(cfg, overrides: list[str]) -> list[str]:
         key, sep, value = item.partition("=")
         if not sep:
             problems.append(f"{item}: expected key=value")
-        elif key not in all_keys(cfg):
+        elif key.startswith(("+", "~")):
+            problems.append(f"{key}: adding or deleting keys of a saved config is not supported")
+        elif not _exists(cfg, key):
             problems.append(_no_such_key(key, cfg))
         else:
             try:
