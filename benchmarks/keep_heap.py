@@ -4,13 +4,12 @@ and with keep_heap, each in its own process, alternating.
 
     python benchmarks/keep_heap.py [--experiment seed_fast] [--rounds 3] [--steps 30]
 
-Each process times `--steps` of lmx's own training step (lmx.training.step.train_step: the
-experiment's autocast, optimizer and trainer.grad_clip, no per-step check) after 5 warm-up
-steps, on 2 threads, on one batch of the experiment's shape. The token ids are random: they
-repeat less than text does, which makes a sparse embedding gradient somewhat dearer than in
-training. `--experiment tutorial_loop` times the tutorial's own train() instead
-(lmx.bench.tutorial_reference.train_steps, over a random stream), with the same malloc
-setting. It prints the CPU, a line per process, and the median per mode with their ratio.
+Each process times `--steps` of lmx's own training step (lmx.bench.step_loop: the
+experiment's autocast, optimizer and trainer.grad_clip, no per-step check, on one batch of
+random token ids) after 5 warm-up steps, on 2 threads. `--experiment tutorial_loop` times
+the tutorial's own train() instead (lmx.bench.tutorial_reference.train_steps, over a random
+stream), with the same malloc setting. It prints the CPU, a line per process, and the
+median per mode with their ratio.
 """
 
 from __future__ import annotations
@@ -24,40 +23,26 @@ import sys
 from lmx.bench.peak import cpu_model, isa_flags
 
 _WORKER = """
-import json, resource, sys, time, torch
-from hydra.utils import instantiate
+import json, resource, sys, torch
 from lmx.bench import tutorial_reference as ref
+from lmx.bench.step_loop import step_loop
 from lmx.config.compose import compose
 from lmx.runtime.device import apply_settings
-from lmx.runtime.distributed import World
-from lmx.training.optim import build_optimizer
-from lmx.training.step import make_scaler, train_step
 
 experiment, keep, steps = sys.argv[1], sys.argv[2] == "on", int(sys.argv[3])
 torch.set_num_threads(2)
-tutorial = experiment == "tutorial_loop"
-choice = [] if tutorial else [f"experiment={experiment}"]
-cfg = compose([*choice, f"device.keep_heap={keep}", "device.threads=2"])
-device = torch.device("cpu")
-apply_settings(device, cfg.device)
-torch.manual_seed(0)
-if tutorial:  # the tutorial's own train() over a random [T, 20] stream
+settings = [f"device.keep_heap={keep}", "device.threads=2"]
+if experiment == "tutorial_loop":  # the tutorial's own train() over a random [T, 20] stream
+    apply_settings(torch.device("cpu"), compose(settings).device)
+    torch.manual_seed(0)
     model = ref.TransformerModel(28782, 200, 2, 200, 2, 0.2)
     stream = torch.randint(0, 28782, ((steps + 5) * 35 + 1, 20))
     def run(n, first):
         return ref.train_steps(model, stream, 35, 28782, n, warmup=0, first=first)[1]
 else:  # lmx's train_step, as the trainer calls it without a per-step check
-    model = instantiate(cfg.model, ntoken=28782).train()
-    params = list(model.parameters())
-    optimizer = build_optimizer(cfg.optim, model)
-    scaler = make_scaler(device, cfg.device.precision)
-    x, y = torch.randint(0, 28782, (2, cfg.data.batch_size, cfg.data.bptt))
+    steps_of = step_loop([f"experiment={experiment}", *settings])
     def run(n, first):
-        start = time.perf_counter()
-        for _ in range(n):
-            train_step(model, params, optimizer, scaler, x, y, cfg.device.precision,
-                       cfg.trainer.grad_clip, World(), False, check=False)
-        return time.perf_counter() - start
+        return steps_of(n)
 run(5, 0)
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 seconds = run(steps, 5)

@@ -4,9 +4,9 @@ choices, measured against them.
     python benchmarks/step_parts.py [--experiment seed_fast] [--threads 2]
 
 It prints the CPU model and its matmul ISA flags, then:
-1. ms per step of lmx's own train_step (the experiment's model, optimizer and clip, no
-   per-step check, device.keep_heap as configured), best of three 10-step runs, on one
-   batch of random token ids with the WikiText-2 vocabulary (28,782 types); then the ops
+1. ms per step of lmx's own train_step (lmx.bench.step_loop: the experiment's model,
+   optimizer and clip, no per-step check, device.keep_heap as configured, one batch of
+   random token ids with the WikiText-2 vocabulary), best of three 10-step runs; then the ops
    that take the most self CPU time over 10 steps (torch.profiler), in ms per step;
 2. the decoder's three bf16 matmuls (forward logits, grad of the hidden, grad of the
    weight) with the hidden size D padded with zeros from 200 to 208, 224 and 256 (the
@@ -40,31 +40,14 @@ N, D, V, ROWS = 700, 200, 28782, 64  # the tutorial's batch of 20 x 35 tokens, i
 
 
 def step_figures(experiment: str, threads: int) -> None:
-    from hydra.utils import instantiate
     from torch.profiler import ProfilerActivity, profile
 
-    from lmx.config.compose import compose
-    from lmx.runtime.device import apply_settings
-    from lmx.runtime.distributed import World
-    from lmx.training.optim import build_optimizer
-    from lmx.training.step import make_scaler, train_step
+    from lmx.bench.step_loop import step_loop
 
-    cfg = compose([f"experiment={experiment}", f"device.threads={threads}"])
-    device = torch.device("cpu")
-    apply_settings(device, cfg.device)
-    torch.manual_seed(0)
-    model = instantiate(cfg.model, ntoken=V).train()
-    params = list(model.parameters())
-    optimizer = build_optimizer(cfg.optim, model)
-    scaler = make_scaler(device, cfg.device.precision)
-    x, y = torch.randint(0, V, (2, cfg.data.batch_size, cfg.data.bptt))
+    steps = step_loop([f"experiment={experiment}", f"device.threads={threads}"], V)
 
     def ms_per_step(n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            train_step(model, params, optimizer, scaler, x, y, cfg.device.precision,
-                       cfg.trainer.grad_clip, World(), False, check=False)  # fmt: skip
-        return (time.perf_counter() - start) * 1000 / n
+        return steps(n) * 1000 / n
 
     ms_per_step(5)
     print(f"step: {min(ms_per_step(10) for _ in range(3)):.1f} ms ({experiment}, best of 3 x 10)")

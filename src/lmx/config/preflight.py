@@ -226,13 +226,13 @@ def _problems_under(choices: list[str], values, parser, found: list[str]) -> lis
     return problems
 
 
-def _exists(cfg, key: str) -> bool:
-    """Whether `key` names a node of cfg: a dotted key (all_keys: a ??? value counts, which
-    select() calls absent) or a list element (optim.betas.0, which all_keys does not list)."""
-    return key in all_keys(cfg) or OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT
-
-
 _ABSENT = object()
+
+
+def _exists(cfg, key: str) -> bool:
+    """Whether `key` names a node of cfg, a list element (optim.betas.0) included. select()
+    calls a ??? value absent, so only then are the config's keys walked (all_keys)."""
+    return OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT or key in all_keys(cfg)
 
 
 def dotlist_problems(cfg, overrides: list[str]) -> list[str]:

@@ -129,8 +129,7 @@ def train_and_encode(cfg: TokenizerConfig, batches: dict[str, Batches],
         for _ in batches[split]():
             pass
     tokenizer = train_tokenizer(cfg, lines_of(batches["train"], "vocabulary"))
-    counts = {s: encode_to_file(tokenizer, batches[s], out / f"{s}.bin", s)
-              for s in ("train", "valid", "test")}  # fmt: skip
+    counts = {s: encode_to_file(tokenizer, batches[s], out / f"{s}.bin", s) for s in batches}
     return tokenizer, counts
 
 
