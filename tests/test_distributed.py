@@ -29,12 +29,12 @@ DDP = (
 )
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, program: tuple[str, ...] = ("-m", "lmx.train")):
     env = {k: v for k, v in os.environ.items() if k not in ("LMX_DEBUG", "HYDRA_FULL_ERROR")}
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "lmx.train", *args],
+         *program, *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -100,6 +100,36 @@ def test_ddp_resume_continues_the_run(corpus_dir, cache_dir, tmp_path):
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
     assert "resuming from" in (ddp / "train.log").read_text()
     assert_equivalent(single, ddp)
+
+
+# Trains under torchrun, then names the threads this rank has left (Linux: /proc).
+THREADS_AFTER_TRAIN = """
+import os, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from conftest import compose_cfg
+from lmx.train import train
+train(compose_cfg(sys.argv[2:]), Path(sys.argv[1]))
+names = sorted(open(f"/proc/self/task/{{t}}/comm").read().strip()
+               for t in os.listdir("/proc/self/task"))
+print("rank", os.environ["RANK"], "threads left:", names)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+def test_ddp_run_frees_its_process_group_before_the_interpreter_exits(corpus_dir, cache_dir,
+                                                                        tmp_path):  # fmt: skip
+    # gloo's worker threads left to the interpreter's exit can abort a finished rank (SIGABRT,
+    # "terminate called without an active exception"): none may be left once train returns.
+    script = tmp_path / "threads_after_train.py"
+    script.write_text(THREADS_AFTER_TRAIN.format(tests=str(REPO / "tests")))
+    args = tiny_overrides(corpus_dir, cache_dir, *DDP, "trainer.epochs=1")
+    proc = torchrun(str(tmp_path / "run"), *args, program=(str(script),))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if "threads left:" in line)
+    assert [line.split()[1] for line in lines] == ["0", "1"], proc.stdout[-2000:]
+    for line in lines:  # gloo_tcp_loop, pt_gloo_runloop while the group is alive
+        assert "gloo" not in line, line
 
 
 def test_the_adaptive_head_under_ddp_matches_one_process(corpus_dir, cache_dir, tmp_path):

@@ -57,6 +57,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             return fit(run, cfg.trainer, resume_from)
         finally:
             run.tb.close()
+            del run, resume_from  # distributed.shutdown frees the process group with them
     finally:
         distributed.shutdown()
 

@@ -9,6 +9,7 @@ here is a no-op, so the single-process path stays the plain one.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -114,9 +115,23 @@ def init(world: World, device: torch.device) -> None:
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    # DDP imports torch._dynamo; imported after the group exists, it keeps (torch 2.13) refs to the
+    # default group that nothing releases, and the group then outlives shutdown() (below).
+    import torch._dynamo  # noqa: F401
+
     dist.init_process_group(backend)
 
 
 def shutdown() -> None:
+    """Leave the process group, and free it now, while the interpreter is whole.
+
+    gloo's worker threads live as long as the C++ process group, and DDP's reducer holds
+    that; the trainer's objects hold each other in reference cycles, so without this the
+    group and its threads would last into the interpreter's exit, where their teardown races
+    Python's own. In CI a rank of a finished run then died now and then with SIGABRT
+    ("terminate called without an active exception"), failing the run. The caller has
+    dropped its own references; collecting here frees the group and joins its threads, so
+    none is left at exit (tests/test_distributed.py checks that)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()
