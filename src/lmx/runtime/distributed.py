@@ -10,6 +10,7 @@ here is a no-op, so the single-process path stays the plain one.
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -115,10 +116,9 @@ def init(world: World, device: torch.device) -> None:
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    # DDP imports torch._dynamo; imported after the group exists, it keeps (torch 2.13) refs to the
-    # default group that nothing releases, and the group then outlives shutdown() (below).
-    import torch._dynamo  # noqa: F401
-
+    # DDP imports torch._dynamo; imported after the group exists, it keeps references to the
+    # default group that nothing releases (torch 2.13), and the group outlives shutdown().
+    importlib.import_module("torch._dynamo")
     dist.init_process_group(backend)
 
 
