@@ -102,14 +102,23 @@ def test_ddp_resume_continues_the_run(corpus_dir, cache_dir, tmp_path):
     assert_equivalent(single, ddp)
 
 
-# Trains under torchrun, then names the threads this rank has left (Linux: /proc).
+# Trains under torchrun, then names the threads this rank has left (Linux: /proc). With
+# "fail", validation raises on every rank, as an error or a stop signal would.
 THREADS_AFTER_TRAIN = """
 import os, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from conftest import compose_cfg
 from lmx.train import train
-train(compose_cfg(sys.argv[2:]), Path(sys.argv[1]))
+from lmx.training.loop import Trainer
+def fail(self):
+    raise RuntimeError("validation failed on purpose")
+if sys.argv[1] == "fail":
+    Trainer.validate = fail
+try:
+    train(compose_cfg(sys.argv[3:]), Path(sys.argv[2]))
+except RuntimeError as err:
+    print("rank", os.environ["RANK"], "raised:", err)
 names = sorted(open(f"/proc/self/task/{{t}}/comm").read().strip()
                for t in os.listdir("/proc/self/task"))
 print("rank", os.environ["RANK"], "threads left:", names)
@@ -117,15 +126,19 @@ print("rank", os.environ["RANK"], "threads left:", names)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
-def test_ddp_run_frees_its_process_group_before_the_interpreter_exits(corpus_dir, cache_dir,
+@pytest.mark.parametrize("how", ["ok", "fail"])
+def test_ddp_run_frees_its_process_group_before_the_interpreter_exits(how, corpus_dir, cache_dir,
                                                                         tmp_path):  # fmt: skip
-    # gloo's worker threads left to the interpreter's exit can abort a finished rank (SIGABRT,
-    # "terminate called without an active exception"): none may be left once train returns.
+    # gloo's worker threads left to the interpreter's exit can abort a rank (SIGABRT,
+    # "terminate called without an active exception"), finished or not: none may be left
+    # once train returns or raises.
     script = tmp_path / "threads_after_train.py"
     script.write_text(THREADS_AFTER_TRAIN.format(tests=str(REPO / "tests")))
     args = tiny_overrides(corpus_dir, cache_dir, *DDP, "trainer.epochs=1")
-    proc = torchrun(str(tmp_path / "run"), *args, program=(str(script),))
+    proc = torchrun(how, str(tmp_path / "run"), *args, program=(str(script),))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    raised = [line for line in proc.stdout.splitlines() if "raised: validation failed" in line]
+    assert len(raised) == (2 if how == "fail" else 0), proc.stdout[-2000:]
     lines = sorted(line for line in proc.stdout.splitlines() if "threads left:" in line)
     assert [line.split()[1] for line in lines] == ["0", "1"], proc.stdout[-2000:]
     for line in lines:  # gloo_tcp_loop, pt_gloo_runloop while the group is alive

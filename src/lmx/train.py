@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -58,6 +59,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         finally:
             run.tb.close()
             del run, resume_from  # distributed.shutdown frees the process group with them
+    except BaseException as err:
+        if world.enabled:  # the failed calls' frames hold the DDP model, and so the group
+            traceback.clear_frames(err.__traceback__)  # (their locals; the lines stay)
+        raise
     finally:
         distributed.shutdown()
 
