@@ -1,5 +1,5 @@
 """torchrun with 2 CPU processes (gloo) trains the same model as one process with the same
-global batch, and resumes under DDP."""
+global batch, resumes under DDP, and leaves no process-group thread to the interpreter's exit."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ DDP = (
 )
 
 
-def torchrun(*args: str, program: tuple[str, ...] = ("-m", "lmx.train")):
+def torchrun(
+    *args: str, program: tuple[str, ...] = ("-m", "lmx.train")
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("LMX_DEBUG", "HYDRA_FULL_ERROR")}
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(
@@ -102,8 +104,9 @@ def test_ddp_resume_continues_the_run(corpus_dir, cache_dir, tmp_path):
     assert_equivalent(single, ddp)
 
 
-# Trains under torchrun, then names the threads this rank has left (Linux: /proc). With
-# "fail", validation raises on every rank, as an error or a stop signal would.
+# Trains under torchrun and names this rank's threads (Linux: /proc) at the first validation,
+# while the process group is alive, and again after train. With "fail", that validation
+# raises on every rank, as an error or a stop signal would.
 THREADS_AFTER_TRAIN = """
 import os, sys
 from pathlib import Path
@@ -111,17 +114,32 @@ sys.path.insert(0, {tests!r})
 from conftest import compose_cfg
 from lmx.train import train
 from lmx.training.loop import Trainer
-def fail(self):
-    raise RuntimeError("validation failed on purpose")
-if sys.argv[1] == "fail":
-    Trainer.validate = fail
+
+def say(text):  # one write per line, so that the two ranks' lines never interleave
+    os.write(1, f"rank {{os.environ['RANK']}} {{text}}\\n".encode())
+
+def threads(when):
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{{t}}/comm").read().strip())
+        except OSError:  # that thread ended meanwhile
+            pass
+    say(f"threads {{when}} {{sorted(names)}}")
+
+validate = Trainer.validate
+def validate_once(self):
+    Trainer.validate = validate
+    threads("during:")
+    if sys.argv[1] == "fail":
+        raise RuntimeError("validation failed on purpose")
+    return validate(self)
+Trainer.validate = validate_once
 try:
     train(compose_cfg(sys.argv[3:]), Path(sys.argv[2]))
-except RuntimeError as err:
-    print("rank", os.environ["RANK"], "raised:", err)
-names = sorted(open(f"/proc/self/task/{{t}}/comm").read().strip()
-               for t in os.listdir("/proc/self/task"))
-print("rank", os.environ["RANK"], "threads left:", names)
+except Exception as err:
+    say(f"raised: {{err}}")
+threads("after:")
 """
 
 
@@ -136,13 +154,18 @@ def test_ddp_run_frees_its_process_group_before_the_interpreter_exits(how, corpu
     script.write_text(THREADS_AFTER_TRAIN.format(tests=str(REPO / "tests")))
     args = tiny_overrides(corpus_dir, cache_dir, *DDP, "trainer.epochs=1")
     proc = torchrun(how, str(tmp_path / "run"), *args, program=(str(script),))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    raised = [line for line in proc.stdout.splitlines() if "raised: validation failed" in line]
-    assert len(raised) == (2 if how == "fail" else 0), proc.stdout[-2000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if "threads left:" in line)
-    assert [line.split()[1] for line in lines] == ["0", "1"], proc.stdout[-2000:]
-    for line in lines:  # gloo_tcp_loop, pt_gloo_runloop while the group is alive
-        assert "gloo" not in line, line
+    out = proc.stdout
+    assert proc.returncode == 0, (out + proc.stderr)[-3000:]
+    raised = [line for line in out.splitlines() if "raised:" in line]
+    if how == "fail":
+        assert len(raised) == 2 and all("failed on purpose" in line for line in raised), out
+    else:
+        assert raised == [] and (tmp_path / "run" / "metrics.json").exists(), out[-2000:]
+    for when in ("during:", "after:"):
+        lines = sorted(line for line in out.splitlines() if f"threads {when}" in line)
+        assert [line.split()[1] for line in lines] == ["0", "1"], out[-2000:]
+        for line in lines:  # gloo_tcp_loop and pt_gloo_runloop live as long as the group
+            assert ("gloo" in line) == (when == "during:"), line
 
 
 def test_the_adaptive_head_under_ddp_matches_one_process(corpus_dir, cache_dir, tmp_path):

@@ -60,8 +60,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             run.tb.close()
             del run, resume_from  # distributed.shutdown frees the process group with them
     except BaseException as err:
-        if world.enabled:  # the failed calls' frames hold the DDP model, and so the group
-            traceback.clear_frames(err.__traceback__)  # (their locals; the lines stay)
+        # The failed calls' frames hold the DDP model, and with it the process group, which
+        # shutdown() must free; clearing their locals keeps the traceback's lines.
+        if world.enabled:
+            traceback.clear_frames(err.__traceback__)
         raise
     finally:
         distributed.shutdown()

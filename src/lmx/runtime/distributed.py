@@ -131,7 +131,7 @@ def shutdown() -> None:
     Python's own. In CI a rank of a finished run then died now and then with SIGABRT
     ("terminate called without an active exception"), failing the run. The caller has
     dropped its own references; collecting here frees the group and joins its threads, so
-    none is left at exit (tests/test_distributed.py checks that)."""
+    none should be left at exit (tests/test_distributed.py checks that)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
         gc.collect()
