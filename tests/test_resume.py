@@ -90,6 +90,22 @@ def test_a_run_stopped_by_sigint_and_resumed_equals_the_uninterrupted_run(
     assert _train_losses(tmp_path / "resumed") == _train_losses(tmp_path / "full")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_on_a_gpu_stopped_by_sigint_resumes(
+    corpus_dir, cache_dir, tmp_path, monkeypatch, caplog
+):
+    # The checkpoint is loaded onto the GPU, its RNG states with it: they must still restore.
+    overrides = tiny_overrides(corpus_dir, cache_dir, *RESUMABLE, "device.type=cuda")
+    sigint_after_step(monkeypatch, 7)
+    with pytest.raises(Interrupted):
+        train(compose_cfg(overrides), tmp_path / "run")
+    monkeypatch.undo()
+    with caplog.at_level("INFO"):
+        metrics = train(compose_cfg([*overrides, "trainer.resume=auto"]), tmp_path / "run")
+    assert metrics["status"] == "done" and metrics["steps"] > 7
+    assert "resuming from" in caplog.text
+
+
 def test_sigkill_then_resume_equals_the_uninterrupted_run(corpus_dir, cache_dir, tmp_path):
     # With accumulation and the weight average on: both must resume bit for bit too.
     extra = ("trainer.accumulate=2", "trainer.ema.decay=0.9", "trainer.resume=auto")

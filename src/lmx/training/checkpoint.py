@@ -187,15 +187,17 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore rng_state()'s states. They may come from a checkpoint loaded onto a GPU
+    (map_location=the run's device); torch and numpy take RNG states on the CPU only."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
     saved = state["cuda"]
     now = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for index, gpu_state in enumerate(saved[:now]):
-        torch.cuda.set_rng_state(gpu_state, index)
+        torch.cuda.set_rng_state(gpu_state.cpu(), index)
     if len(saved) > now:
         log.warning(
             "resume: the checkpoint holds the RNG states of %d GPU(s) and this machine has %d; "
