@@ -106,6 +106,35 @@ def test_a_run_on_a_gpu_stopped_by_sigint_resumes(
     assert "resuming from" in caplog.text
 
 
+def test_the_first_log_window_after_a_mid_window_resume_times_this_process_only(
+    corpus_dir, cache_dir, tmp_path, monkeypatch
+):
+    # A clock that moves 1 s per training step, and nowhere else: each timed step is 1 s.
+    from types import SimpleNamespace
+
+    from lmx.training import loop
+
+    window = ("trainer.epochs=1", "trainer.log_interval=4", "trainer.limit_train_batches=8")
+    overrides = tiny_overrides(corpus_dir, cache_dir, *window)
+    sigint_after_step(monkeypatch, 6)  # batches 5 and 6 of the window 5-8 in the first process
+    with pytest.raises(Interrupted):
+        train(compose_cfg(overrides), tmp_path / "run")
+    monkeypatch.undo()
+    clock, step = [0.0], loop.train_step
+
+    def one_second_step(*args, **kwargs):
+        clock[0] += 1.0
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", one_second_step)
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    train(compose_cfg([*overrides, "trainer.resume=auto"]), tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    speed = {e.step: e.value for e in events.Scalars("train/tokens_per_s")}
+    assert speed[8] == 4 * 8  # one batch (4 rows x bptt 8) per second, not two
+
+
 def test_sigkill_then_resume_equals_the_uninterrupted_run(corpus_dir, cache_dir, tmp_path):
     # With accumulation and the weight average on: both must resume bit for bit too.
     extra = ("trainer.accumulate=2", "trainer.ema.decay=0.9", "trainer.resume=auto")

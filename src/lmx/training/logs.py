@@ -86,19 +86,25 @@ class TensorBoard:
 
 
 # ---------------------------------------------------------------------------- log lines
-def log_window(run: Run, p: Progress, n_steps: int, seconds: float) -> dict[str, str]:
+def log_window(
+    run: Run, p: Progress, n_steps: int, seconds: float, before: tuple[int, int] = (0, 0)
+) -> dict[str, str]:
     """The tutorial's train line and the TensorBoard scalars of the steps since the last one;
-    then a new window starts. Returns the progress bar's figures: the loss and the lr."""
+    then a new window starts. Returns the progress bar's figures: the loss and the lr.
+
+    `seconds` is this process's time in the window; `before` the (batches, tokens) of it that
+    an earlier process ran (a run resumed mid-window): in the loss, not in the speed."""
     w, lr = p.window, run.optimizer.param_groups[0]["lr"]
     n = max(w["batches"], 1)
     loss = w["loss"] / n
+    timed_batches, timed_tokens = max(w["batches"] - before[0], 1), w["tokens"] - before[1]
     log.info(
         "| epoch %3d | %5d/%5d batches | lr %.3g | ms/batch %6.1f | loss %5.2f | ppl %8.2f",
         p.epoch,
         p.batch,
         n_steps,
         lr,
-        1000 * seconds / n,
+        1000 * seconds / timed_batches,
         loss,
         ppl(loss),
     )
@@ -108,7 +114,7 @@ def log_window(run: Run, p: Progress, n_steps: int, seconds: float) -> dict[str,
             "train/ppl": ppl(loss),
             "train/lr": lr,
             "train/grad_norm": w["norm"] / n,
-            "train/tokens_per_s": w["tokens"] / seconds,
+            "train/tokens_per_s": timed_tokens / seconds,
         },
         p.step,
     )

@@ -136,6 +136,8 @@ class Trainer:
         bar = tqdm(total=n_steps, initial=p.batch, desc=f"epoch {p.epoch}", unit="batch",
                    disable=None if cfg.progress else True, leave=False)  # fmt: skip
         self.window_start = time.perf_counter()
+        # resumed mid-window: the batches an earlier process ran are not timed by this one
+        before = (int(p.window["batches"]), int(p.window["tokens"]))
         with logging_redirect_tqdm():
             for i in batch_starts(source, run.bptt)[p.batch : n_steps]:
                 start = time.perf_counter()
@@ -158,8 +160,8 @@ class Trainer:
                 if p.batch % cfg.log_interval == 0 or p.batch == n_steps or spent:
                     self.meters.read(p, run.world, self.saver.best)
                     seconds = time.perf_counter() - self.window_start
-                    bar.set_postfix(logs.log_window(run, p, n_steps, seconds))
-                    self.window_start = time.perf_counter()
+                    bar.set_postfix(logs.log_window(run, p, n_steps, seconds, before))
+                    self.window_start, before = time.perf_counter(), (0, 0)
                 stop = result.stop_requested if run.world.enabled else self.stop.requested
                 if stop:
                     bar.close()
