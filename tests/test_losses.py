@@ -151,3 +151,18 @@ def test_nan_token_weights_give_nan_gradients_not_an_error():
     per_token = linear_cross_entropy(h, w, b, t, reduction="none")
     (per_token * torch.tensor([1.0, float("nan"), 1.0, 1.0])).sum().backward()
     assert torch.isnan(w.grad).all()
+
+
+@pytest.mark.parametrize("head, fused", [("softmax", True), ("softmax", False), ("adaptive", True)])
+def test_every_head_reduces_its_token_losses_the_same_way(head, fused):
+    from lmx.models.head import decode, make_decoder
+
+    torch.manual_seed(0)
+    decoder = make_decoder(16, 50, head, cutoffs=[10, 30], div_value=2.0)
+    x, targets = torch.randn(2, 5, 16), torch.randint(0, 50, (2, 5))
+    each = decode(x, decoder, targets, "none", fused)
+    assert each.shape == (2, 5)
+    torch.testing.assert_close(decode(x, decoder, targets, "sum", fused), each.sum())
+    torch.testing.assert_close(decode(x, decoder, targets, "mean", fused), each.mean())
+    with pytest.raises(ValueError, match="reduction"):
+        decode(x, decoder, targets, "max", fused)

@@ -230,6 +230,11 @@ def linear_cross_entropy(
             )
         else:
             losses = _losses_only(hidden.flatten(0, -2), weight, bias, targets, dtype)
+    return reduce_losses(losses, reduction, shape)
+
+
+def reduce_losses(losses: torch.Tensor, reduction: str, shape: torch.Size) -> torch.Tensor:
+    """Per-token losses [N] -> their mean or sum (a scalar), or [*shape] for "none"."""
     if reduction == "sum":
         return losses.sum()
     if reduction == "mean":

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmx.models.fused_loss import linear_cross_entropy
+from lmx.models.fused_loss import linear_cross_entropy, reduce_losses
 
 
 class AdaptiveInput(nn.Module):
@@ -111,8 +111,8 @@ def decode(
     fused: bool = True,
 ) -> torch.Tensor:
     # x: [B, T, D] hidden states; targets: [B, T] next-token ids or None
-    # returns logits [B, T, V] without targets; else the mean loss (a scalar), or per-token
-    # losses [B, T] with reduction="none"
+    # returns logits [B, T, V] without targets; else the loss: mean or sum (a scalar), or
+    # per-token losses [B, T] with reduction="none"
     if isinstance(decoder, nn.AdaptiveLogSoftmaxWithLoss):
         return _adaptive(x, decoder, targets, reduction)
     if targets is None:
@@ -123,7 +123,7 @@ def decode(
     loss = nn.functional.cross_entropy(
         logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction
     )
-    return loss if reduction == "mean" else loss.view(targets.shape)
+    return loss.view(targets.shape) if reduction == "none" else loss
 
 
 def _adaptive(x, decoder: nn.AdaptiveLogSoftmaxWithLoss, targets, reduction: str):
@@ -138,4 +138,4 @@ def _adaptive(x, decoder: nn.AdaptiveLogSoftmaxWithLoss, targets, reduction: str
         losses = -decoder(flat, targets.reshape(-1)).output
         if torch.is_grad_enabled():  # + 0: an unhit cluster gets a zero gradient, not none
             losses = losses + sum(p.sum() for p in decoder.tail.parameters()) * 0.0
-    return losses.mean() if reduction == "mean" else losses.view(targets.shape)
+    return reduce_losses(losses, reduction, targets.shape)
