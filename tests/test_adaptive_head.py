@@ -95,6 +95,7 @@ def test_word_level_ids_are_in_frequency_order(corpus_dir):
         (["model.cutoffs=[100,50]"], "model.cutoffs=[100, 50] must be increasing"),
         (["data/tokenizer=bpe", "data.tokenizer.vocab_size=500"], "needs ids in frequency order"),
         (["model.div_value=16", "model.cutoffs=[5,10,20]"], "leaves the last of 3 clusters"),
+        (["model.fused_loss=false"], "model.fused_loss=false has no effect with model.head="),
     ],
 )
 def test_adaptive_settings_are_checked(overrides, message):

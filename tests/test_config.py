@@ -339,3 +339,31 @@ def test_list_elements_are_keys_to_the_checks():
     problems = dotlist_problems(cfg, ["optim.betas.0=0.8", "+optim.foo=1"])
     assert problems == ["+optim.foo: adding or deleting keys of a saved config is not supported"]
     assert cfg.optim.betas[0] == 0.8
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (
+            ["trainer.ema.start_step=100"],
+            "trainer.ema.start_step=100 has no effect without trainer.ema.decay",
+        ),
+        (
+            ["trainer.early_stop.min_delta=0.01"],
+            "trainer.early_stop.min_delta=0.01 has no effect without trainer.early_stop.patience",
+        ),
+        (["trainer.samples=-1"], "trainer.samples=-1 must be >= 0"),
+        (
+            ["trainer.samples=2", "trainer.tensorboard=false"],
+            "trainer.samples=2 writes to TensorBoard's Text tab: it needs trainer.tensorboard=true",
+        ),
+    ],
+)
+def test_a_setting_that_would_have_no_effect_is_refused(overrides, expected):
+    from lmx.config.rules import config_problems
+
+    assert expected in config_problems(compose_cfg(overrides))
+    # each with what it needs is accepted
+    needs = ["trainer.ema.decay=0.9", "trainer.ema.start_step=100", "trainer.samples=2",
+             "trainer.early_stop.patience=2", "trainer.early_stop.min_delta=0.01"]  # fmt: skip
+    assert config_problems(compose_cfg(needs)) == []

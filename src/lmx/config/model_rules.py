@@ -53,6 +53,8 @@ def model_problems(cfg: DictConfig, check: Check) -> None:
         _sparse_embedding(cfg, check)
     if m.get("head") == Head.adaptive:
         _adaptive_head(cfg, check)
+        check(m.get("fused_loss", True), "model.fused_loss=false has no effect with model.head="
+              "adaptive: that head has its own loss and never builds full logits")  # fmt: skip
     elif name is not None and "cutoffs" in m:  # the adaptive head's settings, set for nothing
         defaults = MODEL_FAMILIES[name]()
         for key in ("cutoffs", "div_value", "adaptive_input"):

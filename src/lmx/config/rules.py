@@ -228,12 +228,27 @@ def _trainer(cfg: DictConfig, check: Check) -> None:
         f"trainer.ema.decay={t.ema.decay} must be in (0, 1) or null",
     )
     check(t.ema.start_step >= 0, f"trainer.ema.start_step={t.ema.start_step} must be >= 0")
+    check(
+        t.ema.decay is not None or t.ema.start_step == 0,
+        f"trainer.ema.start_step={t.ema.start_step} has no effect without trainer.ema.decay",
+    )
     stop = t.early_stop
     check(
         stop.patience is None or stop.patience >= 1,
         f"trainer.early_stop.patience={stop.patience} must be >= 1 or null",
     )
     check(stop.min_delta >= 0, f"trainer.early_stop.min_delta={stop.min_delta} must be >= 0")
+    check(
+        stop.patience is not None or stop.min_delta == 0,
+        f"trainer.early_stop.min_delta={stop.min_delta} has no effect without "
+        "trainer.early_stop.patience",
+    )
+    check(t.samples >= 0, f"trainer.samples={t.samples} must be >= 0")
+    check(
+        t.tensorboard or t.samples == 0,
+        f"trainer.samples={t.samples} writes to TensorBoard's Text tab: it needs "
+        "trainer.tensorboard=true",
+    )
     keys = ("max_steps", "val_every_steps", "limit_train_batches", "limit_eval_batches",
             "checkpoint_every_steps")  # fmt: skip
     for key in keys:
