@@ -57,6 +57,12 @@ def test_evaluate_rejects_unknown_split_and_keys(tiny_run):
     assert lines[3] == "  - dropout: expected key=value"
 
 
+def test_evaluate_checks_an_overrides_range_as_train_does(tiny_run):
+    _, run_dir, _ = tiny_run
+    with pytest.raises(ConfigError, match="trainer.limit_eval_batches=0 must be >= 1 or null"):
+        evaluate_checkpoint(run_dir, "test", ["trainer.limit_eval_batches=0"])
+
+
 def test_a_pickle_that_is_not_a_checkpoint_is_refused(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lmx.config.compose import compose
 from lmx.config.model_rules import family
-from lmx.config.rules import all_keys, config_problems, did_you_mean
+from lmx.config.rules import FP16_ON_CPU, all_keys, config_problems, did_you_mean
 from lmx.config.schema import MODEL_FAMILIES
 from lmx.errors import ConfigError
 from lmx.paths import config_dir
@@ -238,7 +238,7 @@ def _exists(cfg, key: str) -> bool:
 def dotlist_problems(cfg, overrides: list[str]) -> list[str]:
     """Merge key=value overrides into a loaded config (a checkpoint's: evaluate, generate)
     and return the problem of each one that does not fit, as the train command line reports
-    them: an unknown key with a "did you mean", a value of the wrong type."""
+    them: an unknown key with a "did you mean", a value of the wrong type, out of range."""
     problems: list[str] = []
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -253,6 +253,12 @@ def dotlist_problems(cfg, overrides: list[str]) -> list[str]:
                 cfg.merge_with_dotlist([item])
             except OmegaConfBaseException as err:
                 problems.append(f"{key}={_show(value)}: {str(err).splitlines()[0]}")
+    if overrides and not problems:  # then the values' ranges and cross-field rules, as train's
+        keys = [item.partition("=")[0] for item in overrides]
+        # only those the overrides touch: a saved config stays loadable under newer rules;
+        # fp16 on a CPU is refused for training only (it has no gradient scaler there)
+        problems = [p for p in config_problems(cfg) if p != FP16_ON_CPU
+                    and any(f"{k}=" in p or p.startswith(f"{k}:") for k in keys)]  # fmt: skip
     return problems
 
 
