@@ -124,6 +124,17 @@ def test_runs_on_other_corpora_are_never_ranked_together(tmp_path):
     assert group == ["1", "1", "20.09", "20.09", "baseline", "baseline"]  # n=1: no SE
 
 
+def test_runs_scored_in_other_rows_are_never_ranked_together(tmp_path):
+    # data.eval_batch_size cuts the split into that many rows: other tokens are scored
+    for name, rows in (("r10", 10), ("r1", 1)):
+        settings = config(1, 1)
+        settings["data"]["eval_batch_size"] = rows
+        fake_run(tmp_path, name, settings, 5.0, 5.0)
+    text = report(tmp_path)
+    assert len(text.split("\n== ")[1:]) == 2
+    assert "eval: w35, 10 rows | full" in text and "eval: w35, 1 row | full" in text
+
+
 def test_the_command_takes_its_options(sweep):
     proc = subprocess.run([sys.executable, "-m", "lmx.report", str(sweep), "--group-by",
                            "model.nhead"], capture_output=True, text=True)  # fmt: skip

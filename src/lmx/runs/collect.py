@@ -2,10 +2,10 @@
 (the resolved config.yaml, flattened to `a.b` keys) and its data fingerprint.
 
 Two runs are only ranked against each other when their fingerprints match: the same corpus,
-tokenizer, evaluation windows and share of the splits scored. A perplexity on other tokens or
-other windows is another quantity. A recurrent model that carries its state through the
-non-overlapping windows reads the same windows as a Transformer: they compare, as in
-pytorch/examples' word_language_model.
+tokenizer, evaluation windows (their length, overlap and rows) and share of the splits scored.
+A perplexity on other tokens or other windows is another quantity. A recurrent model that
+carries its state through the non-overlapping windows reads the same windows as a
+Transformer: they compare, as in pytorch/examples' word_language_model.
 
 A run's settings also hold its group choices (`model` -> `lstm`, from .hydra/hydra.yaml). Where
 a choice differs between runs, the keys under it are shown only where a run set them on the
@@ -93,6 +93,10 @@ def fingerprint(run: dict[str, Any]) -> str:
         (h["val_eval"] for h in reversed(m.get("history", [])) if h.get("val_eval")), "?"
     )
     windows = windows.replace("state carried", "no overlap")  # the same windows
+    # the split is cut into this many rows: which tokens are scored, and how many start a row
+    # without context, depend on it
+    rows = s.get("data.eval_batch_size")
+    windows += f", {rows} row{'' if str(rows) == '1' else 's'}" if rows else ""
     types = f", {vocab:,} types" if vocab else ""
     return (f"{s.get('data.name', '?')} ({source}) | tokens: {tokenizer}{types}"
             f" | eval: {windows} | {coverage(m)}")  # fmt: skip
