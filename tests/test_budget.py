@@ -81,6 +81,27 @@ def test_max_time_stops_at_the_step_that_crosses_it_with_the_lr_at_its_floor(
     assert lrs[5] > floor + 0.3 * (peak - floor)  # not at the floor long before the end
 
 
+def test_best_pt_carries_the_runs_wall_time_as_last_pt_does(
+    corpus_dir, cache_dir, tmp_path, monkeypatch
+):
+    # A kill between the two writes resumes from best.pt: its clock must be right too.
+    from lmx.training import loop
+
+    clock, step = {"t": 0.0}, loop.train_step
+
+    def ten_seconds(*args, **kwargs):
+        clock["t"] += 10.0
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(loop, "train_step", ten_seconds)
+    extra = ("trainer.epochs=1", "trainer.limit_train_batches=4")
+    train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra)), tmp_path / "run")
+    for name in ("best.pt", "last.pt"):
+        progress = load_checkpoint(tmp_path / "run" / "checkpoints" / name).progress
+        assert progress["wall_seconds"] == 40.0, name
+
+
 def test_a_larger_budget_on_resume_finishes_the_open_epoch_as_one_run_would(
     corpus_dir, cache_dir, tmp_path
 ):

@@ -129,11 +129,12 @@ class Saver:
         return wall
 
     def save(self, path: Path) -> None:
+        # best.pt too: a kill between its write and last.pt's resumes from it (the newer step)
+        self.progress.wall_seconds, self.start = self.wall_seconds(), self.clock()
         self.before_save()
         save_run(path, self.run, self.progress)
 
     def save_last(self) -> None:
-        self.progress.wall_seconds, self.start = self.wall_seconds(), self.clock()
         self.save(self.last)
 
 
