@@ -38,10 +38,17 @@ def resolve_device(
 
 def enable_tf32(device: torch.device, on: bool) -> None:
     """device.tf32: fp32 matmuls on a CUDA GPU in TensorFloat-32 (10-bit mantissa inputs,
-    fp32 accumulation; Ampere and later), several times faster. No effect on a CPU, and none
-    where the run computes in bf16 or fp16 anyway."""
-    if device.type == "cuda":  # never on a CPU: there "high" may let matmuls use bf16
-        torch.set_float32_matmul_precision("high" if on else "highest")
+    fp32 accumulation; Ampere and later), several times faster: torch's matmuls and cuDNN's
+    RNNs (the LSTM family) alike. No effect on a CPU, and none where the run computes in bf16
+    or fp16 anyway."""
+    if device.type != "cuda":  # never on a CPU: there "high" may let matmuls use bf16
+        return
+    torch.set_float32_matmul_precision("high" if on else "highest")
+    cudnn = torch.backends.cudnn
+    if hasattr(cudnn, "rnn"):  # torch >= 2.9; mixing its flags with allow_tf32 is an error
+        cudnn.rnn.fp32_precision = cudnn.conv.fp32_precision = "tf32" if on else "ieee"
+    else:
+        cudnn.allow_tf32 = on
 
 
 def apply_settings(device: torch.device, cfg: DeviceConfig) -> None:
