@@ -121,3 +121,16 @@ def test_the_carried_state_is_kept_in_fp32_under_bf16_autocast():
         model(ids, ids)  # the fp32 state goes back in under autocast
     assert all(s.dtype == torch.float32 for s in model.state)
     model(ids, ids)  # and feeds an fp32 run (a resume with device.precision=fp32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_under_bf16_autocast_on_a_gpu_the_rnn_runs_in_fp32_not_fp16():
+    # torch's autocast would run cuDNN's RNN in fp16, with no gradient scaler under bf16
+    model = RNNLM(30, "lstm", emsize=8, nhid=8, nlayers=2, dropout=0.0).cuda()
+    seen = []
+    model.rnn.register_forward_hook(lambda m, args, out: seen.append(out[0].dtype))
+    ids = torch.randint(0, 30, (2, 6), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        model(ids, ids).backward()
+    assert seen == [torch.float32]
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.rnn.parameters())

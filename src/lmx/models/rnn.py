@@ -85,13 +85,24 @@ class RNNLM(nn.Module):
         # self.state: None or h [L, B, H] (LSTM: (h, c), both [L, B, H]), from the last window
         _check_rows(self.state, src.size(0))
         x = self.drop(self.encoder(src))  # [B, T, E]
-        x, state = self.rnn(x, self.state)  # [B, T, H]; state as above, after the window
+        x, state = self._recur(x)  # [B, T, H]; state as above, after the window
         # Detached: the next window starts from these values, the gradient stops here. In
         # fp32: under autocast it comes out in bf16 (autocast casts it back on the way in),
         # and a checkpoint's state must also feed an fp32 run.
         self.state = _detached(state)
         x = self.drop(x)  # [B, T, H]
         return decode(x, self.decoder, targets, reduction, self.fused_loss)  # logits or loss
+
+    def _recur(self, x: torch.Tensor):
+        # On a GPU, torch's autocast runs a cuDNN RNN in fp16 whatever dtype it was given
+        # (aten/src/ATen/cudnn/AutocastRNN.cpp): under bf16 there is no gradient scaler to
+        # keep fp16's small gradients from flushing to zero. So there the RNN runs in fp32
+        # (TF32 with device.tf32); the rest of the model stays in bf16.
+        if x.is_cuda and torch.is_autocast_enabled("cuda"):
+            if torch.get_autocast_dtype("cuda") == torch.bfloat16:
+                with torch.autocast("cuda", enabled=False):
+                    return self.rnn(x.float(), self.state)
+        return self.rnn(x, self.state)
 
 
 def _detached(state):
