@@ -51,7 +51,7 @@ def main() -> None:
         rows.append(("test loss", rel(ma["test_loss"], mb["test_loss"]), ""))
 
     wa, wb = (
-        torch.load(d / "checkpoints" / "last.pt", weights_only=True)["model"]
+        torch.load(d / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
         for d in (args.a, args.b)
     )
     worst = max(

@@ -53,12 +53,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         run_dir = Path(world.broadcast(str(run_dir)))
         if not world.is_main:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
-        run, resume_from = build_run(cfg, run_dir, world, device)
+        run, resumed = build_run(cfg, run_dir, world, device)
         try:
-            return fit(run, cfg.trainer, resume_from)
+            return fit(run, cfg.trainer, resumed)
         finally:
             run.tb.close()
-            del run, resume_from  # distributed.shutdown frees the process group with them
+            del run  # distributed.shutdown frees the process group with it
     except BaseException as err:
         # The failed calls' frames hold the DDP model, and with it the process group, which
         # shutdown() must free; clearing their locals keeps the traceback's lines.

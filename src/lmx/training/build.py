@@ -8,6 +8,7 @@ import logging
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
@@ -22,7 +23,7 @@ from lmx.runtime.distributed import World
 from lmx.training import hparams
 from lmx.training.averaging import WeightAverage
 from lmx.training.budget import Budget, parse_duration
-from lmx.training.checkpoint import Checkpoint, load_checkpoint
+from lmx.training.checkpoint import load_checkpoint
 from lmx.training.logs import TensorBoard, parameter_count
 from lmx.training.loop import Run
 from lmx.training.optim import build_optimizer, build_scheduler
@@ -47,7 +48,7 @@ def seed_everything(seed: int) -> None:
 
 def build_run(
     cfg: DictConfig, run_dir: Path, world: World, device: torch.device
-) -> tuple[Run, Checkpoint | None]:
+) -> tuple[Run, dict[str, Any] | None]:
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     d = cfg.data
     data = streams(d, device=device, world=world)
@@ -75,7 +76,10 @@ def build_run(
         f" x {world.world_size} processes" if world.enabled else "",
     )
     path = find_resume_checkpoint(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
-    resume_from = load_checkpoint(path, map_location=device) if path is not None else None
+    # On the CPU: the states are copied onto the device as they load (the optimizer's, with
+    # AdamW's step count kept on the CPU where torch wants it), and nothing of the file stays
+    # on a GPU beside the run
+    resume_from = load_checkpoint(path) if path is not None else None
     optimizer = build_optimizer(cfg.optim, model, legacy_decay_all(resume_from, resolved))
     steps_per_epoch = num_steps(data.rows["train"], d.bptt, cfg.trainer.limit_train_batches)
     t = cfg.trainer
@@ -139,4 +143,4 @@ def build_run(
         world=world,
         train_model=train_model,
     )
-    return run, resume_from
+    return run, resume_from.progress if resume_from else None

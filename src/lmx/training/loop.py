@@ -27,7 +27,7 @@ from lmx.runtime.distributed import World
 from lmx.training import logs
 from lmx.training.averaging import WeightAverage
 from lmx.training.budget import Budget, Stopping
-from lmx.training.checkpoint import Checkpoint, Saver, load_checkpoint
+from lmx.training.checkpoint import Saver, load_checkpoint
 from lmx.training.meters import DeviceMeters
 from lmx.training.optim import Schedule, TimeHorizon
 from lmx.training.samples import write_samples
@@ -100,10 +100,10 @@ def count_step(p: Progress, result: StepResult, tokens: int, meters: DeviceMeter
 
 
 class Trainer:
-    def __init__(self, run: Run, cfg: TrainerConfig, resume_from: Checkpoint | None = None):
+    def __init__(self, run: Run, cfg: TrainerConfig, resumed: dict[str, Any] | None = None):
         self.run, self.cfg = run, cfg
         self.steps_per_epoch = num_steps(run.splits["train"], run.bptt, cfg.limit_train_batches)
-        self.progress = Progress.from_dict(resume_from.progress) if resume_from else Progress()
+        self.progress = Progress.from_dict(resumed) if resumed else Progress()
         self.saver = Saver(run, self.progress, clock=lambda: time.perf_counter())
         self.warmup_left = cfg.throughput_warmup_steps
         self.stop = StopSignals()
@@ -226,7 +226,8 @@ class Trainer:
         """Score the best checkpoint on test (unless trainer.test=false); write the summary."""
         run, p, score = self.run, self.progress, None
         if self.cfg.test:
-            run.model.load_state_dict(load_checkpoint(self.saver.best, run.device).eval_weights())
+            # on the CPU: the file's optimizer state need not sit on a GPU beside the run's
+            run.model.load_state_dict(load_checkpoint(self.saver.best).eval_weights())
             score = evaluate(run.model, run.splits["test"], **self.eval_args)
             run.tb.scalars({"test/loss": score.loss, "test/ppl": score.ppl}, p.step)
         logs.log_test(p.best_epoch, score)
@@ -251,5 +252,6 @@ class Trainer:
         return logs.summary(self.run, p, status, self.val_score, wall, test, self.stopping)
 
 
-def fit(run: Run, cfg: TrainerConfig, resume_from: Checkpoint | None = None) -> dict[str, Any]:
-    return Trainer(run, cfg, resume_from).fit()
+def fit(run: Run, cfg: TrainerConfig, resumed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train, validate, test; `resumed`: the progress of the checkpoint the run resumes from."""
+    return Trainer(run, cfg, resumed).fit()
