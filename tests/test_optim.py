@@ -186,3 +186,40 @@ def test_plateau_resumes_with_its_best_and_counters(corpus_dir, cache_dir, tmp_p
     resumed = train(compose_cfg([*overrides, "trainer.resume=auto"]), tmp_path / "resumed")
     assert [h["lr"] for h in resumed["history"]] == lrs
     assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in full["history"]]
+
+
+@pytest.mark.parametrize("group", ["sgd", "adamw"])
+def test_any_torch_optimizer_builds_from_either_group(group):
+    # the group's keys the new class does not take (SGD's nesterov, AdamW's betas) hold their
+    # defaults, so they are left out; the added one goes in
+    cfg = compose_cfg([f"optim={group}", "optim._target_=torch.optim.RMSprop", "+optim.alpha=0.8"])
+    optimizer = build_optimizer(cfg.optim, torch.nn.Linear(2, 2))
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    assert optimizer.defaults["alpha"] == 0.8 and optimizer.defaults["lr"] == cfg.optim.lr
+
+
+def test_a_scheduler_of_another_class_builds_without_the_groups_extra_keys():
+    cfg = compose_cfg(
+        ["scheduler=step", "scheduler._target_=torch.optim.lr_scheduler.ExponentialLR"]
+    )
+    optimizer = build_optimizer(cfg.optim, torch.nn.Linear(2, 2))
+    schedule = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=10, epochs=2)
+    assert isinstance(schedule.scheduler, torch.optim.lr_scheduler.ExponentialLR)
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["optim._target_=torch.optim.Adagrad", "optim.momentum=0.9"],
+         "optim.momentum=0.9: torch.optim.Adagrad takes no argument 'momentum' (its default 0.0 "
+         "leaves it out)"),
+        (["+optim.alhpa=0.9"], "optim.alhpa=0.9: torch.optim.SGD takes no argument 'alhpa'"),
+    ],
+)  # fmt: skip
+def test_an_argument_the_optimizer_does_not_take_is_refused_before_any_work(overrides, expected):
+    from lmx.config.rules import config_problems
+
+    cfg = compose_cfg(overrides)
+    assert expected in config_problems(cfg)
+    with pytest.raises(ConfigError, match="takes no argument"):
+        build_optimizer(cfg.optim, torch.nn.Linear(2, 2))

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmx.config.model_rules import Check, max_len, model_problems
 from lmx.config.schema import DeviceType, Interval, Precision, TokenizerKind
+from lmx.config.targets import target_kwargs
 from lmx.errors import ConfigError
 from lmx.training.budget import parse_duration
 
@@ -39,6 +40,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     _data(cfg, check)
     _optim(cfg, check)
     _scheduler(cfg, check)
+    _targets(cfg, check)
     _device(cfg, check)
     _trainer(cfg, check)
     _eval(cfg, check)
@@ -149,6 +151,14 @@ def _optim(cfg: DictConfig, check: Check) -> None:
         "layer but the embedding has dense ones; use SGD or Adagrad with "
         "model.sparse_embedding=true, or a dense optimizer such as optim=adamw",
     )
+
+
+def _targets(cfg: DictConfig, check: Check) -> None:
+    """Keys that another `_target_` than the group's does not take (lmx.config.targets)."""
+    for prefix, own in (("optim", "decay_all"), ("scheduler", "interval")):
+        if prefix in cfg:
+            for problem in target_kwargs(cfg[prefix], prefix, (own,))[1]:
+                check(False, problem)
 
 
 def _scheduler(cfg: DictConfig, check: Check) -> None:

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lmx.config.schema import Interval
+from lmx.config.targets import target_kwargs
 from lmx.errors import ConfigError
 from lmx.training.budget import Budget
 from lmx.training.schedules import ClosedFormLR
@@ -40,10 +41,13 @@ class Schedule:
             self.scheduler.step(val_loss)
 
 
-def _plain(cfg: DictConfig) -> dict[str, Any]:
+def _plain(cfg: DictConfig, prefix: str, own: str) -> dict[str, Any]:
     # Plain containers, so optimizer/scheduler state holds no OmegaConf objects and
-    # checkpoints load under torch.load(weights_only=True).
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+    # checkpoints load under torch.load(weights_only=True); only the keys the class takes.
+    kwargs, problems = target_kwargs(cfg, prefix, (own,))
+    if problems:  # the config check refuses these first; a direct call gets them here
+        raise ConfigError("; ".join(problems))
+    return kwargs
 
 
 def _build(kind: str, cfg: dict[str, Any], *args: Any) -> Any:
@@ -63,7 +67,7 @@ def build_optimizer(
     With a weight decay, only tensors of two or more dimensions (matmul weights, embeddings)
     are decayed, as nanoGPT and HF do; biases and norm weights are not. optim.decay_all=true
     (or `decay_all`, which overrides it) decays every tensor, as lmx did before."""
-    kwargs = _plain(cfg)
+    kwargs = _plain(cfg, "optim", "decay_all")
     configured = kwargs.pop("decay_all", False)  # lmx's own key, not the constructor's
     decay_all = configured if decay_all is None else decay_all
     named = list(params.named_parameters() if isinstance(params, torch.nn.Module)
@@ -100,7 +104,7 @@ def build_scheduler(
 ) -> Schedule:
     """The schedule; a null `total_steps` becomes the run's length in scheduler steps (the
     epochs' steps, or the step budget if that comes first)."""
-    kwargs = _plain(cfg)
+    kwargs = _plain(cfg, "scheduler", "interval")
     interval = Interval(kwargs.pop("interval", "epoch"))
     if interval == Interval.step:
         length = steps_per_epoch * epochs
