@@ -136,8 +136,7 @@ class Trainer:
         bar = tqdm(total=n_steps, initial=p.batch, desc=f"epoch {p.epoch}", unit="batch",
                    disable=None if cfg.progress else True, leave=False)  # fmt: skip
         self.window_start = time.perf_counter()
-        # resumed mid-window: the batches an earlier process ran are not timed by this one
-        before = (int(p.window["batches"]), int(p.window["tokens"]))
+        before = (int(p.window["batches"]), int(p.window["tokens"]))  # run before a resume
         with logging_redirect_tqdm():
             for i in batch_starts(source, run.bptt)[p.batch : n_steps]:
                 start = time.perf_counter()
