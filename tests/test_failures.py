@@ -78,13 +78,17 @@ def test_diverging_run_from_the_command_line(corpus_dir, cache_dir, tmp_path):
     assert "Traceback" not in output
 
 
-def test_sigterm_saves_and_exits_nonzero_then_resumes(corpus_dir, cache_dir, tmp_path):
-    run_dir = tmp_path / "run"
+def test_sigterm_saves_and_exits_nonzero_then_the_printed_command_resumes(
+    corpus_dir, cache_dir, tmp_path
+):
+    import shlex
+
+    run_dir = tmp_path / "0_model.nhead=2"  # a sweep job's folder: Hydra reads it only quoted
     args = [
         *tiny_overrides(
             corpus_dir, cache_dir, "trainer.epochs=30", "trainer.checkpoint_every_steps=10"
         ),
-        f"hydra.run.dir={run_dir}",
+        f"hydra.run.dir='{run_dir}'",
     ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmx.train", *args],
@@ -101,17 +105,33 @@ def test_sigterm_saves_and_exits_nonzero_then_resumes(corpus_dir, cache_dir, tmp
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
-    assert "SIGTERM: stopped after step" in output and "trainer.resume=auto" in output
-    assert "Traceback" not in output
+    assert "SIGTERM: stopped after step" in output and "Traceback" not in output
     # Resumable, so not a failure: status "interrupted", and the log says it as a warning.
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
     assert "[ERROR]" not in output and "[WARNING] - lmx: SIGTERM" in output
     step = load_checkpoint(run_dir / "checkpoints" / "last.pt").progress["step"]
     assert step > 0
+    # The command it prints carries the run's own overrides and the quoted run dir.
+    lines = output.splitlines()
+    command = shlex.split(
+        lines[next(i for i, line in enumerate(lines) if "Continue with" in line) + 1]
+    )
+    assert command[:3] == ["python", "-m", "lmx.train"] and "trainer.resume=auto" in command
 
-    proc = run_cli(*args[:-1], "trainer.epochs=30", "trainer.resume=auto", args[-1])
+    # A try that fails before it begins (no data there) leaves the run as it was.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = [
+        a if not a.startswith("data.local_dir=") else f"data.local_dir={empty}" for a in command
+    ]
+    proc = run_cli(*broken[3:])
+    assert proc.returncode != 0
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+
+    proc = run_cli(*command[3:])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"step {step}" in (run_dir / "train.log").read_text()
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "done"
 
 
 def _python_env():

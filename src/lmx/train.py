@@ -22,9 +22,8 @@ from lmx.config.rules import validate
 from lmx.config.store import register_configs
 from lmx.errors import LmxError
 from lmx.paths import config_dir
-from lmx.runs.status import ERROR_FILE, mark_failed, mark_interrupted, read_status
+from lmx.runs.status import ERROR_FILE, mark_failed, mark_interrupted, read_status, resume_command
 from lmx.runs.sweep import config_hash, find_finished
-from lmx.training.resume import ResumeRefused
 from lmx.training.signals import Interrupted
 
 log = logging.getLogger("lmx.train")
@@ -81,24 +80,29 @@ def _hydra_main(cfg: DictConfig) -> float:
         if done is not None:
             log.info("sweep.resume: this job already finished in %s; skipping it", done)
             return read_status(done)["best_val_ppl"]
-    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # from an earlier failed try in this dir
     if multirun:
         from lmx.runtime.launcher import share_machine
 
         share_machine(hydra_cfg)
+    resume = resume_command(list(hydra_cfg.overrides.task), run_dir)
+    earlier, config_before = read_status(run_dir).get("status"), _mtime(run_dir / "config.yaml")
     try:
         metrics = train(cfg, run_dir)
     except Interrupted as err:  # SIGINT/SIGTERM: saved a checkpoint, then stopped
-        mark_interrupted(run_dir, str(err))
-        log.warning("lmx: %s", err)
+        mark_interrupted(run_dir, f"{err.stopped}. Continue with: {resume}")
+        log.warning("lmx: %s. Continue with:\n%s", err.stopped, resume)
         sys.exit(128 + err.signum)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         mark_interrupted(run_dir, "a second Ctrl-C: stopped at once")
-        log.warning("lmx: interrupted; continue from the last checkpoint with "
-                    "trainer.resume=auto hydra.run.dir=%s", run_dir)  # fmt: skip
+        log.warning("lmx: interrupted; continue from the last checkpoint with:\n%s", resume)
         sys.exit(130)
     except Exception as err:
-        if not isinstance(err, ResumeRefused):  # that run is untouched: still resumable
+        # A try that failed before it wrote its config (a refused resume, data it could not
+        # read) leaves an earlier run in this dir as it was: its status says what it is.
+        if earlier is not None and _mtime(run_dir / "config.yaml") == config_before:
+            log.warning("lmx: the run in %s is as it was (%s): this try stopped before it "
+                        "began", run_dir, earlier)  # fmt: skip
+        else:
             mark_failed(run_dir, err)
         expected = isinstance(err, LmxError)
         if debug() or not (expected or multirun):
@@ -110,6 +114,10 @@ def _hydra_main(cfg: DictConfig) -> float:
         sys.exit(exit_code(err))
     log.info("run dir: %s", run_dir)
     return metrics["best_val_ppl"]  # what a sweeper minimizes
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
 
 
 def main() -> None:

@@ -1,9 +1,12 @@
 """How a run ended, on disk: `status` in its metrics.json says running, done, interrupted
-(stopped by a signal after saving: resumable) or failed (error.txt keeps the traceback)."""
+(stopped by a signal after saving: resumable) or failed (error.txt keeps the traceback); and
+the command that continues it."""
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import traceback
 from pathlib import Path
 from typing import Any
@@ -41,3 +44,15 @@ def mark_failed(run_dir: Path, err: BaseException) -> None:
 def mark_interrupted(run_dir: Path, message: str) -> None:
     """A signal stopped the run after it saved last.pt: it resumes with trainer.resume=auto."""
     _mark(run_dir, "interrupted", message)
+
+
+def resume_command(overrides: list[str], run_dir: Path) -> str:
+    """The shell command that continues the run in `run_dir`: its own overrides (Hydra's
+    syntax, as typed), then trainer.resume=auto and the run dir, each quoted for the shell. A
+    sweep job's folder (0_model.nhead=1) holds '=', which Hydra reads only quoted."""
+    keep = [o for o in overrides if not o.lstrip("+~").startswith("trainer.resume=")]
+    path = str(run_dir)
+    if not re.fullmatch(r"[\w./:@+-]+", path):
+        path = "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    args = [*keep, "trainer.resume=auto", f"hydra.run.dir={path}"]
+    return "python -m lmx.train " + " ".join(shlex.quote(a) for a in args)

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lmx.data.batching import num_steps
 from lmx.data.streams import streams
 from lmx.errors import ConfigError
+from lmx.runs.status import ERROR_FILE
 from lmx.runtime.distributed import World
 from lmx.training import hparams
 from lmx.training.averaging import WeightAverage
@@ -102,6 +103,7 @@ def build_run(
         log.info("trainer.resume=auto: no checkpoint in %s yet; starting fresh", run_dir)
     if world.is_main:  # after the resume check: a refused resume leaves the run dir as it was
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)  # from an earlier failed try
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         shutil.copy(data.tokenizer_path, run_dir / "tokenizer.json")
 

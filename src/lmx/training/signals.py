@@ -20,20 +20,20 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class Interrupted(LmxError):
     """Training stopped on a signal after saving; the exit status is 128 + the signal."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, stopped: str = ""):
         super().__init__(message)
         self.signum = signum
+        self.stopped = stopped or message  # what happened, without how to go on
 
     @classmethod
     def after(cls, signum: int, progress, last_path: Path, run_dir: Path) -> Interrupted:
         """The message once `last_path` holds the state after `progress`'s last step."""
         name = "SIGINT" if signum == 2 else "SIGTERM" if signum == 15 else f"signal {signum}"
         p = progress
-        return cls(
-            f"{name}: stopped after step {p.step} (epoch {p.epoch}, batch {p.batch}) and saved "
-            f"{last_path}. Continue with trainer.resume=auto hydra.run.dir={run_dir}",
-            signum,
-        )
+        stopped = (f"{name}: stopped after step {p.step} (epoch {p.epoch}, batch {p.batch}) "
+                   f"and saved {last_path}")  # fmt: skip
+        hint = f"Continue with trainer.resume=auto hydra.run.dir={run_dir}"
+        return cls(f"{stopped}. {hint}", signum, stopped)
 
 
 class StopSignals:
