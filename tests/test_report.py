@@ -192,3 +192,12 @@ def test_a_misspelled_report_flag_gets_a_suggestion(tmp_path, capsys):
     assert "unrecognized arguments: --grup-by model.nhead; did you mean --group-by?" in (
         capsys.readouterr().err
     )
+
+
+def test_a_diverged_runs_perplexity_prints_in_e_notation_not_in_full(tmp_path):
+    from lmx.stats import shown
+
+    assert shown(245.314) == "  245.31" and shown(math.exp(250), ",.2f") == "3.75e+108"
+    fake_run(tmp_path, "diverged", config(1, 1), 250.0, 250.0)
+    text = report(tmp_path)
+    assert "3.75e+108" in text and "000,000" not in text

@@ -12,6 +12,7 @@ from typing import Any
 
 from lmx.cli import parse_args, run, split_options
 from lmx.errors import ConfigError
+from lmx.stats import shown
 
 OPTIONS = {
     "ckpt": "a checkpoint file, or a run dir (its checkpoints/best.pt)",
@@ -87,7 +88,7 @@ def main(argv: list[str]) -> None:
     ckpt, split = options["ckpt"], options.get("split", "test")
     result = evaluate_checkpoint(ckpt, split, overrides)
     print(
-        f"{result['split']}: loss {result['loss']:.6f} | ppl {result['ppl']:.4f} | "
+        f"{result['split']}: loss {result['loss']:.6f} | ppl {shown(result['ppl'], '.4f')} | "
         f"{describe(result)} | {ckpt}"
     )
 

@@ -1,4 +1,5 @@
-"""Comparing two settings over several runs each: a difference and its standard error.
+"""Comparing two settings over several runs each: a difference and its standard error; and
+how a perplexity prints.
 
 Torch-free, so lmx.bench can re-print a saved result without loading torch.
 """
@@ -49,3 +50,16 @@ def difference_pct(
     pct = 100 * math.expm1(b[0] - a[0])
     se = 100 * math.hypot(a[1], b[1]) if a[1] is not None and b[1] is not None else None
     return pct, se
+
+
+# Up to here a perplexity prints in full, with two decimals as the tutorial's lines do; a
+# diverged run's (e^250) would print hundreds of digits, so beyond it takes e-notation.
+FULL_DIGITS_BELOW = 1e9
+
+
+def shown(value: float, spec: str = "8.2f") -> str:
+    """A perplexity as log lines and tables print it (format `spec`, e.g. '  245.31'), or in
+    e-notation beyond FULL_DIGITS_BELOW ('1.23e+110')."""
+    if abs(value) < FULL_DIGITS_BELOW or not math.isfinite(value):
+        return format(value, spec)
+    return format(value, ".3g")

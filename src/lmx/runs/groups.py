@@ -20,7 +20,7 @@ from typing import Any
 
 from lmx.config.rules import did_you_mean
 from lmx.errors import ConfigError
-from lmx.stats import difference_pct, mean_and_se
+from lmx.stats import difference_pct, mean_and_se, shown
 
 MARK_BEYOND_SE = 2.0
 
@@ -123,7 +123,7 @@ def ppl_text(stat: tuple[float, float | None] | None) -> str:
         return "-"
     mean, se = stat
     spread = f" ± {_pct(100 * se)}%" if se is not None else ""
-    return f"{math.exp(mean):,.2f}{spread}"
+    return f"{shown(math.exp(mean), ',.2f')}{spread}"
 
 
 def diff_text(diff: tuple[float, float | None] | None) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lmx.runs.collect import varying_keys
+from lmx.stats import shown
 
 FIGURES = ["best_val_ppl", "test_ppl", "epochs", "steps", "tokens_per_s", "wall_time", "status"]
 MAX_SETTING_COLUMNS = 8  # the rest go to report.csv, and a line under the table names them
@@ -19,7 +20,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:,.{digits}f}"
+        return "inf" if math.isinf(value) else shown(value, f",.{digits}f")
     return str(value)
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmx.files import METRICS_FILE, write_json
 from lmx.perplexity import Score, ppl
+from lmx.stats import shown
 
 if TYPE_CHECKING:
     import torch
@@ -99,14 +100,14 @@ def log_window(
     loss = w["loss"] / n
     timed_batches, timed_tokens = max(w["batches"] - before[0], 1), w["tokens"] - before[1]
     log.info(
-        "| epoch %3d | %5d/%5d batches | lr %.3g | ms/batch %6.1f | loss %5.2f | ppl %8.2f",
+        "| epoch %3d | %5d/%5d batches | lr %.3g | ms/batch %6.1f | loss %5.2f | ppl %s",
         p.epoch,
         p.batch,
         n_steps,
         lr,
         1000 * seconds / timed_batches,
         loss,
-        ppl(loss),
+        shown(ppl(loss)),
     )
     run.tb.scalars(
         {
@@ -128,11 +129,11 @@ def log_validation(p: Progress, score: Score, whole: bool) -> None:
     where = f"end of epoch {p.epoch:3d}" if whole else f"epoch {p.epoch:3d}, step {p.step:6d}"
     log.info("-" * 89)
     log.info(
-        "| %s | time: %6.1fs | valid loss %5.2f | valid ppl %8.2f%s",
+        "| %s | time: %6.1fs | valid loss %5.2f | valid ppl %s%s",
         where,
         p.epoch_seconds,
         score.loss,
-        score.ppl,
+        shown(score.ppl),
         score.coverage(),
     )
     log.info("-" * 89)
@@ -147,10 +148,10 @@ def log_test(best_epoch: int, score: Score | None) -> None:
         return
     log.info("=" * 89)
     log.info(
-        "| End of training | best epoch %d | test loss %5.2f | test ppl %8.2f%s",
+        "| End of training | best epoch %d | test loss %5.2f | test ppl %s%s",
         best_epoch,
         score.loss,
-        score.ppl,
+        shown(score.ppl),
         score.coverage(),
     )
     log.info("=" * 89)
