@@ -94,8 +94,11 @@ def test_generate_cli_and_errors(tiny_run):
     assert proc.stdout.startswith("the dog ")  # basic_english lowercases the prompt
     with pytest.raises(ConfigError, match="prompt is empty"):
         generate(run_dir, "   ")
-    proc = run_module("lmx.generate", f"ckpt={run_dir}", "prompt=x", "top_k=many")
-    assert proc.returncode == 2 and "bad number" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_module("lmx.generate", f"ckpt={run_dir}", "prompt=x", "top_k=many", "seed=abc")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "top_k=many: not an integer; seed=abc: not an integer" in proc.stderr
+    with pytest.raises(ConfigError, match=r"^temperature=-1.0 must be >= 0; top_p=2.0 must be in"):
+        generate(run_dir, "x", temperature=-1.0, top_p=2.0)
     proc = run_module("lmx.generate", f"ckpt={run_dir}", "prompt=x", "num_samples=2",
                       "max_new_tokens=3")  # fmt: skip
     assert proc.stdout.count("--- sample") == 2, proc.stderr

@@ -124,12 +124,15 @@ def generate(
     from lmx.models.pretrained import load_trained
     from lmx.runtime.device import apply_settings, resolve_device
 
-    if min(max_new_tokens, temperature, top_k) < 0:
-        raise ConfigError("max_new_tokens, temperature and top_k must be >= 0")
-    if not 0.0 < top_p <= 1.0:
-        raise ConfigError(f"top_p={top_p}: must be in (0, 1]")
-    if repetition_penalty <= 0 or num_samples < 1:
-        raise ConfigError("repetition_penalty must be > 0 and num_samples >= 1")
+    at_least_0 = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k}
+    bad = [f"{k}={v} must be >= 0" for k, v in at_least_0.items() if v < 0]
+    bad += [] if 0.0 < top_p <= 1.0 else [f"top_p={top_p} must be in (0, 1]"]
+    bad += (
+        [] if repetition_penalty > 0 else [f"repetition_penalty={repetition_penalty} must be > 0"]
+    )
+    bad += [] if num_samples >= 1 else [f"num_samples={num_samples} must be >= 1"]
+    if bad:
+        raise ConfigError("; ".join(bad))
     overrides = overrides or []
     trained = load_trained(path, overrides)  # on cpu
     # the best there is, not what it trained on, unless the command line says otherwise
@@ -184,10 +187,17 @@ def main(argv: list[str]) -> None:
         raise ConfigError(f"ckpt=PATH and prompt=TEXT are required\n{USAGE}")
     numbers = {"max_new_tokens": int, "num_samples": int, "top_k": int, "seed": int,
                "temperature": float, "top_p": float, "repetition_penalty": float}  # fmt: skip
-    try:
-        values = {k: numbers[k](v) for k, v in options.items() if k in numbers}
-    except ValueError as err:
-        raise ConfigError(f"bad number: {err}") from err
+    values, bad = {}, []
+    for key, text in options.items():
+        if key in numbers:
+            try:
+                values[key] = numbers[key](text)
+            except ValueError:
+                bad.append(
+                    f"{key}={text}: not {'an integer' if numbers[key] is int else 'a number'}"
+                )
+    if bad:
+        raise ConfigError("; ".join(bad))
     texts = generate(options["ckpt"], options["prompt"], overrides=overrides, **values)
     if len(texts) == 1:
         print(texts[0])
