@@ -66,8 +66,22 @@ def test_evaluate_checks_an_overrides_range_as_train_does(tiny_run):
 def test_a_pickle_that_is_not_a_checkpoint_is_refused(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=str(bad)):
+    with pytest.raises(CheckpointError, match=f"{bad}: not a file torch.save wrote$"):
         evaluate_checkpoint(bad)
+
+
+def test_a_run_without_a_best_model_yet_points_to_its_latest_weights(tiny_run, tmp_path):
+    import shutil
+
+    _, run_dir, _ = tiny_run
+    stopped = tmp_path / "stopped"
+    (stopped / "checkpoints").mkdir(parents=True)
+    shutil.copy(run_dir / "checkpoints" / "last.pt", stopped / "checkpoints" / "last.pt")
+    last = stopped / "checkpoints" / "last.pt"
+    with pytest.raises(
+        CheckpointError, match=f"no best model yet; its latest weights are ckpt={last}"
+    ):
+        evaluate_checkpoint(stopped)
 
 
 def test_generation_is_deterministic_under_a_seed(tiny_run):

@@ -35,6 +35,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
+        last = path.with_name("last.pt")
+        if not path.is_file() and last.is_file():  # stopped before its first validation
+            raise CheckpointError(f"no checkpoint at {path}: the run has no best model yet; "
+                                  f"its latest weights are ckpt={last}")  # fmt: skip
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     return path
