@@ -155,6 +155,9 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
     shown = run_module("lmx.bench", f"show={out}")  # the saved result's table, again
     assert shown.returncode == 0 and shown.stdout.strip() in proc.stdout
     bad = run_module("lmx.bench", f"show={tmp_path}/missing.json")
+    assert bad.returncode != 0 and f"show={tmp_path}/missing.json: no such file" in bad.stderr
+    (tmp_path / "other.json").write_text("[1]")
+    bad = run_module("lmx.bench", f"show={tmp_path}/other.json")
     assert bad.returncode != 0 and "not a bench result" in bad.stderr
 
 
@@ -163,7 +166,8 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
     [
         ("steps=ten", "steps must be an integer"),
         ("seeds=0;1", "seeds must be integers"),
-        ("avg_steps=998", "must be more than warmup"),
+        ("avg_steps=998", "must be more than warmup (5): the timed steps come after it"),
+        ("lever_steps=3", "lever_steps (3) must be more than warmup (5), or 0 to skip"),
         ("avg_batches=0", "avg_batches 1 or more"),
     ],
 )

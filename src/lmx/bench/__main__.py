@@ -64,9 +64,11 @@ def main(argv: list[str]) -> None:
         return
     saved = args.pop("show", None)
     if saved is not None:  # re-print a saved result's table
+        if not Path(saved).is_file():
+            fail(ConfigError(f"show={saved}: no such file"))
         try:
             print(table(json.loads(Path(saved).read_text())))
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, TypeError) as err:
             fail(ConfigError(f"show={saved}: not a bench result ({type(err).__name__}: {err})"))
         return
     data = args.pop("data.local_dir", None)
@@ -86,9 +88,12 @@ def main(argv: list[str]) -> None:
     if avg_steps < 0 or avg_batches < 1:
         fail(ConfigError(f"avg_steps must be 0 or more and avg_batches 1 or more, got "
                          f"{avg_steps} and {avg_batches}"))  # fmt: skip
-    if steps - max(avg_steps, 1) + 1 <= warmup or lever_steps and lever_steps <= warmup:
-        fail(ConfigError(f"steps ({steps}) - avg_steps ({avg_steps}) + 1 and lever_steps "
-                         f"({lever_steps}) must be more than warmup ({warmup})"))  # fmt: skip
+    if steps - max(avg_steps, 1) + 1 <= warmup:
+        fail(ConfigError(f"steps ({steps}) - avg_steps ({avg_steps}) + 1 must be more than "
+                         f"warmup ({warmup}): the timed steps come after it"))  # fmt: skip
+    if lever_steps and lever_steps <= warmup:
+        fail(ConfigError(f"lever_steps ({lever_steps}) must be more than warmup ({warmup}), "
+                         "or 0 to skip the lever rows"))  # fmt: skip
     from lmx.bench.run import bench
 
     results = bench(
