@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -281,3 +282,11 @@ def test_fp16_with_skip_goes_on_after_a_nan_loss():
         model.decoder.bias.zero_()
     second = train_step(model, list(model.parameters()), opt, scaler, *args)
     assert second.nonfinite is None and torch.isfinite(second.loss)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_run_dir_where_no_folder_can_be_made_is_named_before_any_work():
+    # /proc refuses mkdir even to root, whom write permission alone would let through
+    proc = run_cli("hydra.run.dir=/proc/lmx-run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "hydra.run.dir=/proc/lmx-run: cannot create a folder in /proc" in proc.stderr

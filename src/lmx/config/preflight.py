@@ -14,6 +14,7 @@ import itertools
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -98,8 +99,12 @@ def _check_output_dir(key: str, value: str, problems: list[str]) -> None:
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         problems.append(f"{key}={value}: {existing} is a file, so the run dir cannot be created")
-    elif not os.access(existing, os.W_OK):
-        problems.append(f"{key}={value}: {existing} is not writable")
+        return
+    try:  # a folder made and removed: write permission alone misses /proc, read-only mounts
+        os.rmdir(tempfile.mkdtemp(prefix=".lmx-probe-", dir=existing))
+    except OSError as err:
+        problems.append(f"{key}={value}: cannot create a folder in {existing} "
+                        f"({err.strerror or err})")  # fmt: skip
 
 
 def check_command_line(argv: list[str]) -> None:
