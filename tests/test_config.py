@@ -367,3 +367,12 @@ def test_a_setting_that_would_have_no_effect_is_refused(overrides, expected):
     needs = ["trainer.ema.decay=0.9", "trainer.ema.start_step=100", "trainer.samples=2",
              "trainer.early_stop.patience=2", "trainer.early_stop.min_delta=0.01"]  # fmt: skip
     assert config_problems(compose_cfg(needs)) == []
+
+
+def test_a_presets_key_that_the_chosen_model_lacks_is_one_line(tmp_path):
+    proc = run_cli("experiment=smoke", "model=lstm", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[1] == (
+        "  - experiment=smoke sets model.d_model, which this config does not have "
+        "(Key 'd_model' not in 'LSTMConfig')"
+    )

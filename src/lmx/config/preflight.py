@@ -13,6 +13,7 @@ import difflib
 import itertools
 import math
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -173,7 +174,7 @@ def _problems_under(choices: list[str], values, parser, found: list[str]) -> lis
     try:
         base = compose(choices)
     except HydraException as err:
-        reason = str(err).strip().split("\nConfig search path")[0]
+        reason = _composing_failed(str(err))
         raise ConfigError(
             "invalid config:\n" + "\n".join(f"  - {p}" for p in [*found, reason])
         ) from None
@@ -229,6 +230,20 @@ def _problems_under(choices: list[str], values, parser, found: list[str]) -> lis
         except OmegaConfBaseException as err:  # e.g. a missing mandatory value
             problems.append(str(err).splitlines()[0])
     return problems
+
+
+def _composing_failed(text: str) -> str:
+    """Hydra's composition error on one line: 'experiment=smoke sets model.d_model, which
+    this config does not have (Key 'd_model' not in 'LSTMConfig')' for a preset's key that
+    the chosen model family lacks."""
+    text = text.strip().split("\nConfig search path")[0]
+    found = re.match(r"In '([^']+)': \w+ raised while composing config:\n(.*?)\n\s*full_key: (\S+)",
+                     text, re.S)  # fmt: skip
+    if found is None:
+        return text
+    source, reason, key = found.groups()
+    return (f"{source.replace('/', '=', 1)} sets {key}, which this config does not have "
+            f"({' '.join(reason.split())})")  # fmt: skip
 
 
 _ABSENT = object()
