@@ -224,3 +224,11 @@ def test_a_finished_job_of_an_older_sweep_is_found_by_its_relative_data_path(tmp
     job = absolute_paths(compose_cfg(["data.local_dir=corpus"]))
     job_hash = config_hash(OmegaConf.to_container(job, resolve=True, enum_to_str=True))
     assert find_finished(tmp_path / "sweep", job_hash) == run_dir
+
+
+def test_a_search_jobs_folder_shows_its_floats_to_four_digits():
+    from lmx.runs.naming import job_label
+
+    overrides = ["optim.lr=2.588170214937917", "model.dropout=0.35", "model.nhead=2"]
+    keys = ["optim.lr", "model.dropout", "model.nhead"]
+    assert job_label(overrides, keys) == "lr=2.588,dropout=0.35,nhead=2"

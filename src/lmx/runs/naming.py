@@ -72,7 +72,15 @@ def job_label(overrides: list[str], keys: list[str]) -> str:
     values = override_values(overrides)
     picked = [k for k in keys if k in values]
     pairs = zip(short_names(picked), picked, strict=True)
-    return ",".join(f"{n}={values[k]}" for n, k in pairs)
+    return ",".join(f"{n}={_short(values[k])}" for n, k in pairs)
+
+
+def _short(value: str) -> str:
+    """A float with many digits (a search's 2.588170214937917) to 4 significant ones: the
+    folder's number keeps jobs apart, and the config has the exact value."""
+    if re.fullmatch(r"[-+]?\d*\.\d{5,}([eE][-+]?\d+)?", value):
+        return f"{float(value):.4g}"
+    return value
 
 
 def run_name(*, _root_: Any) -> str:
