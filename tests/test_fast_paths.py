@@ -181,20 +181,19 @@ def test_tf32_is_set_for_a_gpu_only():
     from lmx.runtime.device import enable_tf32
 
     cudnn = torch.backends.cudnn
-    before = torch.get_float32_matmul_precision(), cudnn.rnn.fp32_precision
+    before = torch.get_float32_matmul_precision(), cudnn.allow_tf32
     try:
         torch.set_float32_matmul_precision("highest")
         enable_tf32(torch.device("cpu"), True)  # nothing to do on a CPU
         assert torch.get_float32_matmul_precision() == "highest"
         enable_tf32(torch.device("cuda"), True)  # a setting alone: no GPU needed to make it
-        assert torch.get_float32_matmul_precision() == "high"
-        assert cudnn.rnn.fp32_precision == cudnn.conv.fp32_precision == "tf32"
+        assert torch.get_float32_matmul_precision() == "high" and cudnn.allow_tf32
         enable_tf32(torch.device("cuda"), False)  # device.tf32=false keeps full fp32
         assert torch.get_float32_matmul_precision() == "highest"
-        assert cudnn.rnn.fp32_precision == cudnn.conv.fp32_precision == "ieee"  # the LSTM's too
+        assert not cudnn.allow_tf32  # cuDNN's RNNs (the LSTM family) too
     finally:
         torch.set_float32_matmul_precision(before[0])
-        cudnn.rnn.fp32_precision = cudnn.conv.fp32_precision = before[1]
+        cudnn.allow_tf32 = before[1]
 
 
 # A step's worth of large tensors, allocated together and freed together, again and again: the

@@ -44,11 +44,9 @@ def enable_tf32(device: torch.device, on: bool) -> None:
     if device.type != "cuda":  # never on a CPU: there "high" may let matmuls use bf16
         return
     torch.set_float32_matmul_precision("high" if on else "highest")
-    cudnn = torch.backends.cudnn
-    if hasattr(cudnn, "rnn"):  # torch >= 2.9; mixing its flags with allow_tf32 is an error
-        cudnn.rnn.fp32_precision = cudnn.conv.fp32_precision = "tf32" if on else "ieee"
-    else:
-        cudnn.allow_tf32 = on
+    # cuDNN's flag (RNNs and convolutions) through the API every torch >= 2.4 has; torch's
+    # newer per-op flags would make a later read of this one raise
+    torch.backends.cudnn.allow_tf32 = on
 
 
 def apply_settings(device: torch.device, cfg: DeviceConfig) -> None:
