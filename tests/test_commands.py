@@ -66,7 +66,7 @@ def test_evaluate_checks_an_overrides_range_as_train_does(tiny_run):
 def test_a_pickle_that_is_not_a_checkpoint_is_refused(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=f"{bad}: not a file torch.save wrote$"):
+    with pytest.raises(CheckpointError, match=f"{bad}: not a whole file torch.save wrote"):
         evaluate_checkpoint(bad)
 
 

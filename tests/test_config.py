@@ -376,3 +376,14 @@ def test_a_presets_key_that_the_chosen_model_lacks_is_one_line(tmp_path):
         "  - experiment=smoke sets model.d_model, which this config does not have "
         "(Key 'd_model' not in 'LSTMConfig')"
     )
+
+
+def test_a_presets_value_of_the_wrong_type_is_one_line():
+    from lmx.config.preflight import _composing_failed
+
+    text = ("In 'experiment/x': ValidationError raised while composing config:\nValue 'two' of "
+            "type 'str' could not be converted to Integer\n    full_key: model.nhead\n"
+            "    object_type=TransformerConfig")  # fmt: skip
+    assert _composing_failed(text) == (
+        "experiment=x sets model.nhead: Value 'two' of type 'str' could not be converted to Integer"
+    )

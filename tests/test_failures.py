@@ -290,3 +290,30 @@ def test_a_run_dir_where_no_folder_can_be_made_is_named_before_any_work():
     proc = run_cli("hydra.run.dir=/proc/lmx-run")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "hydra.run.dir=/proc/lmx-run: cannot create a folder in /proc" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "path", ["/tmp/0_model.nhead=1", "/tmp/ünï dir", "/tmp/back\\slash", "/tmp/it's", "/tmp/end\\"]
+)
+def test_the_printed_run_dir_reads_back_as_itself_through_the_shell_and_hydra(path):
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from lmx.runs.status import resume_command
+
+    command = shlex.split(resume_command(["model.nhead=2", "trainer.resume=last"], Path(path)))
+    assert command[:5] == ["python", "-m", "lmx.train", "model.nhead=2", "trainer.resume=auto"]
+    override = OverridesParser.create().parse_overrides(command[5:])[0]
+    assert override.key_or_group == "hydra.run.dir" and override.value() == path
+
+
+def test_a_torchrun_run_is_continued_with_torchrun(monkeypatch):
+    from lmx.runtime.launcher import relaunch_prefix
+
+    assert relaunch_prefix() == "python -m lmx.train"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert relaunch_prefix() == "torchrun --nproc_per_node=4 -m lmx.train"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two nodes: their options are the user's
+    assert relaunch_prefix() == "torchrun <the same torchrun options> -m lmx.train"

@@ -94,14 +94,24 @@ def test_a_run_stopped_by_sigint_and_resumed_equals_the_uninterrupted_run(
 def test_a_run_on_a_gpu_stopped_by_sigint_resumes(
     corpus_dir, cache_dir, tmp_path, monkeypatch, caplog
 ):
-    # The checkpoint is loaded onto the GPU, its RNG states with it: they must still restore.
+    # The saved RNG states must restore on a GPU run, and AdamW's step count stay on the CPU
+    # (a CUDA one costs a host read per parameter per step) while its moments go to the GPU.
+    from lmx.runtime.distributed import World
+    from lmx.training.build import build_run
+
     overrides = tiny_overrides(corpus_dir, cache_dir, *RESUMABLE, "device.type=cuda")
     sigint_after_step(monkeypatch, 7)
     with pytest.raises(Interrupted):
         train(compose_cfg(overrides), tmp_path / "run")
     monkeypatch.undo()
+    resumed = compose_cfg([*overrides, "trainer.resume=auto"])
+    run, _ = build_run(resumed, tmp_path / "run", World(), torch.device("cuda"))
+    state = next(iter(run.optimizer.state.values()))
+    assert state["step"].device.type == "cpu" and state["exp_avg"].is_cuda
+    run.tb.close()
+    del run
     with caplog.at_level("INFO"):
-        metrics = train(compose_cfg([*overrides, "trainer.resume=auto"]), tmp_path / "run")
+        metrics = train(resumed, tmp_path / "run")
     assert metrics["status"] == "done" and metrics["steps"] > 7
     assert "resuming from" in caplog.text
 

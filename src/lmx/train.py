@@ -7,6 +7,7 @@ answer quickly.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -24,6 +25,7 @@ from lmx.errors import LmxError
 from lmx.paths import config_dir
 from lmx.runs.status import ERROR_FILE, mark_failed, mark_interrupted, read_status, resume_command
 from lmx.runs.sweep import config_hash, find_finished
+from lmx.runtime.launcher import relaunch_prefix
 from lmx.training.signals import Interrupted
 
 log = logging.getLogger("lmx.train")
@@ -84,22 +86,27 @@ def _hydra_main(cfg: DictConfig) -> float:
         from lmx.runtime.launcher import share_machine
 
         share_machine(hydra_cfg)
-    resume = resume_command(list(hydra_cfg.overrides.task), run_dir)
+    resume = resume_command(list(hydra_cfg.overrides.task), run_dir, relaunch_prefix())
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # the others' run dirs are scratch
     earlier, config_before = read_status(run_dir).get("status"), _mtime(run_dir / "config.yaml")
     try:
         metrics = train(cfg, run_dir)
     except Interrupted as err:  # SIGINT/SIGTERM: saved a checkpoint, then stopped
         mark_interrupted(run_dir, f"{err.stopped}. Continue with: {resume}")
-        log.warning("lmx: %s. Continue with:\n%s", err.stopped, resume)
+        if main_rank:
+            log.warning("lmx: %s. Continue with:\n%s", err.stopped, resume)
         sys.exit(128 + err.signum)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         mark_interrupted(run_dir, "a second Ctrl-C: stopped at once")
-        log.warning("lmx: interrupted; continue from the last checkpoint with:\n%s", resume)
+        if main_rank:
+            log.warning("lmx: interrupted; continue from the last checkpoint with:\n%s", resume)
         sys.exit(130)
     except Exception as err:
         # A try that failed before it wrote its config (a refused resume, data it could not
-        # read) leaves an earlier run in this dir as it was: its status says what it is.
-        if earlier is not None and _mtime(run_dir / "config.yaml") == config_before:
+        # read) leaves an interrupted or finished run in this dir as it was. A sweep's job
+        # always says it failed: the sweep's summary counts failures by status.
+        kept = earlier in ("interrupted", "done") and not multirun
+        if kept and _mtime(run_dir / "config.yaml") == config_before:
             log.warning("lmx: the run in %s is as it was (%s): this try stopped before it "
                         "began", run_dir, earlier)  # fmt: skip
         else:

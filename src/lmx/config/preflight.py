@@ -235,15 +235,17 @@ def _problems_under(choices: list[str], values, parser, found: list[str]) -> lis
 def _composing_failed(text: str) -> str:
     """Hydra's composition error on one line: 'experiment=smoke sets model.d_model, which
     this config does not have (Key 'd_model' not in 'LSTMConfig')' for a preset's key that
-    the chosen model family lacks."""
+    the chosen model family lacks; 'experiment=x sets model.nhead: Value ...' otherwise."""
     text = text.strip().split("\nConfig search path")[0]
-    found = re.match(r"In '([^']+)': \w+ raised while composing config:\n(.*?)\n\s*full_key: (\S+)",
-                     text, re.S)  # fmt: skip
+    found = re.match(r"In '([^']+)': (\w+) raised while composing config:\n(.*?)\n\s*full_key: "
+                     r"(\S+)", text, re.S)  # fmt: skip
     if found is None:
         return text
-    source, reason, key = found.groups()
-    return (f"{source.replace('/', '=', 1)} sets {key}, which this config does not have "
-            f"({' '.join(reason.split())})")  # fmt: skip
+    source, kind, reason, key = found.groups()
+    source, reason = source.replace("/", "=", 1), " ".join(reason.split())
+    if kind == "ConfigKeyError":
+        return f"{source} sets {key}, which this config does not have ({reason})"
+    return f"{source} sets {key}: {reason}"
 
 
 _ABSENT = object()

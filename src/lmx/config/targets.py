@@ -24,6 +24,8 @@ def target_kwargs(node: DictConfig, prefix: str, own: tuple[str, ...] = ()) -> t
     kwargs: dict[str, Any] = OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # type: ignore[assignment]
     defaults = _schema_defaults(node)
     target = kwargs.get("_target_")
+    if not defaults:  # an untyped node (a saved config): which keys were set is not known
+        return kwargs, []
     if target is None or (target == defaults.get("_target_") and kwargs.keys() <= defaults.keys()):
         return kwargs, []  # the group's own class with the group's own keys
     accepted = _accepted(target)

@@ -46,13 +46,26 @@ def mark_interrupted(run_dir: Path, message: str) -> None:
     _mark(run_dir, "interrupted", message)
 
 
-def resume_command(overrides: list[str], run_dir: Path) -> str:
+def resume_command(overrides: list[str], run_dir: Path, launch: str = "python -m lmx.train") -> str:
     """The shell command that continues the run in `run_dir`: its own overrides (Hydra's
-    syntax, as typed), then trainer.resume=auto and the run dir, each quoted for the shell. A
-    sweep job's folder (0_model.nhead=1) holds '=', which Hydra reads only quoted."""
+    syntax, as typed), then trainer.resume=auto and the run dir, each quoted for the shell.
+    The dir is quoted for Hydra too: a sweep job's folder (0_model.nhead=1) holds '='."""
     keep = [o for o in overrides if not o.lstrip("+~").startswith("trainer.resume=")]
-    path = str(run_dir)
-    if not re.fullmatch(r"[\w./:@+-]+", path):
-        path = "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    args = [*keep, "trainer.resume=auto", f"hydra.run.dir={path}"]
-    return "python -m lmx.train " + " ".join(shlex.quote(a) for a in args)
+    args = [*keep, "trainer.resume=auto", f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
+    return f"{launch} " + " ".join(_shell(a) for a in args)
+
+
+def _shell(arg: str) -> str:
+    """One argument for a POSIX shell: as it is, in double quotes where that is enough (the
+    readable form of a Hydra-quoted value), else shlex's quoting."""
+    if shlex.quote(arg) == arg:
+        return arg
+    return f'"{arg}"' if not set(arg) & set('"$`\\!') else shlex.quote(arg)
+
+
+def hydra_quoted(text: str) -> str:
+    """`text` as one quoted value of a Hydra override. Inside quotes Hydra unescapes only a
+    backslash before a quote: so a quote gets one, and backslashes before one, or before the
+    closing quote, are doubled; any other backslash stays as it is."""
+    text = re.sub(r"\\+(?='|$)", lambda m: m.group(0) * 2, text)
+    return "'" + text.replace("'", "\\'") + "'"

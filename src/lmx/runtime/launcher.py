@@ -34,6 +34,17 @@ def share_machine(hydra_cfg: DictConfig) -> None:
     log.info("%s", message)
 
 
+def relaunch_prefix() -> str:
+    """How this run was launched, to launch it again: python, or torchrun with as many
+    processes (one node; on several, its own launch options, which the process cannot see)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return "python -m lmx.train"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(size)))
+    options = f"--nproc_per_node={local}" if local == size else "<the same torchrun options>"
+    return f"torchrun {options} -m lmx.train"
+
+
 def torchrun_argv(argv: list[str]) -> list[str]:
     """Under torchrun, ranks other than 0 get a throwaway Hydra run dir: the run's own dir is
     rank 0's (train() broadcasts it), and only rank 0 writes there."""

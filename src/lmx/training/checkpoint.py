@@ -153,7 +153,8 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     if not zipfile.is_zipfile(path):  # what torch.save writes; else torch's own long story
-        raise CheckpointError(f"cannot load checkpoint {path}: not a file torch.save wrote")
+        raise CheckpointError(f"cannot load checkpoint {path}: not a whole file torch.save "
+                              "wrote (damaged, cut short, or another kind of file)")  # fmt: skip
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:
@@ -191,8 +192,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore rng_state()'s states. They may come from a checkpoint loaded onto a GPU
-    (map_location=the run's device); torch and numpy take RNG states on the CPU only."""
+    """Restore rng_state()'s states, wherever the checkpoint was loaded (map_location): torch
+    and numpy take RNG states on the CPU only."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]

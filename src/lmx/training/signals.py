@@ -32,7 +32,8 @@ class Interrupted(LmxError):
         p = progress
         stopped = (f"{name}: stopped after step {p.step} (epoch {p.epoch}, batch {p.batch}) "
                    f"and saved {last_path}")  # fmt: skip
-        hint = f"Continue with trainer.resume=auto hydra.run.dir={run_dir}"
+        hint = (f"Continue it with its own overrides, trainer.resume=auto and the run dir "
+                f"{run_dir} (python -m lmx.train prints the whole command)")  # fmt: skip
         return cls(f"{stopped}. {hint}", signum, stopped)
 
 
