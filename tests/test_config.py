@@ -379,11 +379,11 @@ def test_a_presets_key_that_the_chosen_model_lacks_is_one_line(tmp_path):
 
 
 def test_a_presets_value_of_the_wrong_type_is_one_line():
-    from lmx.config.preflight import _composing_failed
+    from lmx.config.compose import composition_error
 
     text = ("In 'experiment/x': ValidationError raised while composing config:\nValue 'two' of "
             "type 'str' could not be converted to Integer\n    full_key: model.nhead\n"
             "    object_type=TransformerConfig")  # fmt: skip
-    assert _composing_failed(text) == (
+    assert composition_error(text) == (
         "experiment=x sets model.nhead: Value 'two' of type 'str' could not be converted to Integer"
     )

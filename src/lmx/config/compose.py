@@ -1,7 +1,9 @@
-"""Compose the run config in Python, as `python -m lmx.train OVERRIDES` would."""
+"""Compose the run config in Python, as `python -m lmx.train OVERRIDES` would; what Hydra's
+composition errors say, on one line."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -29,3 +31,19 @@ def absolute_paths(cfg: DictConfig) -> DictConfig:
         if value is not None and "${" not in str(value):
             cfg.data[key] = str(Path(value).expanduser().resolve())
     return cfg
+
+
+def composition_error(text: str) -> str:
+    """Hydra's composition error on one line: 'experiment=smoke sets model.d_model, which
+    this config does not have (Key 'd_model' not in 'LSTMConfig')' for a preset's key that
+    the chosen model family lacks; 'experiment=x sets model.nhead: Value ...' otherwise."""
+    text = text.strip().split("\nConfig search path")[0]
+    found = re.match(r"In '([^']+)': (\w+) raised while composing config:\n(.*?)\n\s*full_key: "
+                     r"(\S+)", text, re.S)  # fmt: skip
+    if found is None:
+        return text
+    source, kind, reason, key = found.groups()
+    source, reason = source.replace("/", "=", 1), " ".join(reason.split())
+    if kind == "ConfigKeyError":
+        return f"{source} sets {key}, which this config does not have ({reason})"
+    return f"{source} sets {key}: {reason}"

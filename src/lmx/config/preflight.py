@@ -13,7 +13,6 @@ import difflib
 import itertools
 import math
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lmx.config.compose import compose
+from lmx.config.compose import compose, composition_error
 from lmx.config.model_rules import family
 from lmx.config.rules import FP16_ON_CPU, all_keys, config_problems, did_you_mean
 from lmx.config.schema import MODEL_FAMILIES
@@ -174,7 +173,7 @@ def _problems_under(choices: list[str], values, parser, found: list[str]) -> lis
     try:
         base = compose(choices)
     except HydraException as err:
-        reason = _composing_failed(str(err))
+        reason = composition_error(str(err))
         raise ConfigError(
             "invalid config:\n" + "\n".join(f"  - {p}" for p in [*found, reason])
         ) from None
@@ -230,22 +229,6 @@ def _problems_under(choices: list[str], values, parser, found: list[str]) -> lis
         except OmegaConfBaseException as err:  # e.g. a missing mandatory value
             problems.append(str(err).splitlines()[0])
     return problems
-
-
-def _composing_failed(text: str) -> str:
-    """Hydra's composition error on one line: 'experiment=smoke sets model.d_model, which
-    this config does not have (Key 'd_model' not in 'LSTMConfig')' for a preset's key that
-    the chosen model family lacks; 'experiment=x sets model.nhead: Value ...' otherwise."""
-    text = text.strip().split("\nConfig search path")[0]
-    found = re.match(r"In '([^']+)': (\w+) raised while composing config:\n(.*?)\n\s*full_key: "
-                     r"(\S+)", text, re.S)  # fmt: skip
-    if found is None:
-        return text
-    source, kind, reason, key = found.groups()
-    source, reason = source.replace("/", "=", 1), " ".join(reason.split())
-    if kind == "ConfigKeyError":
-        return f"{source} sets {key}, which this config does not have ({reason})"
-    return f"{source} sets {key}: {reason}"
 
 
 _ABSENT = object()
