@@ -92,7 +92,7 @@ MODELS = {
                      "model.d_hid=32"], None),
     "gpt": (["model=gpt", "model.d_model=16", "model.nhead=2", "model.d_hid=32"], None),
     "lstm": (["model=lstm", "model.emsize=16", "model.nhid=16"],
-             ("step_unsupported", "lmx/models/rnn.py", "self.rnn(")),
+             ("RNN, GRU, or LSTM", "lmx/models/rnn.py", "self.rnn(")),
     "transformer, adaptive head": (["model=transformer", "model.d_model=16", "model.nhead=2",
                                     "model.d_hid=32", "model.head=adaptive",
                                     "model.cutoffs=[10,30]", "model.tie_weights=false"],
