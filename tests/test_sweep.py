@@ -147,6 +147,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, c
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "already finished" in proc.stdout + proc.stderr
+    assert f"3 job(s) finished in {sweep} (1 of them skipped: finished before)" in proc.stdout + proc.stderr
     assert (job_dir(sweep, 0) / "metrics.json").read_text() == first  # not run again
     assert all(read_status(job_dir(sweep, j))["status"] == "done" for j in ("0", "1", "2"))
 
@@ -232,3 +233,26 @@ def test_a_search_jobs_folder_shows_its_floats_to_four_digits():
     overrides = ["optim.lr=2.588170214937917", "model.dropout=0.35", "model.nhead=2"]
     keys = ["optim.lr", "model.dropout", "model.nhead"]
     assert job_label(overrides, keys) == "lr=2.588,dropout=0.35,nhead=2"
+
+
+def test_the_sweep_summary_counts_this_multiruns_jobs_not_an_older_sweeps_in_the_same_dir(tmp_path):
+    from lmx.runs.sweep import SweepSummary, mark_skipped
+
+    sweep = tmp_path / "sweep"
+    fake_run(sweep, "old_failed", [], {"status": "failed", "error": "an older sweep's"})
+    fake_run(sweep, "old_done", [], done(100.0, 90.0))
+    hour_ago = time.time() - 3600
+    for name in ("old_failed", "old_done"):
+        os.utime(sweep / name / "metrics.json", (hour_ago, hour_ago))
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "overrides": {"task": []}}})
+    summary = SweepSummary()
+    summary.on_multirun_start(cfg)
+    fake_run(sweep, "new_done", [], done(100.0, 90.0))
+    mark_skipped(sweep / "old_done", sweep / "old_done")  # resumed: finished before, not run
+    summary.on_multirun_end(cfg)  # the older sweep's failure is not this one's: no exit
+    fake_run(sweep, "new_failed", [], {"status": "failed", "error": "this sweep's"})
+    try:
+        summary.on_multirun_end(cfg)
+        raise AssertionError("a failed job of this multirun must fail it")
+    except SystemExit as stop:
+        assert stop.code == 1

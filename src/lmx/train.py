@@ -24,7 +24,7 @@ from lmx.config.store import register_configs
 from lmx.errors import LmxError
 from lmx.paths import config_dir
 from lmx.runs.status import ERROR_FILE, mark_failed, mark_interrupted, read_status, resume_command
-from lmx.runs.sweep import config_hash, find_finished
+from lmx.runs.sweep import config_hash, find_finished, mark_skipped
 from lmx.runtime.launcher import relaunch_prefix
 from lmx.training.signals import Interrupted
 
@@ -81,6 +81,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         done = find_finished(Path(hydra_cfg.sweep.dir), job_hash)
         if done is not None:
             log.info("sweep.resume: this job already finished in %s; skipping it", done)
+            mark_skipped(run_dir, done)
             return read_status(done)["best_val_ppl"]
     if multirun:
         from lmx.runtime.launcher import share_machine
