@@ -127,6 +127,25 @@ def _chunk_grad(chunk, bias32, targets, grad_scale, grad_bias) -> torch.Tensor:
     return losses
 
 
+# In fp16 the forward's weight gradient is not folded by 1/N (see linear_cross_entropy), so a
+# column of it sums up to one (softmax - one_hot) entry per row times the hidden: over many
+# rows that passes fp16's 65,504, and an inf there is no loss-scale overflow (a smaller scale
+# would not cure it: the GradScaler would skip every step). Row blocks this small keep each
+# fp16 product below the limit unless the hidden passes 255 in size; their sum is fp32.
+FP16_WEIGHT_GRAD_ROWS = 256
+
+
+def _weight_grad(grad_logits: torch.Tensor, h: torch.Tensor, dtype: torch.dtype):
+    """grad_logits [N, V]^T @ h [N, D] -> [V, D] in `dtype` (the weight's)."""
+    if grad_logits.dtype != torch.float16:
+        return (grad_logits.t() @ h).to(dtype)
+    total = torch.zeros(grad_logits.size(1), h.size(1), dtype=torch.float32, device=h.device)
+    for start in range(0, h.size(0), FP16_WEIGHT_GRAD_ROWS):
+        block = slice(start, start + FP16_WEIGHT_GRAD_ROWS)
+        total += grad_logits[block].t() @ h[block]
+    return total.to(dtype)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, dtype, grad_scale, uniform):
@@ -147,7 +166,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_logits = logits  # [N, V], now grad_scale * d(sum of losses)/d logits
         ctx.save_for_backward(
             grad_logits @ w if ctx.needs_input_grad[0] else None,  # [N, D]
-            (grad_logits.t() @ h).to(weight.dtype) if ctx.needs_input_grad[1] else None,
+            _weight_grad(grad_logits, h, weight.dtype) if ctx.needs_input_grad[1] else None,
             grad_bias.mul_(grad_scale).to(bias.dtype) if grad_bias is not None else None,
         )
         ctx.input_dtypes = (hidden.dtype,)
