@@ -105,6 +105,9 @@ def test_config_hash_ignores_sweep_controls():
 
 def test_failed_job_does_not_stop_the_sweep(corpus_dir, cache_dir, tmp_path):
     sweep = tmp_path / "sweep"
+    earlier = sweep / "0_bptt=400"  # an earlier sweep's finished run in job 0's folder
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.json").write_text(json.dumps({"status": "done", "test_ppl": 5.0}))
     proc = run_cli(
         "-m",
         *tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1"),
@@ -114,7 +117,7 @@ def test_failed_job_does_not_stop_the_sweep(corpus_dir, cache_dir, tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1
     assert "1 of 2 job(s) failed" in output and "too few for one batch" in output
-    assert read_status(job_dir(sweep, 0))["status"] == "failed"
+    assert read_status(job_dir(sweep, 0))["status"] == "failed"  # not the earlier run's done
     assert "Traceback" in (job_dir(sweep, 0) / "error.txt").read_text()
     assert read_status(job_dir(sweep, 1))["status"] == "done"  # the job after the failure ran
 
@@ -235,24 +238,42 @@ def test_a_search_jobs_folder_shows_its_floats_to_four_digits():
     assert job_label(overrides, keys) == "lr=2.588,dropout=0.35,nhead=2"
 
 
-def test_the_sweep_summary_counts_this_multiruns_jobs_not_an_older_sweeps_in_the_same_dir(tmp_path):
-    from lmx.runs.sweep import SweepSummary, mark_skipped
+def test_the_sweep_summary_counts_this_multiruns_jobs_not_an_older_sweeps_in_the_same_dir(
+    tmp_path, caplog
+):
+    import pytest
+
+    from lmx.runs.sweep import SweepSummary, record_job
 
     sweep = tmp_path / "sweep"
-    fake_run(sweep, "old_failed", [], {"status": "failed", "error": "an older sweep's"})
-    fake_run(sweep, "old_done", [], done(100.0, 90.0))
-    hour_ago = time.time() - 3600
-    for name in ("old_failed", "old_done"):
-        os.utime(sweep / name / "metrics.json", (hour_ago, hour_ago))
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "overrides": {"task": []}}})
-    summary = SweepSummary()
+    older = SweepSummary()
+    older.on_multirun_start(cfg)
+    record_job(sweep / "old_failed", sweep, "failed", "an older sweep's error")
+    record_job(sweep / "old_done", sweep, "done")
+    summary = SweepSummary()  # a new multirun in the same dir, started within the same second
     summary.on_multirun_start(cfg)
-    fake_run(sweep, "new_done", [], done(100.0, 90.0))
-    mark_skipped(sweep / "old_done", sweep / "old_done")  # resumed: finished before, not run
-    summary.on_multirun_end(cfg)  # the older sweep's failure is not this one's: no exit
-    fake_run(sweep, "new_failed", [], {"status": "failed", "error": "this sweep's"})
-    try:
+    record_job(sweep / "new_done", sweep, "done")
+    record_job(sweep / "old_done", sweep, "skipped", "finished in old_done")  # sweep.resume
+    with caplog.at_level("INFO"):
+        summary.on_multirun_end(cfg)  # the older sweep's failure is not this one's: no exit
+    assert f"sweep: 2 job(s) finished in {sweep} (1 of them skipped: finished before)" in caplog.text
+    record_job(sweep / "new_failed", sweep, "failed", "ValueError: this sweep's")
+    record_job(sweep / "new_killed", sweep, "running")  # never said how it ended
+    caplog.clear()
+    with pytest.raises(SystemExit) as stop:
         summary.on_multirun_end(cfg)
-        raise AssertionError("a failed job of this multirun must fail it")
-    except SystemExit as stop:
-        assert stop.code == 1
+    assert stop.value.code == 1
+    assert f"sweep: 2 of 4 job(s) failed in {sweep}:" in caplog.text
+    assert "new_failed: ValueError: this sweep's" in caplog.text and "an older" not in caplog.text
+    assert "new_killed: stopped without saying how (killed?)" in caplog.text
+
+
+def test_a_job_that_fails_where_an_earlier_run_finished_is_marked_failed(tmp_path):
+    # The earlier run's "done" would otherwise stand for this try's results in lmx report.
+    run_dir = tmp_path / "0_nhead=2"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "done", "test_ppl": 5.0}))
+    mark_failed(run_dir, ValueError("bad data"), over_done=True)
+    assert read_status(run_dir) == {"status": "failed", "test_ppl": 5.0,
+                                    "error": "ValueError: bad data"}  # fmt: skip

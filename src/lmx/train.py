@@ -23,8 +23,9 @@ from lmx.config.rules import validate
 from lmx.config.store import register_configs
 from lmx.errors import LmxError
 from lmx.paths import config_dir
-from lmx.runs.status import ERROR_FILE, mark_failed, mark_interrupted, read_status, resume_command
-from lmx.runs.sweep import config_hash, find_finished, mark_skipped
+from lmx.runs.status import (ERROR_FILE, STATUS_FILE, mark_failed, mark_interrupted, read_status,
+                             resume_command)
+from lmx.runs.sweep import config_hash, find_finished, record_job
 from lmx.runtime.launcher import relaunch_prefix
 from lmx.training.signals import Interrupted
 
@@ -75,29 +76,38 @@ def _hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # the others' run dirs are scratch
+
+    def outcome(what: str, detail: str = "") -> None:  # for the sweep's summary
+        if multirun and main_rank:
+            record_job(run_dir, Path(hydra_cfg.sweep.dir), what, detail)
+
     absolute_paths(cfg)  # before hashing: the saved config.yaml holds them resolved
     if multirun and cfg.sweep.resume:
         job_hash = config_hash(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         done = find_finished(Path(hydra_cfg.sweep.dir), job_hash)
         if done is not None:
             log.info("sweep.resume: this job already finished in %s; skipping it", done)
-            mark_skipped(run_dir, done)
+            outcome("skipped", f"finished in {done}")
             return read_status(done)["best_val_ppl"]
     if multirun:
         from lmx.runtime.launcher import share_machine
 
         share_machine(hydra_cfg)
     resume = resume_command(list(hydra_cfg.overrides.task), run_dir, relaunch_prefix())
-    main_rank = int(os.environ.get("RANK", "0")) == 0  # the others' run dirs are scratch
     earlier, config_before = read_status(run_dir).get("status"), _mtime(run_dir / "config.yaml")
+    status_before = _mtime(run_dir / STATUS_FILE)
+    outcome("running")
     try:
         metrics = train(cfg, run_dir)
     except Interrupted as err:  # SIGINT/SIGTERM: saved a checkpoint, then stopped
+        outcome("interrupted", err.stopped)
         mark_interrupted(run_dir, f"{err.stopped}. Continue with: {resume}")
         if main_rank:
             log.warning("lmx: %s. Continue with:\n%s", err.stopped, resume)
         sys.exit(128 + err.signum)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        outcome("interrupted", "a second Ctrl-C")
         mark_interrupted(run_dir, "a second Ctrl-C: stopped at once")
         if main_rank:
             log.warning("lmx: interrupted; continue from the last checkpoint with:\n%s", resume)
@@ -105,13 +115,14 @@ def _hydra_main(cfg: DictConfig) -> float:
     except Exception as err:
         # A try that failed before it wrote its config (a refused resume, data it could not
         # read) leaves an interrupted or finished run in this dir as it was. A sweep's job
-        # always says it failed: the sweep's summary counts failures by status.
+        # always says it failed, in its status and in its record for the sweep's summary.
         kept = earlier in ("interrupted", "done") and not multirun
         if kept and _mtime(run_dir / "config.yaml") == config_before:
             log.warning("lmx: the run in %s is as it was (%s): this try stopped before it "
                         "began", run_dir, earlier)  # fmt: skip
-        else:
-            mark_failed(run_dir, err)
+        else:  # a "done" this try did not write is an earlier run's: it no longer holds
+            mark_failed(run_dir, err, over_done=_mtime(run_dir / STATUS_FILE) == status_before)
+        outcome("failed", f"{type(err).__name__}: {err}")
         expected = isinstance(err, LmxError)
         if debug() or not (expected or multirun):
             raise  # an lmx bug: the traceback helps (it is in error.txt too)
@@ -120,6 +131,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         if multirun:
             return float("nan")  # the sweep goes on; its summary lists this job
         sys.exit(exit_code(err))
+    outcome("done")
     log.info("run dir: %s", run_dir)
     return metrics["best_val_ppl"]  # what a sweeper minimizes
 

@@ -24,21 +24,23 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _mark(run_dir: Path, status: str, message: str) -> None:
+def _mark(run_dir: Path, status: str, message: str, over_done: bool = False) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = read_status(run_dir)
-    if summary.get("status") == "done":
+    if summary.get("status") == "done" and not over_done:
         return  # the results were complete before the stop (e.g. Ctrl-C while closing up)
     summary.update(status=status, error=" ".join(message.split()))  # one line, for tables
     write_json(run_dir / STATUS_FILE, summary)
 
 
-def mark_failed(run_dir: Path, err: BaseException) -> None:
-    """Keep the traceback and flag the run as failed; what it had written stays."""
+def mark_failed(run_dir: Path, err: BaseException, over_done: bool = False) -> None:
+    """Keep the traceback and flag the run as failed; what it had written stays. A "done"
+    status stays too (this try finished before it failed) unless `over_done`: the caller
+    knows that "done" was an earlier run's in the same dir."""
     run_dir.mkdir(parents=True, exist_ok=True)
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     (run_dir / ERROR_FILE).write_text(text)
-    _mark(run_dir, "failed", f"{type(err).__name__}: {err}")
+    _mark(run_dir, "failed", f"{type(err).__name__}: {err}", over_done)
 
 
 def mark_interrupted(run_dir: Path, message: str) -> None:

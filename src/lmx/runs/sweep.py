@@ -2,9 +2,13 @@
 
 Every run dir says how its run ended (lmx.runs.status); the sweep dir also records the keys
 it varies (lmx.runs.naming). A resumed sweep skips the jobs whose
-resolved config (less the `sweep` node) hashes equal to a finished run in the sweep dir, and
-leaves a SKIPPED_FILE in its own run dir, so the summary can tell what this multirun ran, what
-it skipped, and what older sweeps left in the same dir.
+resolved config (less the `sweep` node) hashes equal to a finished run in the sweep dir.
+
+The summary counts this multirun's jobs only. A multirun writes a fresh id into its sweep dir
+as it starts (MULTIRUN_FILE); each job records its outcome under that id in its own run dir
+(JOB_FILE: running, then done, failed, interrupted or skipped). So runs that an older sweep
+left in the same dir are not counted, whatever their files' times, and a job that failed in a
+folder still holding an older finished run is counted as failed.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,8 @@ from lmx.runs.status import ERROR_FILE, STATUS_FILE, read_status
 
 log = logging.getLogger(__name__)
 
-SKIPPED_FILE = "skipped.txt"
+MULTIRUN_FILE = ".lmx_multirun"  # in the sweep dir: the id of the multirun that runs there
+JOB_FILE = ".lmx_job.json"  # in a job's run dir: {"multirun": id, "outcome": ..., "detail": ...}
 
 
 def config_hash(resolved: dict[str, Any]) -> str:
@@ -53,52 +58,57 @@ def find_finished(sweep_dir: Path, job_hash: str) -> Path | None:
     return None
 
 
-def mark_skipped(run_dir: Path, done: Path) -> None:
-    """Record in this job's run dir that sweep.resume skipped it: it had finished in `done`."""
+def record_job(run_dir: Path, sweep_dir: Path, outcome: str, detail: str = "") -> None:
+    """This job's outcome (running, done, failed, interrupted, skipped) for the summary of the
+    multirun whose id is in sweep_dir; nothing where none is (a sweep dir made by hand)."""
+    try:
+        multirun = (sweep_dir / MULTIRUN_FILE).read_text().strip()
+    except OSError:
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / SKIPPED_FILE).write_text(f"sweep.resume skipped this job: it finished in {done}\n")
+    record = {"multirun": multirun, "outcome": outcome, "detail": " ".join(detail.split())}
+    (run_dir / JOB_FILE).write_text(json.dumps(record))
 
 
-def _since(path: Path, started: float) -> bool:
-    return path.is_file() and path.stat().st_mtime >= started
-
-
-def jobs_since(sweep_dir: Path, started: float) -> tuple[list[Path], list[Path]]:
-    """(ran, skipped): the run dirs under sweep_dir whose status a job wrote since `started`
-    (the epoch seconds a multirun began), and those sweep.resume marked skipped since then.
-    Run dirs older sweeps left in the same dir are in neither."""
-    ran = sorted(p.parent for p in sweep_dir.glob(f"**/{STATUS_FILE}") if _since(p, started))
-    skipped = sorted(p.parent for p in sweep_dir.glob(f"**/{SKIPPED_FILE}")
-                     if _since(p, started) and p.parent not in ran)  # fmt: skip
-    return ran, skipped
+def jobs_of(sweep_dir: Path, multirun: str) -> dict[Path, dict]:
+    """{run dir: its JOB_FILE record} of the jobs of `multirun` under sweep_dir."""
+    jobs = {}
+    for path in sorted(sweep_dir.glob(f"**/{JOB_FILE}")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("multirun") == multirun:
+            jobs[path.parent] = record
+    return jobs
 
 
 class SweepSummary(Callback):
     """Before a multirun: record the keys it varies (job names, HParams). After it: list the
     failed jobs with their errors, and exit non-zero if any."""
 
-    # A second's slack: a file system's clock may lag this process's by its timestamp grain.
-    started = 0.0
+    multirun = ""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started = time.time() - 1.0
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         keys = typed_sweep_keys(list(config.hydra.overrides.task))
         (sweep_dir / SWEPT_FILE).write_text(json.dumps(keys))  # this sweep's, never an older one's
+        self.multirun = uuid.uuid4().hex
+        (sweep_dir / MULTIRUN_FILE).write_text(self.multirun)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        ran, skipped = jobs_since(sweep_dir, self.started)
-        failed = [r for r in ran if read_status(r).get("status") == "failed"]
-        jobs = len(ran) + len(skipped)
+        jobs = jobs_of(sweep_dir, self.multirun)
+        skipped = sum(r["outcome"] == "skipped" for r in jobs.values())
+        failed = {d: r for d, r in jobs.items() if r["outcome"] in ("failed", "running")}
         if not failed:
-            before = f" ({len(skipped)} of them skipped: finished before)" if skipped else ""
-            log.info("sweep: %d job(s) finished in %s%s", jobs, sweep_dir, before)
+            before = f" ({skipped} of them skipped: finished before)" if skipped else ""
+            log.info("sweep: %d job(s) finished in %s%s", len(jobs), sweep_dir, before)
             return
-        lines = [f"sweep: {len(failed)} of {jobs} job(s) failed in {sweep_dir}:"]
-        for run_dir in failed:
-            error = read_status(run_dir).get("error", "?")
+        lines = [f"sweep: {len(failed)} of {len(jobs)} job(s) failed in {sweep_dir}:"]
+        for run_dir, record in failed.items():
+            error = record["detail"] if record["outcome"] == "failed" else "stopped without saying how (killed?)"
             lines.append(f"  {run_dir.relative_to(sweep_dir)}: {error}")
         lines.append(f"  (each failed job's traceback is in its {ERROR_FILE})")
         log.error("\n".join(lines))
