@@ -290,11 +290,13 @@ def test_keep_heap_false_after_true_stays_set_and_says_so(monkeypatch, caplog):
 
 
 def test_the_bench_names_a_cpu_by_its_family_model_and_caches_not_only_its_brand(tmp_path):
-    """"AMD EPYC" alone covers generations that run lmx's shapes at very different speeds."""
+    """ "AMD EPYC" alone covers generations that run lmx's shapes at very different speeds."""
     from lmx.bench.peak import _cache_sizes, describe_cpu
 
-    epyc = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
-            "model name\t: AMD EPYC\nstepping\t: 1\n\nprocessor\t: 1\ncpu family\t: 99\n")
+    epyc = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+        "model name\t: AMD EPYC\nstepping\t: 1\n\nprocessor\t: 1\ncpu family\t: 99\n"
+    )
     for level, kind, size in ((1, "Data", "32K"), (2, "Unified", "1024K"), (3, "Unified", "32768K"),
                               (1, "Instruction", "32K")):  # fmt: skip
         index = tmp_path / f"index{len(list(tmp_path.iterdir()))}"
@@ -304,6 +306,7 @@ def test_the_bench_names_a_cpu_by_its_family_model_and_caches_not_only_its_brand
     caches = _cache_sizes(tmp_path)
     assert caches == {2: "1 MiB", 3: "32 MiB"}  # the first processor's block only, too
     assert describe_cpu(epyc, caches) == (
-        "AMD EPYC (family 25, model 17, stepping 1; L2 1 MiB/core, L3 32 MiB)")
+        "AMD EPYC (family 25, model 17, stepping 1; L2 1 MiB/core, L3 32 MiB)"
+    )
     assert describe_cpu("model name\t: Some CPU\n", {}) == "Some CPU"  # nothing else known
     assert describe_cpu("cpu family\t: 6\n", {3: "105 MiB"}) == "unknown CPU (family 6; L3 105 MiB)"

@@ -150,7 +150,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, c
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "already finished" in proc.stdout + proc.stderr
-    assert f"3 job(s) finished in {sweep} (1 of them skipped: finished before)" in proc.stdout + proc.stderr
+    assert (
+        f"3 job(s) finished in {sweep} (1 of them skipped: finished before)"
+        in proc.stdout + proc.stderr
+    )
     assert (job_dir(sweep, 0) / "metrics.json").read_text() == first  # not run again
     assert all(read_status(job_dir(sweep, j))["status"] == "done" for j in ("0", "1", "2"))
 
@@ -257,7 +260,9 @@ def test_the_sweep_summary_counts_this_multiruns_jobs_not_an_older_sweeps_in_the
     record_job(sweep / "old_done", sweep, "skipped", "finished in old_done")  # sweep.resume
     with caplog.at_level("INFO"):
         summary.on_multirun_end(cfg)  # the older sweep's failure is not this one's: no exit
-    assert f"sweep: 2 job(s) finished in {sweep} (1 of them skipped: finished before)" in caplog.text
+    assert (
+        f"sweep: 2 job(s) finished in {sweep} (1 of them skipped: finished before)" in caplog.text
+    )
     record_job(sweep / "new_failed", sweep, "failed", "ValueError: this sweep's")
     record_job(sweep / "new_killed", sweep, "running")  # never said how it ended
     caplog.clear()
@@ -277,3 +282,16 @@ def test_a_job_that_fails_where_an_earlier_run_finished_is_marked_failed(tmp_pat
     mark_failed(run_dir, ValueError("bad data"), over_done=True)
     assert read_status(run_dir) == {"status": "failed", "test_ppl": 5.0,
                                     "error": "ValueError: bad data"}  # fmt: skip
+
+
+def test_a_job_skipped_because_it_finished_in_another_folder_is_not_reported_as_a_run(tmp_path):
+    from lmx.runs.collect import find_runs
+    from lmx.runs.sweep import MULTIRUN_FILE, record_job
+
+    sweep = tmp_path / "sweep"
+    fake_run(sweep, "0_nhead=2", ["model.nhead=2"], done(100.0, 90.0))
+    fake_run(sweep, "3_nhead=2", ["model.nhead=2"], None)  # this sweep's job, run elsewhere
+    fake_run(sweep, "4_nhead=4", ["model.nhead=4"], None)  # died before writing anything
+    (sweep / MULTIRUN_FILE).write_text("abc")
+    record_job(sweep / "3_nhead=2", sweep, "skipped", f"finished in {sweep / '0_nhead=2'}")
+    assert find_runs(sweep) == [sweep / "0_nhead=2", sweep / "4_nhead=4"]

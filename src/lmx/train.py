@@ -23,8 +23,14 @@ from lmx.config.rules import validate
 from lmx.config.store import register_configs
 from lmx.errors import LmxError
 from lmx.paths import config_dir
-from lmx.runs.status import (ERROR_FILE, STATUS_FILE, mark_failed, mark_interrupted, read_status,
-                             resume_command)
+from lmx.runs.status import (
+    ERROR_FILE,
+    STATUS_FILE,
+    mark_failed,
+    mark_interrupted,
+    read_status,
+    resume_command,
+)
 from lmx.runs.sweep import config_hash, find_finished, record_job
 from lmx.runtime.launcher import relaunch_prefix
 from lmx.training.signals import Interrupted

@@ -26,9 +26,9 @@ def cpu_model() -> str:
 
 
 def describe_cpu(cpuinfo: str, caches: dict[int, str]) -> str:
-    """"<model name> (family F, model M, stepping S; L2 <size>/core, L3 <size>)" from the first
-    processor's block of /proc/cpuinfo and {level: size} of cpu0's caches; a part missing from
-    either is left out."""
+    """The CPU as `<model name> (family F, model M, stepping S; L2 <size>/core, L3 <size>)`,
+    from the first processor's block of /proc/cpuinfo and {level: size} of cpu0's caches; a
+    part missing from either is left out."""
     fields: dict[str, str] = {}
     for line in cpuinfo.split("\n\n", 1)[0].splitlines():
         key, sep, value = line.partition(":")
@@ -53,7 +53,8 @@ def _cache_sizes(cache_dir: Path) -> dict[int, str]:
                 size = (index / "size").read_text().strip()
                 kib = int(size.rstrip("K")) if size.endswith("K") else None
                 sizes[int((index / "level").read_text())] = (
-                    f"{kib // 1024} MiB" if kib and kib % 1024 == 0 else size)
+                    f"{kib // 1024} MiB" if kib and kib % 1024 == 0 else size
+                )
         except (OSError, ValueError):
             continue
     return sizes

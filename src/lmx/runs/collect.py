@@ -24,6 +24,7 @@ from lmx.config.rules import leaves
 from lmx.errors import LmxError
 from lmx.runs.naming import group_choices, override_values
 from lmx.runs.status import STATUS_FILE, read_status
+from lmx.runs.sweep import read_job
 
 # Keys that say how or where a run ran, not what it is: never a column, never a group.
 ADMIN_KEYS = (
@@ -35,10 +36,11 @@ ADMIN_KEYS = (
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Run dirs under root: a metrics.json, or a .hydra/ folder (a run that died early)."""
+    """Run dirs under root: a metrics.json, or a .hydra/ folder (a run that died early), less
+    the folders of sweep jobs skipped because they had finished in another folder."""
     found = {p.parent for p in root.glob(f"**/{STATUS_FILE}")}
-    found |= {p.parent for p in root.glob("**/.hydra") if p.is_dir()}
-    return sorted(found)
+    early = {p.parent for p in root.glob("**/.hydra") if p.is_dir()} - found
+    return sorted(found | {d for d in early if read_job(d).get("outcome") != "skipped"})
 
 
 def overrides(run_dir: Path) -> dict[str, str]:

@@ -70,17 +70,19 @@ def record_job(run_dir: Path, sweep_dir: Path, outcome: str, detail: str = "") -
     (run_dir / JOB_FILE).write_text(json.dumps(record))
 
 
+def read_job(run_dir: Path) -> dict:
+    """run_dir's JOB_FILE record: {} where there is none, or none that reads."""
+    try:
+        record = json.loads((run_dir / JOB_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def jobs_of(sweep_dir: Path, multirun: str) -> dict[Path, dict]:
     """{run dir: its JOB_FILE record} of the jobs of `multirun` under sweep_dir."""
-    jobs = {}
-    for path in sorted(sweep_dir.glob(f"**/{JOB_FILE}")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and record.get("multirun") == multirun:
-            jobs[path.parent] = record
-    return jobs
+    records = {p.parent: read_job(p.parent) for p in sorted(sweep_dir.glob(f"**/{JOB_FILE}"))}
+    return {d: r for d, r in records.items() if r.get("multirun") == multirun}
 
 
 class SweepSummary(Callback):
@@ -108,7 +110,11 @@ class SweepSummary(Callback):
             return
         lines = [f"sweep: {len(failed)} of {len(jobs)} job(s) failed in {sweep_dir}:"]
         for run_dir, record in failed.items():
-            error = record["detail"] if record["outcome"] == "failed" else "stopped without saying how (killed?)"
+            error = (
+                record["detail"]
+                if record["outcome"] == "failed"
+                else "stopped without saying how (killed?)"
+            )
             lines.append(f"  {run_dir.relative_to(sweep_dir)}: {error}")
         lines.append(f"  (each failed job's traceback is in its {ERROR_FILE})")
         log.error("\n".join(lines))
