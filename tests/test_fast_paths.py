@@ -309,4 +309,5 @@ def test_the_bench_names_a_cpu_by_its_family_model_and_caches_not_only_its_brand
         "AMD EPYC (family 25, model 17, stepping 1; L2 1 MiB/core, L3 32 MiB)"
     )
     assert describe_cpu("model name\t: Some CPU\n", {}) == "Some CPU"  # nothing else known
+    assert describe_cpu("CPU part\t: 0xd0c\n", {}, "aarch64") == "aarch64"  # no model name
     assert describe_cpu("cpu family\t: 6\n", {3: "105 MiB"}) == "unknown CPU (family 6; L3 105 MiB)"

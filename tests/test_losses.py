@@ -56,15 +56,21 @@ def test_bf16_autocast_stays_close_to_fp32():
     assert torch.nn.functional.cosine_similarity(g_ours.flatten(), g_ref.flatten(), dim=0) > 0.99
 
 
-def test_fp16_weight_gradient_summed_over_many_rows_does_not_overflow():
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                          reason="needs a CUDA GPU"))],
+)  # fmt: skip
+def test_fp16_weight_gradient_summed_over_many_rows_does_not_overflow(device, monkeypatch):
     # In fp16 the forward's weight gradient is not folded by 1/N: one product over 2,048 rows
     # of hidden 40 all aiming at token 0 sums to about -80,000 in its column, past fp16's
     # 65,504. An inf there is no loss-scale overflow, so the gradient must stay finite.
-    h, w, b, t = _inputs(n=2048, d=8, v=50)
+    monkeypatch.setattr(losses, "PLAIN_LOGITS_BYTES", 0)  # the chunked loss on a GPU too
+    h, w, b, t = (x.detach().to(device) for x in _inputs(n=2048, d=8, v=50))
     h = torch.full_like(h, 40.0).requires_grad_()
-    w = (w.detach() * 0.01).requires_grad_()
+    w, b = (w * 0.01).requires_grad_(), b.requires_grad_()
     t = torch.zeros_like(t)
-    with torch.autocast("cpu", dtype=torch.float16):
+    with torch.autocast(device, dtype=torch.float16):
         ours = linear_cross_entropy(h, w, b, t)
     ref = F.cross_entropy(F.linear(h, w, b), t)
     g_ours, g_ref = _grads(ours * 1024.0, w)[0], _grads(ref * 1024.0, w)[0]  # a loss scale

@@ -16,19 +16,20 @@ def cpu_model() -> str:
     """The CPU's model name and what tells same-named parts apart: "AMD EPYC" covers several
     generations whose bf16 matmuls at lmx's shapes differ by far more than noise, so the
     family, model and stepping numbers and the L2 and L3 sizes are named with it."""
+    import platform
+
+    unnamed = platform.processor() or "unknown CPU"
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
-        import platform
-
-        return platform.processor() or "unknown CPU"
-    return describe_cpu(cpuinfo, _cache_sizes(Path("/sys/devices/system/cpu/cpu0/cache")))
+        return unnamed
+    return describe_cpu(cpuinfo, _cache_sizes(Path("/sys/devices/system/cpu/cpu0/cache")), unnamed)
 
 
-def describe_cpu(cpuinfo: str, caches: dict[int, str]) -> str:
+def describe_cpu(cpuinfo: str, caches: dict[int, str], unnamed: str = "unknown CPU") -> str:
     """The CPU as `<model name> (family F, model M, stepping S; L2 <size>/core, L3 <size>)`,
     from the first processor's block of /proc/cpuinfo and {level: size} of cpu0's caches; a
-    part missing from either is left out."""
+    part missing from either is left out; `unnamed` where cpuinfo has no model name (ARM)."""
     fields: dict[str, str] = {}
     for line in cpuinfo.split("\n\n", 1)[0].splitlines():
         key, sep, value = line.partition(":")
@@ -40,7 +41,7 @@ def describe_cpu(cpuinfo: str, caches: dict[int, str]) -> str:
     cache = ", ".join(f"L{level} {caches[level]}{'/core' if level == 2 else ''}"
                       for level in (2, 3) if level in caches)  # fmt: skip
     detail = "; ".join(part for part in (ident, cache) if part)
-    name = fields.get("model name", "unknown CPU")
+    name = fields.get("model name", unnamed)
     return f"{name} ({detail})" if detail else name
 
 

@@ -130,8 +130,9 @@ def _chunk_grad(chunk, bias32, targets, grad_scale, grad_bias) -> torch.Tensor:
 # In fp16 the forward's weight gradient is not folded by 1/N (see linear_cross_entropy), so a
 # column of it sums up to one (softmax - one_hot) entry per row times the hidden: over many
 # rows that passes fp16's 65,504, and an inf there is no loss-scale overflow (a smaller scale
-# would not cure it: the GradScaler would skip every step). Row blocks this small keep each
-# fp16 product below the limit unless the hidden passes 255 in size; their sum is fp32.
+# would not cure it: the GradScaler would skip every step). On a GPU torch's matmul can give
+# an fp32 result of fp16 inputs; elsewhere row blocks this small keep each fp16 product below
+# the limit unless the hidden passes 255 in size, and their sum is fp32.
 FP16_WEIGHT_GRAD_ROWS = 256
 
 
@@ -139,6 +140,11 @@ def _weight_grad(grad_logits: torch.Tensor, h: torch.Tensor, dtype: torch.dtype)
     """grad_logits [N, V]^T @ h [N, D] -> [V, D] in `dtype` (the weight's)."""
     if grad_logits.dtype != torch.float16:
         return (grad_logits.t() @ h).to(dtype)
+    if h.device.type == "cuda":
+        try:  # one product, accumulated and returned in fp32
+            return torch.mm(grad_logits.t(), h, out_dtype=torch.float32).to(dtype)
+        except (NotImplementedError, RuntimeError, TypeError):
+            pass  # a torch or GPU without it (or short of memory): the blocks below
     total = torch.zeros(grad_logits.size(1), h.size(1), dtype=torch.float32, device=h.device)
     for start in range(0, h.size(0), FP16_WEIGHT_GRAD_ROWS):
         block = slice(start, start + FP16_WEIGHT_GRAD_ROWS)
