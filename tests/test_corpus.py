@@ -86,9 +86,32 @@ def test_missing_split_names_the_file(corpus_dir, cache_dir):
 @pytest.mark.parametrize("content", ["", "\n \n\n"])
 def test_empty_split_says_so(corpus_dir, cache_dir, content):
     (corpus_dir / "test.txt").write_text(content, encoding="utf-8")
-    with pytest.raises(DataError, match="the test split is empty"):
+    with pytest.raises(DataError, match="the test split is empty") as info:
         load_corpus(data_cfg(corpus_dir, cache_dir))
+    assert str(corpus_dir / "test.txt") in str(info.value)  # the file, blank or not
     assert not any(cache_dir.glob("wikitext2-*"))  # no half-built cache entry is left
+
+
+def test_a_file_or_a_folder_in_the_wrong_place_is_named_for_what_it_is(corpus_dir, cache_dir):
+    with pytest.raises(DataError, match=f"data.local_dir={corpus_dir / 'train.txt'} is a file"):
+        load_corpus(data_cfg(corpus_dir / "train.txt", cache_dir))
+    (corpus_dir / "valid.txt").unlink()
+    (corpus_dir / "valid.txt").mkdir()
+    with pytest.raises(
+        DataError, match=f"the valid split {corpus_dir / 'valid.txt'} is not a file"
+    ):
+        load_corpus(data_cfg(corpus_dir, cache_dir))
+
+
+def test_a_byte_order_mark_is_not_a_token(corpus_dir, cache_dir, tmp_path):
+    plain = load_corpus(data_cfg(corpus_dir, cache_dir))
+    for name in ("train.txt", "valid.txt"):
+        path = corpus_dir / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Windows Notepad saves
+    marked = load_corpus(data_cfg(corpus_dir, cache_dir))
+    assert marked.vocab_size == plain.vocab_size and "\ufeff" not in marked.tokenizer.get_vocab()
+    for split in ("train", "valid", "test"):
+        assert marked.splits[split].equal(plain.splits[split])
 
 
 def test_unreachable_hub_points_to_local_dir(cache_dir, monkeypatch):
@@ -110,6 +133,14 @@ def test_bytes_that_are_not_utf8_name_the_file_and_line(corpus_dir, cache_dir):
     with pytest.raises(DataError) as info:
         load_corpus(data_cfg(corpus_dir, cache_dir))
     assert f"{path}, line 7, column 5: byte 0xe9 is not valid UTF-8" in str(info.value)
+
+
+def test_a_bad_byte_is_placed_by_universal_newlines_and_characters(corpus_dir, cache_dir):
+    path = corpus_dir / "train.txt"  # old Mac line ends, and a two-byte character before it
+    path.write_bytes(b"one two\rthree\r\nfour\r\xc3\xa9t\xc3\xa9 x \xff y\r")
+    with pytest.raises(DataError) as info:
+        load_corpus(data_cfg(corpus_dir, cache_dir))
+    assert f"{path}, line 4, column 7: byte 0xff is not valid UTF-8" in str(info.value)
 
 
 def test_a_split_file_that_cannot_be_read_is_named(corpus_dir, cache_dir, monkeypatch):
@@ -259,20 +290,35 @@ def test_an_unchanged_corpus_is_not_read_again_to_key_the_cache(corpus_dir, cach
 
     hashed, sha256 = [], lmx.data.sources._sha256
     monkeypatch.setattr(lmx.data.sources, "_sha256", lambda p: hashed.append(p.name) or sha256(p))
+    monkeypatch.setattr(lmx.data.sources, "RACY_NS", 200_000_000)  # a short racy window
+
+    def settled() -> None:  # past the racy window of the files' last change
+        time.sleep(0.3)
+
     cfg = data_cfg(corpus_dir, cache_dir)
     load_corpus(cfg)  # files written just now: hashed, but their stamps not trusted yet
     load_corpus(cfg)
     assert len(hashed) == 6
-    ten_s_ago = time.time_ns() - 10**10
-    for path in corpus_dir.iterdir():
-        os.utime(path, ns=(ten_s_ago, ten_s_ago))
-    first = load_corpus(cfg)
+    settled()
+    first = load_corpus(cfg)  # hashed once more, now long after the files changed
     hashed.clear()
     assert load_corpus(cfg).splits["train"].equal(first.splits["train"]) and hashed == []
     train = corpus_dir / "train.txt"  # a same-size edit changes the stamp: hashed again
-    train.write_bytes(train.read_bytes().replace(b" cat ", b" dog "))
+    original = train.read_bytes()
+    train.write_bytes(original.replace(b" cat ", b" dog "))
     changed = load_corpus(cfg)
     assert hashed == ["train.txt"] and not changed.splits["train"].equal(first.splits["train"])
+    settled()
+    load_corpus(cfg)  # stamped after its change settled
+    hashed.clear()
+    assert load_corpus(cfg).splits["train"].equal(changed.splits["train"]) and hashed == []
+    # the same size, and the stamped modification time put back (as touch -d can): the
+    # change time still moved, so the file is read again
+    stamped = train.stat().st_mtime_ns
+    train.write_bytes(original)
+    os.utime(train, ns=(stamped, stamped))
+    assert load_corpus(cfg).splits["train"].equal(first.splits["train"])
+    assert hashed == ["train.txt"]
 
 
 def test_a_bpe_corpus_is_trained_and_encoded_by_tokenizers(corpus_dir, cache_dir):

@@ -48,8 +48,9 @@ def test_a_folder_too_small_for_a_step_is_named(tmp_path, cache_dir):
     folder = write_corpus(tmp_path / "mine")
     (folder / "valid.txt").write_text("just a few words\n", encoding="utf-8")
     cfg = compose_cfg(tiny_overrides(folder, cache_dir, "data=text"))
-    with pytest.raises(DataError, match="the valid split has .* tokens: too few"):
+    with pytest.raises(DataError, match="the valid split has .* tokens: too few") as info:
         train(cfg, tmp_path / "run")
+    assert "lower data.eval_batch_size or data.bptt" in str(info.value)  # valid's own rows
 
 
 def test_wikitext103_composes_and_reads_its_archive_layout(tmp_path, cache_dir):

@@ -19,9 +19,10 @@ def batchify(stream: torch.Tensor, bsz: int, name: str = "split", bptt: int = 1)
     """
     length = stream.size(0) // bsz
     if length < bptt + 1:
+        rows = "data.batch_size" if name == "train" else "data.eval_batch_size"
         raise DataError(
             f"the {name} split has {stream.size(0)} tokens: too few for one batch of {bsz} rows "
-            f"x (bptt {bptt} + 1) = {bsz * (bptt + 1)} tokens; lower the batch size or data.bptt"
+            f"x (bptt {bptt} + 1) = {bsz * (bptt + 1)} tokens; lower {rows} or data.bptt"
         )
     return stream[: length * bsz].view(bsz, length)
 

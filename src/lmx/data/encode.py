@@ -75,10 +75,13 @@ class Meter:
             self.bar.close()
 
 
-def require_tokens(split: str, count: int) -> None:
-    """A split that encodes to nothing cannot be batched: say so by name."""
+def require_tokens(split: str, count: int, batches: Batches | None = None) -> None:
+    """A split that encodes to nothing cannot be batched: say so by name, and by its file where
+    the batches come from one (their `source`)."""
     if count == 0:
-        raise DataError(f"the {split} split is empty: it has no tokens")
+        source = getattr(batches, "source", None)
+        where = f" ({source}: blank lines or spaces only)" if source else ""
+        raise DataError(f"the {split} split is empty: it has no tokens{where}")
 
 
 def lines_of(batches: Batches, what: str) -> Iterator[list[str]]:
@@ -115,7 +118,7 @@ def encode_to_file(tokenizer: Tokenizer, batches: Batches, path: Path, split: st
                 meter.update(fraction, ids.size)
     finally:
         meter.close()
-    require_tokens(split, count)
+    require_tokens(split, count, batches)
     return count
 
 

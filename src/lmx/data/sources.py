@@ -41,12 +41,18 @@ def text_batches(cfg: DataConfig, cache_root: Path) -> dict[str, Batches]:
 
 def local_files(local_dir: str) -> dict[str, Path]:
     folder = Path(local_dir).expanduser().resolve()
+    if folder.is_file():
+        raise DataError(f"data.local_dir={local_dir} is a file; give the folder that holds "
+                        f"train.txt, valid.txt and test.txt ({folder.parent}?)")  # fmt: skip
     if not folder.is_dir():
         raise DataError(f"data.local_dir={local_dir}: no such folder ({folder})")
     files = {}
     for split, names in _LOCAL_NAMES.items():
         found = [folder / n for n in names if (folder / n).is_file()]
         if not found:
+            odd = [folder / n for n in names if (folder / n).exists()]
+            if odd:
+                raise DataError(f"the {split} split {odd[0]} is not a file")
             looked = " or ".join(str(folder / n) for n in names)
             raise DataError(f"the {split} split is missing: looked for {looked}")
         if found[0].stat().st_size == 0:  # datasets' text loader cannot load it at all
@@ -58,9 +64,10 @@ def local_files(local_dir: str) -> dict[str, Path]:
 def files_fingerprint(files: dict[str, Path], known: Path | None = None) -> dict[str, str]:
     """Each file's sha256, read a block at a time (a large corpus is never in memory).
 
-    With `known` (a JSON file in the cache folder) a file whose size, modification time and
-    inode are those of its last hashing reuses that hash, so a large corpus is not read at
-    every start. As git's index does, a stamp is trusted only if the file was last modified
+    With `known` (a JSON file in the cache folder) a file whose size, modification time,
+    inode and change time are those of its last hashing reuses that hash, so a large corpus is
+    not read at every start (a rewrite that restores the old modification time, as `touch -d`
+    can, still moves the change time). As git's index does, a stamp is trusted only if the file was last modified
     well before it was hashed (RACY_NS): a same-size rewrite within one timestamp tick of the
     hashing cannot pass for the old content.
     """
@@ -69,9 +76,10 @@ def files_fingerprint(files: dict[str, Path], known: Path | None = None) -> dict
     for split, path in files.items():
         try:
             st = path.stat()
-            stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
             entry = seen.get(str(path), {})
-            if entry.get("stamp") == stamp and st.st_mtime_ns < entry["hashed_ns"] - RACY_NS:
+            last_change = max(st.st_mtime_ns, st.st_ctime_ns)
+            if entry.get("stamp") == stamp and last_change < entry["hashed_ns"] - RACY_NS:
                 digests[split] = entry["sha256"]
                 continue
             hashed_ns = time.time_ns()
@@ -111,7 +119,8 @@ def _sha256(path: Path) -> str:
 def _local_batches(path: Path) -> Batches:
     """A local file's lines, READ_BYTES at a time, split as `datasets`' text loader splits
     them, so that the token counts of the WikiText files stay those lmx has always had. Bytes
-    that are not UTF-8 raise a DataError naming the file, line and column."""
+    that are not UTF-8 raise a DataError naming the file, line and column. A byte-order mark
+    at the start of the file (Windows Notepad writes one) is not text: it is dropped."""
     size = path.stat().st_size
 
     def batches() -> Iterator[tuple[list[str], float]]:
@@ -127,10 +136,18 @@ def _local_batches(path: Path) -> Batches:
                     text = chunk.decode("utf-8")
                 except UnicodeDecodeError as err:
                     raise _not_utf8(path, chunk, err, lines_before) from None
-                lines_before += chunk.count(b"\n")
+                if lines_before == 0 and f.tell() == len(chunk):
+                    text = text.removeprefix("\ufeff")
+                lines_before += _breaks(chunk)
                 yield _split_lines(text), f.tell() / size
 
+    batches.source = path  # type: ignore[attr-defined]  # for errors that name the file
     return batches
+
+
+def _breaks(data: bytes) -> int:
+    """Line breaks in `data` as universal newlines count them: "\n", "\r\n" and "\r"."""
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
 
 
 def _split_lines(text: str) -> list[str]:
@@ -143,11 +160,13 @@ def _split_lines(text: str) -> list[str]:
 
 
 def _not_utf8(path: Path, chunk: bytes, err: UnicodeDecodeError, lines_before: int) -> DataError:
-    line = lines_before + chunk.count(b"\n", 0, err.start) + 1
-    column = err.start - (chunk.rfind(b"\n", 0, err.start) + 1) + 1
+    before = chunk[: err.start]
+    line = lines_before + _breaks(before) + 1
+    start = max(before.rfind(b"\n"), before.rfind(b"\r")) + 1
+    column = len(before[start:].decode("utf-8", errors="replace")) + 1  # in characters
     return DataError(
         f"{path}, line {line}, column {column}: byte 0x{chunk[err.start]:02x} is not valid "
-        "UTF-8 (the WikiText files are UTF-8 text)"
+        "UTF-8 (lmx reads text files as UTF-8)"
     )
 
 

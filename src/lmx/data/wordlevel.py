@@ -233,7 +233,7 @@ def encode_corpus(cfg: TokenizerConfig, batches: dict[str, Batches],
                     meter.update(fraction, ids.size)
         finally:
             meter.close()
-        require_tokens(split, counts[split])
+        require_tokens(split, counts[split], batches[split])
     vocab = enc.vocabulary()
     dtype = ids_dtype(len(vocab))
     table = enc.final_ids(vocab, dtype)
