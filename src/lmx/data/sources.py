@@ -67,9 +67,9 @@ def files_fingerprint(files: dict[str, Path], known: Path | None = None) -> dict
     With `known` (a JSON file in the cache folder) a file whose size, modification time,
     inode and change time are those of its last hashing reuses that hash, so a large corpus is
     not read at every start (a rewrite that restores the old modification time, as `touch -d`
-    can, still moves the change time). As git's index does, a stamp is trusted only if the file was last modified
-    well before it was hashed (RACY_NS): a same-size rewrite within one timestamp tick of the
-    hashing cannot pass for the old content.
+    can, still moves the change time). As git's index does, a stamp is trusted only if the
+    file was last changed well before it was hashed (RACY_NS): a same-size rewrite within one
+    timestamp tick of the hashing cannot pass for the old content.
     """
     seen = _read_known(known)
     digests, changed = {}, False
