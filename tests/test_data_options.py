@@ -75,3 +75,29 @@ def test_the_gpu_preset_for_wikitext103_composes():
     cfg = compose_cfg(["experiment=wt103_gpt", "data.local_dir=/tmp"])
     assert cfg.data.name == "wikitext103" and cfg.model.head.value == "adaptive"
     assert cfg.device.type.value == "cuda" and cfg.device.compile
+
+
+def test_a_one_type_vocabulary_is_refused_and_the_unk_share_is_told(tmp_path, cache_dir, caplog):
+    # One type scores a perplexity of 1 whatever the model: no result, so no run.
+    from lmx.data.streams import streams
+
+    folder = write_corpus(tmp_path / "mine")
+    one = compose_cfg(tiny_overrides(folder, cache_dir, "data=text", "data.tokenizer.vocab_size=1"))
+    with pytest.raises(DataError, match="the vocabulary has 1 type: every token is the same"):
+        streams(one.data)
+    few = compose_cfg(
+        tiny_overrides(folder, cache_dir, "data=text", "data.tokenizer.vocab_size=8",
+                       "trainer.epochs=1", "trainer.test=false")
+    )  # fmt: skip
+    data = streams(few.data)
+    unk = data.tokenizer.token_to_id("<unk>")
+    ids = load_corpus(few.data).splits
+    for split in ("train", "valid", "test"):
+        assert data.unk_share[split] == (ids[split] == unk).sum().item() / len(ids[split])
+    assert data.unk_share["valid"] > 0.1
+    with caplog.at_level("INFO"):
+        train(few, tmp_path / "run")
+    assert f"<unk> {100 * data.unk_share['train']:.1f}% of train" in caplog.text
+    assert "of a split's tokens are <unk> (above): its perplexity is that of a much easier" in (
+        caplog.text
+    )

@@ -20,6 +20,8 @@ from lmx.config.schema import DataConfig
 from lmx.data.batching import batchify
 from lmx.data.cache import encode_split, load_corpus
 from lmx.data.sources import SPLITS
+from lmx.data.tokenizer import UNK
+from lmx.errors import DataError
 from lmx.runtime.distributed import World
 
 
@@ -29,6 +31,7 @@ class Streams:
     tokens: dict[str, int]  # split -> tokens in the whole split (before batchify)
     tokenizer: Tokenizer
     tokenizer_path: Path | None  # the cached tokenizer.json; None for a given tokenizer
+    unk_share: dict[str, float]  # split -> share of its tokens that are <unk> ({}: no <unk>)
 
     @property
     def vocab_size(self) -> int:
@@ -57,6 +60,12 @@ def streams(
             world.barrier()
         ids = {s: corpus.splits[s] for s in splits}
         tokenizer, tokenizer_path = corpus.tokenizer, corpus.tokenizer_path
+    if tokenizer.get_vocab_size() < 2:
+        raise DataError(
+            f"the vocabulary has {tokenizer.get_vocab_size()} type: every token is the same, and "
+            "any model's perplexity is 1; lower data.tokenizer.min_frequency or raise "
+            "data.tokenizer.vocab_size"
+        )
     rows = {}
     for split, stream in ids.items():
         if split == "train":
@@ -68,7 +77,27 @@ def streams(
         tokens={s: len(stream) for s, stream in ids.items()},
         tokenizer=tokenizer,
         tokenizer_path=tokenizer_path,
+        unk_share=unk_shares(tokenizer, ids),
     )
+
+
+UNK_WARN = 0.1  # a share of <unk> tokens above which a run warns
+
+
+def unk_note(shares: dict[str, float]) -> str:
+    """' | <unk> 2.6% of train, ...' ('' for a tokenizer without <unk>)."""
+    if not shares:
+        return ""
+    return " | <unk> " + ", ".join(f"{100 * v:.1f}% of {s}" for s, v in shares.items())
+
+
+def unk_shares(tokenizer: Tokenizer, ids: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each split's share of <unk> tokens: a perplexity over many is an easy one, since the
+    model only has to predict "some rare word". {} for a tokenizer without <unk> (bytes)."""
+    unk = tokenizer.token_to_id(UNK)
+    if unk is None:
+        return {}
+    return {s: float((x == unk).sum()) / max(len(x), 1) for s, x in ids.items()}
 
 
 def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:

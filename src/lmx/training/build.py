@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from lmx.data.batching import num_steps
-from lmx.data.streams import streams
+from lmx.data.streams import UNK_WARN, streams, unk_note
 from lmx.errors import ConfigError
 from lmx.runs.status import ERROR_FILE
 from lmx.runtime.distributed import World
@@ -54,11 +54,19 @@ def build_run(
     d = cfg.data
     data = streams(d, device=device, world=world)
     log.info(
-        "data: %s | vocab %d | tokens train %d, valid %d, test %d",
+        "data: %s | vocab %d | tokens train %d, valid %d, test %d%s",
         d.local_dir or f"{d.hub_path} ({d.hub_config})",
         data.vocab_size,
         *(data.tokens[s] for s in ("train", "valid", "test")),
+        unk_note(data.unk_share),
     )
+    if max(data.unk_share.values(), default=0.0) > UNK_WARN:
+        log.warning(
+            "data: over %.0f%% of a split's tokens are <unk> (above): its perplexity is that "
+            "of a much easier task; a larger vocabulary (data.tokenizer.vocab_size, "
+            "min_frequency) keeps more words",
+            100 * UNK_WARN,
+        )
 
     seed_everything(cfg.trainer.seed)  # the same initial weights on every rank
     try:
