@@ -57,6 +57,19 @@ def test_evaluate_rejects_unknown_split_and_keys(tiny_run):
     assert lines[3] == "  - dropout: expected key=value"
 
 
+def test_evaluate_refuses_overrides_the_checkpoint_decides(tiny_run):
+    # The weights fix the model's shape and the saved tokenizer the tokens: such an override
+    # would be ignored, or mislabel the result (a BPE label on word-level tokens).
+    _, run_dir, _ = tiny_run
+    with pytest.raises(ConfigError) as err:
+        evaluate_checkpoint(run_dir, "test", ["model.nlayers=3", "data.tokenizer.kind=bpe"])
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3 and lines[1].startswith("  - model.nlayers=3: the model and its")
+    assert lines[2].startswith("  - data.tokenizer.kind=bpe: the model and its tokenizer are")
+    fused = evaluate_checkpoint(run_dir, "test", ["model.fused_loss=false"])  # how, not what
+    assert math.isclose(fused["ppl"], evaluate_checkpoint(run_dir, "test")["ppl"], rel_tol=1e-5)
+
+
 def test_evaluate_checks_an_overrides_range_as_train_does(tiny_run):
     _, run_dir, _ = tiny_run
     with pytest.raises(ConfigError, match="trainer.limit_eval_batches=0 must be >= 1 or null"):

@@ -55,6 +55,14 @@ def load_trained(
     ckpt = load_checkpoint(path, map_location=device)
     cfg = typed_config(ckpt.config, str(path))
     problems = dotlist_problems(cfg, overrides or [])
+    keys = {o: o.lstrip("+~").split("=", 1)[0] for o in overrides or []}
+    problems += [
+        f"{o}: the model and its tokenizer are the checkpoint's, as trained; an override cannot "
+        f"change them (of model.*, it can set {', '.join(MODEL_FREE)})"
+        for o, key in keys.items()
+        if _fixed_by_checkpoint(key)
+        and not any(p.startswith((f"{key}:", f"{key}=")) for p in problems)  # said already
+    ]
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"invalid override of {path}'s saved config:\n{lines}")
@@ -62,6 +70,18 @@ def load_trained(
     model.load_state_dict(ckpt.eval_weights())  # the weight average, if the run kept one
     model.to(device).eval()
     return Trained(model, _tokenizer(ckpt, path), cfg, ckpt)
+
+
+# The model settings that change how the trained weights are used, not what they are.
+MODEL_FREE = ("model.fused_loss",)
+
+
+def _fixed_by_checkpoint(key: str) -> bool:
+    """Whether an override of `key` could not take effect: the model's shape and the
+    tokenizer are the checkpoint's (its weights and tokenizer.json)."""
+    if key.startswith("data.tokenizer.") or key == "data.tokenizer":
+        return True
+    return (key == "model" or key.startswith("model.")) and key not in MODEL_FREE
 
 
 def _tokenizer(ckpt: Checkpoint, path: Path) -> Tokenizer:
