@@ -70,6 +70,21 @@ def test_evaluate_refuses_overrides_the_checkpoint_decides(tiny_run):
     assert math.isclose(fused["ppl"], evaluate_checkpoint(run_dir, "test")["ppl"], rel_tol=1e-5)
 
 
+def test_evaluate_says_when_the_text_changed_since_training(tmp_path):
+    from conftest import compose_cfg, tiny_overrides, write_corpus
+    from lmx.train import train
+
+    corpus, cache = write_corpus(tmp_path / "corpus"), tmp_path / "cache"
+    train(compose_cfg(tiny_overrides(corpus, cache, "trainer.epochs=1")), tmp_path / "run")
+    assert evaluate_checkpoint(tmp_path / "run", "valid")["changed_file"] is None
+    valid = corpus / "valid.txt"
+    valid.write_text(valid.read_text() + "a few more words at the end\n")
+    assert evaluate_checkpoint(tmp_path / "run", "valid")["changed_file"] == str(valid)
+    assert evaluate_checkpoint(tmp_path / "run", "test")["changed_file"] is None  # unchanged
+    proc = run_module("lmx.evaluate", f"ckpt={tmp_path / 'run'}", "split=valid")
+    assert proc.returncode == 0 and f"{valid} is not the text the run was scored on" in proc.stderr
+
+
 def test_evaluate_checks_an_overrides_range_as_train_does(tiny_run):
     _, run_dir, _ = tiny_run
     with pytest.raises(ConfigError, match="trainer.limit_eval_batches=0 must be >= 1 or null"):

@@ -7,6 +7,7 @@ the one the run recorded (same batches, same bptt, same eval limit) unless overr
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ def evaluate_checkpoint(
     apply_settings(device, cfg.device)
     trained.model.to(device)
     data = streams(cfg.data, (split,), device, tokenizer=trained.tokenizer)
+    changed = _changed_since_training(trained.checkpoint.data_sha256, cfg.data, split)
     score = evaluate(
         trained.model,
         data.rows[split],
@@ -66,7 +68,20 @@ def evaluate_checkpoint(
         "unit": trained.unit,
         "loss": score.loss,
         "ppl": score.ppl,
+        "changed_file": changed,  # the split's file, where its text changed since training
     }
+
+
+def _changed_since_training(trained_on: dict[str, str] | None, data, split: str) -> str | None:
+    """The split's local file where its sha256 is not the one the run recorded; None where it
+    is, or where nothing was recorded (the Hub, a run older than the record)."""
+    from lmx.data.cache import source_sha256
+    from lmx.data.sources import local_files
+
+    now = source_sha256(data)
+    if not trained_on or now is None or trained_on.get(split) in (None, now[split]):
+        return None
+    return str(local_files(data.local_dir)[split])
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -87,6 +102,10 @@ def main(argv: list[str]) -> None:
         raise ConfigError(f"ckpt=PATH is required\n{USAGE}")
     ckpt, split = options["ckpt"], options.get("split", "test")
     result = evaluate_checkpoint(ckpt, split, overrides)
+    if result["changed_file"]:
+        print(f"lmx eval: {result['changed_file']} is not the text the run was scored on (its "
+              "content changed since training): the figure is for the file as it is now",
+              file=sys.stderr)  # fmt: skip
     print(
         f"{result['split']}: loss {result['loss']:.6f} | ppl {shown(result['ppl'], '.4f')} | "
         f"{describe(result)} | {ckpt}"

@@ -41,6 +41,8 @@ class Corpus:
     # split -> 1-D stream of token ids in the cache's compact dtype (uint16 or int32), mapped
     # from disk; batching.get_batch and the evaluation widen each batch to int64
     splits: dict[str, torch.Tensor]
+    # split -> sha256 of its local file; None for a corpus from the Hub
+    source_sha256: dict[str, str] | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -49,13 +51,11 @@ class Corpus:
 
 def load_corpus(cfg: DataConfig) -> Corpus:
     """Token streams for train/valid/test, from the cache or built and cached now."""
-    source = local_files(cfg.local_dir) if cfg.local_dir is not None else None
     root = _cache_root(cfg)
+    digests = source_sha256(cfg)
     fingerprint = {
         "format": _CACHE_FORMAT,
-        "source": files_fingerprint(source, root / "file-hashes.json")
-        if source
-        else f"hub:{cfg.hub_path}:{cfg.hub_config}",
+        "source": digests if digests is not None else f"hub:{cfg.hub_path}:{cfg.hub_config}",
         "tokenizer": OmegaConf.to_container(OmegaConf.structured(cfg.tokenizer), enum_to_str=True),
     }
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
@@ -71,7 +71,15 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     else:
         log.info("data: using cached tokens at %s", entry)
     tokenizer, splits = loaded
-    return Corpus(tokenizer, entry / "tokenizer.json", splits)
+    return Corpus(tokenizer, entry / "tokenizer.json", splits, digests)
+
+
+def source_sha256(cfg: DataConfig) -> dict[str, str] | None:
+    """split -> sha256 of its local file (stamped in the cache folder, so an unchanged corpus
+    is not read again); None for a corpus from the Hub."""
+    if cfg.local_dir is None:
+        return None
+    return files_fingerprint(local_files(cfg.local_dir), _cache_root(cfg) / "file-hashes.json")
 
 
 def _load_entry(entry: Path, fingerprint: dict, rebuild_on_error: bool = True):

@@ -32,6 +32,7 @@ class Streams:
     tokenizer: Tokenizer
     tokenizer_path: Path | None  # the cached tokenizer.json; None for a given tokenizer
     unk_share: dict[str, float]  # split -> share of its tokens that are <unk> ({}: no <unk>)
+    source_sha256: dict[str, str] | None = None  # the local files' (lmx.data.cache.Corpus)
 
     @property
     def vocab_size(self) -> int:
@@ -49,6 +50,7 @@ def streams(
     if needed, rank 0 first under torchrun); with one (a checkpoint's own) the text is encoded
     with it, uncached."""
     world = world or World()
+    digests = None
     if tokenizer is not None:
         ids = {s: encode_split(cfg, tokenizer, s) for s in splits}
         tokenizer_path = None
@@ -60,6 +62,7 @@ def streams(
             world.barrier()
         ids = {s: corpus.splits[s] for s in splits}
         tokenizer, tokenizer_path = corpus.tokenizer, corpus.tokenizer_path
+        digests = corpus.source_sha256
     if tokenizer.get_vocab_size() < 2:
         raise DataError(
             f"the vocabulary has {tokenizer.get_vocab_size()} type: every token is the same, and "
@@ -78,6 +81,7 @@ def streams(
         tokenizer=tokenizer,
         tokenizer_path=tokenizer_path,
         unk_share=unk_shares(tokenizer, ids),
+        source_sha256=digests,
     )
 
 

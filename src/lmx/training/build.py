@@ -101,6 +101,7 @@ def build_run(
         "config": resolved,
         "vocab_size": data.vocab_size,
         "tokenizer": data.tokenizer.to_str(),  # the checkpoint alone can evaluate
+        "data_sha256": data.source_sha256,  # so lmx eval can tell if the text changed since
     }
 
     if resume_from is not None:

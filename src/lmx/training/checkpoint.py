@@ -47,6 +47,8 @@ class Checkpoint:
     config: dict[str, Any]  # the run's resolved config, plain containers
     vocab_size: int
     tokenizer: str | None = None  # the tokenizers JSON; None: tokenizer.json in the run dir
+    # split -> sha256 of the local text file the run read; None: from the Hub, or an older run
+    data_sha256: dict[str, str] | None = None
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None  # the fp16 gradient scaler's state (CUDA)
