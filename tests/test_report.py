@@ -201,3 +201,17 @@ def test_a_diverged_runs_perplexity_prints_in_e_notation_not_in_full(tmp_path):
     fake_run(tmp_path, "diverged", config(1, 1), 250.0, 250.0)
     text = report(tmp_path)
     assert "3.75e+108" in text and "000,000" not in text
+
+
+def test_a_group_says_what_else_differs_inside_it_and_which_runs_are_one_sample(sweep):
+    # a copy of run 0 (nhead 1, seed 1), and an nhead 2 run trained longer than the others
+    fake_run(sweep, "copy", config(1, 1), *LOSSES[(1, 1)])
+    longer = config(2, 3)
+    longer["trainer"]["epochs"] = 9
+    fake_run(sweep, "longer", longer, 4.5, 4.6)
+    fake_run(sweep, "alone", config(8, 1), 4.4, 4.5)
+    text = report(sweep, group_by="model.nhead")
+    assert "model.nhead=1: copy has the settings and seed of 0: one sample counted twice" in text
+    assert "model.nhead=2 pools runs whose trainer.epochs also differ" in text
+    assert "model.nhead=8 has one run: no standard error" in text
+    assert "model.nhead=4 pools" not in text and "model.nhead=4:" not in text  # seeds only

@@ -23,7 +23,7 @@ from lmx.cli import run
 from lmx.config.rules import did_you_mean
 from lmx.errors import ConfigError
 from lmx.runs.collect import collect
-from lmx.runs.groups import Group, NoSuchGroup, group_runs, group_table, parse_keys
+from lmx.runs.groups import Group, NoSuchGroup, group_notes, group_runs, group_table, parse_keys
 from lmx.runs.plots import plot_curves, plot_groups
 from lmx.runs.table import (
     run_table,
@@ -35,8 +35,9 @@ from lmx.runs.table import (
 )
 
 GROUP_NOTE = (
-    "mean ± standard error over the finished runs of each group, both on the log scale in %; "
-    "* marks a difference beyond 2 standard errors"
+    "mean ± standard error over the finished runs of each group, the error on the log scale in "
+    "%; a difference is the ppl over the baseline's less 1, in %, ± the standard error of the "
+    "log difference; * marks one beyond 2 standard errors"
 )
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.1em;margin-top:2em;border-bottom:1px solid #ccc}
@@ -81,6 +82,7 @@ def report(root: Path, group_by: str | None = None, baseline: str | None = None)
                 missing.append(err)
                 groups = group_runs(runs, keys, None)
                 notes.append(f"{err}: here the first group is the baseline")
+            notes += group_notes(groups, keys)
             g_header, g_cells = group_table(groups, keys)
             page.grouped(keys, g_header, g_cells)
             grouped.append((fp, groups, g_header, g_cells))
@@ -167,7 +169,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--group-by",
         metavar="KEY[,KEY]",
-        help="pool runs by these settings (over seeds): n, mean ± SE, differences",
+        help="pool runs by these settings (over seeds and all else): n, mean ± SE, differences",
     )
     p.add_argument("--baseline", metavar="KEY=VALUE[,...]",
                    help="the group the others are compared with (default: the first)")  # fmt: skip

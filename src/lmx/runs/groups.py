@@ -90,6 +90,37 @@ def group_runs(rows: list[dict[str, Any]], keys: list[str], baseline: str | None
     return groups
 
 
+SEED_KEY = "trainer.seed"
+
+
+def group_notes(groups: list[Group], keys: list[str]) -> list[str]:
+    """What a reader must know before trusting a group's figures: other settings that differ
+    inside it (a seed is expected to), runs that are one sample twice (the same settings and
+    seed: a copy, or a resumed run beside the original), and a group of one (no error bar)."""
+    from lmx.runs.collect import is_admin
+
+    notes = []
+    for g in groups:
+        label = g.label(keys)
+        settings = [r["settings"] for r in g.runs]
+        mixed = sorted(k for k in {k for s in settings for k in s}
+                       if k not in keys and k != SEED_KEY and not is_admin(k)
+                       and len({s.get(k) for s in settings}) > 1)  # fmt: skip
+        if mixed:
+            shown_keys = ", ".join(mixed[:4]) + (f" and {len(mixed) - 4} more" if mixed[4:] else "")
+            notes.append(f"{label} pools runs whose {shown_keys} also differ")
+        seen: dict[str, str] = {}
+        for r, s in zip(g.runs, settings, strict=True):
+            same = repr(sorted((k, v) for k, v in s.items() if not is_admin(k)))
+            if same in seen:
+                notes.append(f"{label}: {r['run']} has the settings and seed of {seen[same]}: "
+                             "one sample counted twice")  # fmt: skip
+            seen.setdefault(same, r["run"])
+        if g.n == 1:
+            notes.append(f"{label} has one run: no standard error")
+    return notes
+
+
 def _find_baseline(groups: list[Group], keys: list[str], baseline: str | None) -> Group:
     if baseline is None:
         return groups[0]
