@@ -1,7 +1,9 @@
 """Do two runs follow the same arithmetic? Compares their per-step training losses (TensorBoard
 `train/loss`, so log with trainer.log_interval=1), their validation and test losses
-(metrics.json) and their final weights (checkpoints/last.pt), and prints the largest
-relative differences.
+(metrics.json, matched by the step each was taken at) and their final weights
+(checkpoints/last.pt), and prints the largest relative differences. Steps or validations that
+only one run logged (a run stopped by a budget and resumed validates where it stopped) are
+named and set aside.
 
     python benchmarks/compare_runs.py RUN_A RUN_B [--tol 1e-6]
 
@@ -39,14 +41,28 @@ def main() -> None:
     args = parser.parse_args()
 
     la, lb = train_losses(args.a), train_losses(args.b)
-    if sorted(la) != sorted(lb):
-        sys.exit(f"the runs logged different steps: {len(la)} and {len(lb)}")
-    rows = [("train loss, every step", max(rel(la[s], lb[s]) for s in la), f"{len(la)} steps")]
+    common = sorted(set(la) & set(lb))
+    if not common:
+        sys.exit(f"the runs logged no training loss at the same step ({len(la)} and {len(lb)})")
+    rows = [("train loss, every step both logged", max(rel(la[s], lb[s]) for s in common),
+             f"{len(common)} steps")]  # fmt: skip
 
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (args.a, args.b))
-    for i, (ha, hb) in enumerate(zip(ma["history"], mb["history"], strict=True)):
-        rows.append((f"epoch {i + 1} mean train loss", rel(ha["train_loss"], hb["train_loss"]), ""))
-        rows.append((f"epoch {i + 1} valid loss", rel(ha["val_loss"], hb["val_loss"]), ""))
+    # validations matched by the step they were taken at: a run stopped by a budget and resumed
+    # with a larger one has an entry for the partial epoch it stopped in that the other lacks
+    hb_at = {h["step"]: h for h in mb["history"]}
+    only = {args.a: [], args.b: []}
+    for ha in ma["history"]:
+        hb = hb_at.pop(ha["step"], None)
+        if hb is None:
+            only[args.a].append(ha["step"])
+            continue
+        at = f"epoch {ha['epoch']}{' (partial)' if ha.get('partial_epoch') else ''}"
+        rows.append((f"{at} mean train loss", rel(ha["train_loss"], hb["train_loss"]), ""))
+        rows.append(
+            (f"{at} valid loss, step {ha['step']}", rel(ha["val_loss"], hb["val_loss"]), "")
+        )
+    only[args.b] = sorted(hb_at)
     if ma.get("test_loss") is not None:
         rows.append(("test loss", rel(ma["test_loss"], mb["test_loss"]), ""))
 
@@ -61,6 +77,16 @@ def main() -> None:
 
     for name, value, note in rows:
         print(f"{name:55s} {value:10.3e}  {note}")
+    for run, steps in only.items():
+        if steps:
+            print(f"validated by {run} alone (not compared): step(s) {', '.join(map(str, steps))}")
+    for run, logged in ((args.a, la), (args.b, lb)):
+        alone = sorted(set(logged) - set(common))
+        if alone:  # e.g. the log at the step where a run stopped and was resumed
+            print(
+                f"train loss logged by {run} alone (not compared): {len(alone)} step(s), "
+                f"{', '.join(map(str, alone[:5]))}{' ...' if alone[5:] else ''}"
+            )
     bad = [name for name, value, _ in rows if value > args.tol]
     print(f"largest relative difference {max(v for _, v, _ in rows):.3e} (tolerance {args.tol:g})")
     if bad:

@@ -98,6 +98,31 @@ def report_setting(runs: list[Path], args: argparse.Namespace):
     return every, recorded_per_run
 
 
+def check_comparable(runs: list[Path]) -> None:
+    """Exit with a message where the runs' figures cannot be pooled: scored on other data,
+    tokens or windows (lmx report's fingerprint), or one training run given twice (the same
+    folder, or the same settings and seed: its figures would pass for independent samples)."""
+    from lmx.runs.collect import fingerprint, is_admin, settings
+    from lmx.runs.status import read_status
+
+    prints: dict[str, Path] = {}
+    by_dir: dict[Path, Path] = {}
+    by_settings: dict[str, Path] = {}
+    for run in runs:
+        s = settings(run)
+        prints.setdefault(fingerprint({"settings": s, "metrics": read_status(run)}), run)
+        same = repr(sorted((k, v) for k, v in s.items() if not is_admin(k)))
+        twin = by_dir.get(run.resolve()) or by_settings.get(same)
+        if twin is not None:
+            raise SystemExit(f"{twin} and {run} are one training run (the same folder, or the "
+                             "same settings and seed): it would count as two samples")  # fmt: skip
+        by_dir[run.resolve()], by_settings[same] = run, run
+    if len(prints) > 1:
+        lines = "\n".join(f"  {run}: {fp}" for fp, run in prints.items())
+        raise SystemExit(f"these runs were scored on other data, tokens or windows, so their "
+                         f"perplexities are other quantities:\n{lines}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -108,6 +133,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/wikitext-2")
     parser.add_argument("--fresh", action="store_true", help="recompute recorded runs")
     args = parser.parse_args()
+    check_comparable([*args.runs, *args.vs])
     first, first_recorded = report_setting(args.runs, args)
     if not args.vs:
         return
@@ -118,13 +144,13 @@ def main() -> None:
     for key in recorded[0][0]:
         if all(key in run for runs in recorded for run in runs):
             rows[key] = tuple([[run[key]] for run in runs] for runs in recorded)
+    try:  # all of them before the table: a refusal prints no half table
+        compared = {name: compare_settings(a, b) for name, (a, b) in rows.items()}
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     print(f"\n| measure | first ({len(first)} runs) | --vs ({len(second)} runs) | difference "
           f"| standard error |\n| --- | ---: | ---: | ---: | ---: |")  # fmt: skip
-    for name, (a, b) in rows.items():
-        try:
-            c = compare_settings(a, b)
-        except ValueError as err:
-            raise SystemExit(str(err)) from None
+    for name, c in compared.items():
         print(f"| {name} | {c['ppl_a']:.2f} | {c['ppl_b']:.2f} | {c['b_vs_a_pct']:+.2f}% "
               f"| {c['se_pct']:.2f}% |")  # fmt: skip
     print(

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import compose_cfg, run_cli, sigint_after_step, tiny_overrides
+from conftest import compose_cfg, run_cli, run_python, sigint_after_step, tiny_overrides
 from lmx.train import train
 from lmx.training.budget import Budget, parse_duration
 from lmx.training.checkpoint import load_checkpoint
@@ -108,7 +108,11 @@ def test_a_larger_budget_on_resume_finishes_the_open_epoch_as_one_run_would(
     # SGD + StepLR per epoch, dropout on: the partial validation at step 15 must not step the
     # epoch schedule or disturb the RNG, so 15 then 20 steps equals 20 steps.
     args = tiny_overrides(
-        corpus_dir, cache_dir, "trainer.epochs=3", "trainer.limit_train_batches=10"
+        corpus_dir,
+        cache_dir,
+        "trainer.epochs=3",
+        "trainer.limit_train_batches=10",
+        "trainer.log_interval=1",  # every step's loss, for the comparison script below
     )
     straight = train(compose_cfg([*args, "trainer.max_steps=20"]), tmp_path / "straight")
     train(compose_cfg([*args, "trainer.max_steps=15"]), tmp_path / "resumed")
@@ -123,6 +127,11 @@ def test_a_larger_budget_on_resume_finishes_the_open_epoch_as_one_run_would(
     assert all(torch.equal(a[k], b[k]) for k in a)
     saved = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert saved["stopped_by"] == "max_steps"
+    # the comparison script says the same, the resumed run's extra validation set aside
+    proc = run_python("benchmarks/compare_runs.py", str(tmp_path / "resumed"),
+                      str(tmp_path / "straight"), "--tol", "0")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"validated by {tmp_path / 'resumed'} alone (not compared): step(s) 15" in proc.stdout
 
 
 def test_the_time_estimate_follows_the_pace_and_the_other_limits():

@@ -67,8 +67,9 @@ def test_compare_settings_weighs_each_run_by_its_mean():
 
 def test_val_noise_records_each_run_and_compares_two_settings(corpus_dir, cache_dir, tmp_path):
     runs = []
-    for seed in range(3):
+    for seed in range(5):  # the last one scored on part of the validation split only
         extra = (*ONE_EPOCH, "trainer.limit_train_batches=4", f"trainer.seed={seed}")
+        extra += ("trainer.limit_eval_batches=1",) if seed == 4 else ()
         cfg = compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra))
         train(cfg, tmp_path / f"s{seed}")
         runs.append(str(tmp_path / f"s{seed}"))
@@ -83,26 +84,33 @@ def test_val_noise_records_each_run_and_compares_two_settings(corpus_dir, cache_
     assert [len(r["val_losses"]) for r in records] == [3, 3]
     assert records[0]["lr"] == pytest.approx(0.95)  # optim.lr 1.0 after StepLR's epoch decay
     losses = [r["val_losses"] for r in records]
-    # runs 0 and 1 read back from their records, run 2 computed; settings {0, 1} vs {1, 2}
-    both = run_python(*script, runs[0], runs[1], "--vs", runs[1], runs[2])
+    # runs 0 and 1 read back from their records, runs 2 and 3 computed; {0, 1} vs {2, 3}
+    both = run_python(*script, runs[0], runs[1], "--vs", runs[2], runs[3])
     assert both.returncode == 0, both.stderr
-    assert both.stdout.count("(recorded)") == 3
-    losses.append(json.loads((Path(runs[2]) / "val_iterates.json").read_text())["val_losses"])
+    assert both.stdout.count("(recorded)") == 2
+    for r in runs[2:4]:
+        losses.append(json.loads((Path(r) / "val_iterates.json").read_text())["val_losses"])
     train_losses = [
         json.loads((Path(r) / "metrics.json").read_text())["history"][0]["train_loss"] for r in runs
     ]
-    # each table row: setting {0, 1}'s ppl, setting {1, 2}'s, and the difference of the means
+    # each table row: setting {0, 1}'s ppl, setting {2, 3}'s, and the difference of the means
     for name, per_run in (
         ("valid ppl, 3 consecutive models, first 2 batches", [statistics.fmean(x) for x in losses]),
         ("train ppl, mean over epoch 1", train_losses),
     ):
-        a, b = (per_run[0] + per_run[1]) / 2, (per_run[1] + per_run[2]) / 2
+        a, b = (per_run[0] + per_run[1]) / 2, (per_run[2] + per_run[3]) / 2
         row = (
             f"| {name} | {math.exp(a):.2f} | {math.exp(b):.2f} | {100 * math.expm1(b - a):+.2f}% |"
         )
         assert row in both.stdout, both.stdout
     one_each = run_python(*script, runs[0], "--vs", runs[2])
     assert one_each.returncode != 0 and "at least two runs" in one_each.stderr
+    assert "| measure |" not in one_each.stdout  # no half table before the refusal
+    twice = run_python(*script, runs[0], runs[1], "--vs", runs[2], runs[1])
+    assert twice.returncode != 0 and "are one training run" in twice.stderr  # not 2 samples
+    partial = run_python(*script, runs[0], runs[1], "--vs", runs[2], runs[4])
+    assert partial.returncode != 0 and "scored on other data, tokens or windows" in partial.stderr
+    assert f"{runs[4]}: " in partial.stderr and "partial: val" in partial.stderr
     no_data = run_python(*script[:-1], "/no/such/folder", runs[2], "--fresh")
     assert no_data.returncode != 0 and "Traceback" not in no_data.stderr
     assert "no such folder" in no_data.stderr
