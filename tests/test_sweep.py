@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, job_dir, run_cli, tiny_overrides
+from lmx.errors import ConfigError
 from lmx.report import report
 from lmx.runs.status import mark_failed, read_status
 from lmx.runs.sweep import config_hash
@@ -94,6 +96,27 @@ def test_report_cli_errors(tmp_path):
     )
     assert proc.returncode == 2 and "no runs under" in proc.stderr
     assert "Traceback" not in proc.stderr
+    (tmp_path / "multirun.yaml").write_text("{}")
+    with pytest.raises(ConfigError, match="multirun.yaml is a file: give a run dir, a sweep"):
+        report(tmp_path / "multirun.yaml")
+
+
+def test_a_sweep_dir_given_as_a_checkpoint_names_one_of_its_runs(tmp_path):
+    from lmx.errors import CheckpointError
+    from lmx.models.pretrained import resolve_checkpoint
+
+    for job in ("0_nhead=2", "1_nhead=4"):
+        (tmp_path / job / "checkpoints").mkdir(parents=True)
+        (tmp_path / job / "checkpoints" / "best.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="holds 2 runs, not one: pick one, e.g. ckpt="):
+        resolve_checkpoint(tmp_path)
+    assert resolve_checkpoint(tmp_path / "1_nhead=4") == tmp_path / "1_nhead=4/checkpoints/best.pt"
+
+
+def test_a_run_shorter_than_a_second_shows_its_wall_time_as_such():
+    from lmx.runs.table import _wall
+
+    assert [_wall(0.2), _wall(3.4), _wall(600.0)] == ["<1 s", "3 s", "10.0 min"]
 
 
 def test_config_hash_ignores_sweep_controls():
@@ -244,8 +267,6 @@ def test_a_search_jobs_folder_shows_its_floats_to_four_digits():
 def test_the_sweep_summary_counts_this_multiruns_jobs_not_an_older_sweeps_in_the_same_dir(
     tmp_path, caplog
 ):
-    import pytest
-
     from lmx.runs.sweep import SweepSummary, record_job
 
     sweep = tmp_path / "sweep"

@@ -58,6 +58,8 @@ def by_fingerprint(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str,
 def report(root: Path, group_by: str | None = None, baseline: str | None = None) -> str:
     """Write the report files into root; return the text printed."""
     root = Path(root)
+    if root.is_file():
+        raise ConfigError(f"{root} is a file: give a run dir, a sweep dir or a folder of runs")
     if not root.is_dir():
         raise ConfigError(f"{root}: no such folder")
     rows = collect(root)

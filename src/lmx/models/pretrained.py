@@ -33,6 +33,11 @@ class Trained:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run dir (its checkpoints/best.pt)."""
     path = Path(path).expanduser()
+    if path.is_dir() and not (path / "checkpoints").is_dir():
+        runs = sorted(p.parent.parent for p in path.glob("*/checkpoints/best.pt"))
+        if runs:  # a sweep dir: its jobs are the runs
+            raise CheckpointError(f"{path} holds {len(runs)} runs, not one: pick one, e.g. "
+                                  f"ckpt={runs[0]}")  # fmt: skip
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
         last = path.with_name("last.pt")

@@ -27,6 +27,8 @@ def _fmt(value: Any, digits: int = 2) -> str:
 def _wall(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 0.5:
+        return "<1 s"  # not "0 s": the run took some time
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
