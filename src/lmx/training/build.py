@@ -60,6 +60,17 @@ def build_run(
         *(data.tokens[s] for s in ("train", "valid", "test")),
         unk_note(data.unk_share),
     )
+    asked = d.tokenizer.vocab_size
+    if asked is not None and asked != data.vocab_size:
+        log.info(
+            "data: the vocabulary has %d types where data.tokenizer.vocab_size=%d asked for %s",
+            data.vocab_size,
+            asked,
+            "more: the training text has no more (or min_frequency left no more)"
+            if asked > data.vocab_size
+            else "fewer: the tokenizers library's trainers keep the specials, count a special "
+            "found in the text (WikiText's <unk>) twice, and keep BPE's whole alphabet",
+        )
     if max(data.unk_share.values(), default=0.0) > UNK_WARN:
         log.warning(
             "data: over %.0f%% of a split's tokens are <unk> (above): its perplexity is that "
