@@ -98,15 +98,17 @@ def test_a_one_type_vocabulary_is_refused_and_the_unk_share_is_told(tmp_path, ca
     with caplog.at_level("INFO"):
         train(few, tmp_path / "run")
     assert f"<unk> {100 * data.unk_share['train']:.1f}% of train" in caplog.text
+    assert "of a split's tokens are <unk> (above): its perplexity is that of a much easier" in (
+        caplog.text
+    )
     assert "where data.tokenizer.vocab_size" not in caplog.text  # 8 asked, 8 made
     caplog.clear()
-    big = compose_cfg(tiny_overrides(folder, cache_dir, "data=text", "data.tokenizer.vocab_size=999",
-                                     "trainer.epochs=1", "trainer.test=false"))  # fmt: skip
+    big = compose_cfg(
+        tiny_overrides(folder, cache_dir, "data=text", "data.tokenizer.vocab_size=999",
+                       "trainer.epochs=1", "trainer.test=false")
+    )  # fmt: skip
     with caplog.at_level("INFO"):
         train(big, tmp_path / "big")
     types = streams(big.data).vocab_size
     assert f"the vocabulary has {types} types where data.tokenizer.vocab_size=999 asked for more" \
         in caplog.text  # fmt: skip
-    assert "of a split's tokens are <unk> (above): its perplexity is that of a much easier" in (
-        caplog.text
-    )
