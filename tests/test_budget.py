@@ -50,8 +50,12 @@ def test_max_steps_stops_at_that_step_and_the_cosine_ends_at_its_floor(
     last = metrics["history"][-1]
     assert last["step"] == 15 and last["epoch"] == 2 and last["partial_epoch"] is True
     lrs = _lrs(run_dir)
-    assert max(lrs) == 15 and lrs[15] == pytest.approx(1e-4, rel=1e-6)  # the floor at the end
-    assert lrs[14] > 1e-4
+    # step s trains at point s - 1 of the 15-step curve: the last one just above the floor
+    floor, top = 1e-4, 1e-3
+    assert max(lrs) == 15 and lrs[1] == pytest.approx(top, rel=1e-6)
+    for s in (8, 15):
+        expected = floor + (top - floor) * 0.5 * (1 + math.cos(math.pi * (s - 1) / 15))
+        assert lrs[s] == pytest.approx(expected, rel=1e-5)
 
 
 def test_max_time_stops_at_the_step_that_crosses_it_with_the_lr_at_its_floor(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -66,6 +67,28 @@ def test_nonfinite_batches_can_be_skipped_and_counted(corpus_dir, cache_dir, tmp
     assert metrics["steps"] == 10
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert all(torch.isfinite(t).all() for t in last.model.values())
+
+
+def test_a_log_window_of_skipped_steps_has_no_loss_rather_than_a_perfect_one(
+    corpus_dir, cache_dir, tmp_path, monkeypatch, caplog
+):
+    # Steps 3-4 (the whole second window of 2) and the second epoch's every step are nan.
+    extra = ("trainer.limit_train_batches=4", "trainer.on_nonfinite=skip", "trainer.log_interval=2")
+    _nan_at(monkeypatch, {3, 4, 5, 6, 7, 8})
+    with caplog.at_level("INFO"):
+        metrics = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra)), tmp_path / "r")
+    windows = [line for line in caplog.text.splitlines() if "ms/batch" in line]
+    assert len(windows) == 4 and "every step skipped" not in windows[0]
+    assert all("loss   nan | ppl - | every step skipped (non-finite)" in w for w in windows[1:])
+    assert metrics["skipped_batches"] == 6
+    assert metrics["history"][0]["train_loss"] > 0  # steps 1-2 counted
+    assert math.isnan(metrics["history"][1]["train_loss"])  # none counted: no loss, not 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [2]  # no point for the others
+    assert [e.step for e in events.Scalars("train/lr")] == [2, 4, 6, 8]
 
 
 def test_diverging_run_from_the_command_line(corpus_dir, cache_dir, tmp_path):

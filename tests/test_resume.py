@@ -214,18 +214,20 @@ def test_resuming_to_train_longer_follows_the_new_cosine_horizon(
     run_dir = tmp_path / "run"
     first = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *cosine, "trainer.epochs=1")),
                   run_dir)  # fmt: skip
-    assert first["history"][0]["lr"] == 0.0  # the 1-epoch curve ends at its floor
+    # its last step trained at the 10-step curve's last point above its floor (0)
+    assert first["history"][0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.9)))
     caplog.set_level("INFO")
     longer = tiny_overrides(corpus_dir, cache_dir, *cosine, "trainer.epochs=3",
                             "trainer.resume=auto")  # fmt: skip
     metrics = train(compose_cfg(longer), run_dir)
     assert metrics["steps"] == 30
-    lrs = _lrs(run_dir)  # after each step: the lr the next step uses
-    assert sorted(lrs) == list(range(1, 31))
-    assert all(lrs[s] > 0 for s in range(11, 30)) and lrs[30] == pytest.approx(0.0, abs=1e-12)
-    # From step 10 on, the curve of a run planned for 30 steps.
+    lrs = _lrs(run_dir)  # at each step: the lr that step trained at
+    assert sorted(lrs) == list(range(1, 31)) and all(lrs[s] > 0 for s in range(11, 31))
+    # From step 11 on, the curve of a run planned for 30 steps: step s at point s - 1.
     for s in range(11, 31):
-        assert lrs[s] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * s / 30)), rel=1e-5)
+        assert lrs[s] == pytest.approx(
+            1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 30)), rel=1e-5
+        )
     assert "trainer.epochs: checkpoint 1, this run 3" in caplog.text
     assert "scheduler total_steps 10 -> 30" in caplog.text
     val = [h["val_loss"] for h in metrics["history"]]
@@ -299,8 +301,12 @@ def test_a_new_epoch_length_moves_the_horizon_to_the_steps_taken_plus_those_to_c
                             "trainer.limit_train_batches=20", "trainer.resume=auto")  # fmt: skip
     metrics = train(compose_cfg(longer), run_dir)
     lrs = _lrs(run_dir)
-    assert metrics["steps"] == 30 and lrs[30] == pytest.approx(0.0, abs=1e-12)
-    assert lrs[20] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 20 / 30)), rel=1e-5)
+    # step s trains at point s - 1 of the 30-step curve, the last just above its floor (0)
+    assert metrics["steps"] == 30
+    for s in (20, 30):
+        assert lrs[s] == pytest.approx(
+            1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 30)), rel=1e-5
+        )
 
 
 def test_a_schedule_that_cannot_move_its_horizon_refuses_a_new_length():

@@ -88,37 +88,45 @@ class TensorBoard:
 
 # ---------------------------------------------------------------------------- log lines
 def log_window(
-    run: Run, p: Progress, n_steps: int, seconds: float, before: tuple[int, int] = (0, 0)
+    run: Run,
+    p: Progress,
+    n_steps: int,
+    seconds: float,
+    before: tuple[int, int] = (0, 0),
+    steps: int | None = None,
+    lr: float | None = None,
 ) -> dict[str, str]:
     """The tutorial's train line and the TensorBoard scalars of the steps since the last one;
     then a new window starts. Returns the progress bar's figures: the loss and the lr.
 
-    `seconds` is this process's time in the window; `before` the (batches, tokens) of it that
-    an earlier process ran (a run resumed mid-window): in the loss, not in the speed."""
-    w, lr = p.window, run.optimizer.param_groups[0]["lr"]
-    n = max(w["batches"], 1)
-    loss = w["loss"] / n
-    timed_batches, timed_tokens = max(w["batches"] - before[0], 1), w["tokens"] - before[1]
+    `seconds` is this process's time in the window and `steps` the steps it took in it,
+    skipped ones included; `before` the (batches, tokens) of the window that an earlier
+    process ran (a run resumed mid-window): in the loss, not in the speed. `lr` is what the
+    window's last step trained at (default: the optimizer's now). A window whose every step
+    was skipped (trainer.on_nonfinite=skip) has no loss: it says so, and TensorBoard gets
+    no loss point for it."""
+    w = p.window
+    lr = run.optimizer.param_groups[0]["lr"] if lr is None else lr
+    counted = w["batches"]
+    loss = w["loss"] / counted if counted else math.nan
+    steps = max(w["batches"] - before[0], 1) if steps is None else max(steps, 1)
     log.info(
-        "| epoch %3d | %5d/%5d batches | lr %.3g | ms/batch %6.1f | loss %5.2f | ppl %s",
+        "| epoch %3d | %5d/%5d batches | lr %.3g | ms/batch %6.1f | loss %5.2f | ppl %s%s",
         p.epoch,
         p.batch,
         n_steps,
         lr,
-        1000 * seconds / timed_batches,
+        1000 * seconds / steps,
         loss,
-        shown(ppl(loss)),
+        shown(ppl(loss)) if counted else "-",
+        "" if counted else " | every step skipped (non-finite)",
     )
-    run.tb.scalars(
-        {
-            "train/loss": loss,
-            "train/ppl": ppl(loss),
-            "train/lr": lr,
-            "train/grad_norm": w["norm"] / n,
-            "train/tokens_per_s": timed_tokens / seconds,
-        },
-        p.step,
-    )
+    scalars = {"train/lr": lr}
+    if counted:
+        scalars.update({"train/loss": loss, "train/ppl": ppl(loss),
+                        "train/grad_norm": w["norm"] / counted,
+                        "train/tokens_per_s": (w["tokens"] - before[1]) / seconds})  # fmt: skip
+    run.tb.scalars(scalars, p.step)
     p.reset_window()
     return {"loss": f"{loss:.2f}", "lr": f"{lr:.3g}"}
 

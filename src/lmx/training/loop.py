@@ -106,6 +106,9 @@ class Trainer:
         self.progress = Progress.from_dict(resumed) if resumed else Progress()
         self.saver = Saver(run, self.progress, clock=lambda: time.perf_counter())
         self.warmup_left = cfg.throughput_warmup_steps
+        # The lr the latest step trained at: a per-step schedule has moved the optimizer's on
+        # to the next step's by the time a log line or a validation reads it.
+        self.step_lr: float | None = None
         self.stop = StopSignals()
         self.val_score = None  # this process's latest validation; the step of the run's latest:
         self.validated_at = self.progress.history[-1]["step"] if self.progress.history else -1
@@ -135,7 +138,7 @@ class Trainer:
         source, n_steps = run.splits["train"], self.steps_per_epoch
         bar = tqdm(total=n_steps, initial=p.batch, desc=f"epoch {p.epoch}", unit="batch",
                    disable=None if cfg.progress else True, leave=False)  # fmt: skip
-        self.window_start = time.perf_counter()
+        self.window_start, self.window_steps = time.perf_counter(), 0
         before = (int(p.window["batches"]), int(p.window["tokens"]))  # run before a resume
         with logging_redirect_tqdm():
             for i in batch_starts(source, run.bptt)[p.batch : n_steps]:
@@ -147,6 +150,8 @@ class Trainer:
                                     cfg.accumulate, cfg.on_nonfinite == NonFinite.skip)  # fmt: skip
                 tokens = targets.numel() * run.world.world_size  # equal shares
                 count_step(p, result, tokens, self.meters, cfg.on_nonfinite, self.saver.best)
+                self.window_steps += 1
+                self.step_lr = run.optimizer.param_groups[0]["lr"]  # what this step trained at
                 run.average.update(p.step)
                 p.count_time(time.perf_counter() - start, tokens, timed=self.warmup_left <= 0)
                 self.warmup_left -= 1
@@ -159,8 +164,9 @@ class Trainer:
                 if p.batch % cfg.log_interval == 0 or p.batch == n_steps or spent:
                     self.meters.read(p, run.world, self.saver.best)
                     seconds = time.perf_counter() - self.window_start
-                    bar.set_postfix(logs.log_window(run, p, n_steps, seconds, before))
-                    self.window_start, before = time.perf_counter(), (0, 0)
+                    bar.set_postfix(logs.log_window(run, p, n_steps, seconds, before,
+                                                    self.window_steps, self.step_lr))  # fmt: skip
+                    self.window_start, before, self.window_steps = time.perf_counter(), (0, 0), 0
                 stop = result.stop_requested if run.world.enabled else self.stop.requested
                 if stop:
                     bar.close()
@@ -191,7 +197,7 @@ class Trainer:
             score = self.val_score = evaluate(run.model, run.splits["valid"], **self.eval_args)
         raw = evaluate(run.model, run.splits["valid"], **self.eval_args) if run.average.on else None
         self.validated_at = p.step
-        lr = run.optimizer.param_groups[0]["lr"]
+        lr = run.optimizer.param_groups[0]["lr"] if self.step_lr is None else self.step_lr
         run.schedule.after_validation(whole, score.loss)
         logs.log_validation(p, score, whole)  # warns when it is inf or nan
         scalars, details = logs.validation_record(score, raw)

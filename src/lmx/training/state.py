@@ -70,7 +70,10 @@ class Progress:
             {
                 "epoch": self.epoch,
                 "step": self.step,
-                "train_loss": self.epoch_loss / max(self.epoch_tokens, 1),
+                # nan where every batch was skipped (non-finite): no loss was measured
+                "train_loss": self.epoch_loss / self.epoch_tokens
+                if self.epoch_tokens
+                else math.nan,
                 "val_loss": val_loss,
                 "val_ppl": math.exp(val_loss) if val_loss < 700 else math.inf,
                 **details,
