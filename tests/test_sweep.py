@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, job_dir, run_cli, tiny_overrides
+from conftest import REPO, job_dir, run_cli, run_module, tiny_overrides
 from lmx.errors import ConfigError
 from lmx.report import report
 from lmx.runs.status import mark_failed, read_status
@@ -143,6 +143,18 @@ def test_failed_job_does_not_stop_the_sweep(corpus_dir, cache_dir, tmp_path):
     assert read_status(job_dir(sweep, 0))["status"] == "failed"  # not the earlier run's done
     assert "Traceback" in (job_dir(sweep, 0) / "error.txt").read_text()
     assert read_status(job_dir(sweep, 1))["status"] == "done"  # the job after the failure ran
+
+
+def test_a_sweep_whose_jobs_run_in_their_own_dirs_still_counts_its_failures(
+    corpus_dir, cache_dir, tmp_path
+):
+    # hydra.job.chdir=true: each job's cwd is its run dir, where the relative sweep dir is not
+    proc = run_module(
+        "lmx.train", "-m", *tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1"),
+        "data.bptt=400,8", "hydra.sweep.dir=sweep", "hydra.job.chdir=true", cwd=tmp_path,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "1 of 2 job(s) failed" in output, output[-2000:]
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, cache_dir, tmp_path):

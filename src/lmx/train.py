@@ -84,14 +84,17 @@ def _hydra_main(cfg: DictConfig) -> float:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     main_rank = int(os.environ.get("RANK", "0")) == 0  # the others' run dirs are scratch
 
+    # hydra.job.chdir=true runs a job in its run dir: a relative sweep dir is the launch dir's
+    sweep_dir = Path(hydra_cfg.runtime.cwd) / hydra_cfg.sweep.dir if multirun else None
+
     def outcome(what: str, detail: str = "") -> None:  # for the sweep's summary
-        if multirun and main_rank:
-            record_job(run_dir, Path(hydra_cfg.sweep.dir), what, detail)
+        if sweep_dir is not None and main_rank:
+            record_job(run_dir, sweep_dir, what, detail)
 
     absolute_paths(cfg)  # before hashing: the saved config.yaml holds them resolved
     if multirun and cfg.sweep.resume:
         job_hash = config_hash(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-        done = find_finished(Path(hydra_cfg.sweep.dir), job_hash)
+        done = find_finished(sweep_dir, job_hash)
         if done is not None:
             log.info("sweep.resume: this job already finished in %s; skipping it", done)
             outcome("skipped", f"finished in {done}")
@@ -128,7 +131,10 @@ def _hydra_main(cfg: DictConfig) -> float:
                         "began", run_dir, earlier)  # fmt: skip
         else:  # a "done" this try did not write is an earlier run's: it no longer holds
             mark_failed(run_dir, err, over_done=_mtime(run_dir / STATUS_FILE) == status_before)
-        outcome("failed", f"{type(err).__name__}: {err}")
+        if read_status(run_dir).get("status") == "done":  # finished, then failed closing up
+            outcome("done")
+        else:
+            outcome("failed", f"{type(err).__name__}: {err}")
         expected = isinstance(err, LmxError)
         if debug() or not (expected or multirun):
             raise  # an lmx bug: the traceback helps (it is in error.txt too)
