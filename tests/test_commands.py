@@ -66,6 +66,9 @@ def test_evaluate_refuses_overrides_the_checkpoint_decides(tiny_run):
     lines = str(err.value).splitlines()
     assert len(lines) == 3 and lines[1].startswith("  - model.nlayers=3: the model and its")
     assert lines[2].startswith("  - data.tokenizer.kind=bpe: the model and its tokenizer are")
+    # the training command's own values (copied with the rest of it) change nothing
+    same = evaluate_checkpoint(run_dir, "test", ["model.nlayers=1", "data.tokenizer.kind=word"])
+    assert same["unit"] == "word-level"
     fused = evaluate_checkpoint(run_dir, "test", ["model.fused_loss=false"])  # how, not what
     assert math.isclose(fused["ppl"], evaluate_checkpoint(run_dir, "test")["ppl"], rel_tol=1e-5)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -110,6 +111,9 @@ def test_a_byte_order_mark_is_not_a_token(corpus_dir, cache_dir, tmp_path):
         path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Windows Notepad saves
     marked = load_corpus(data_cfg(corpus_dir, cache_dir))
     assert marked.vocab_size == plain.vocab_size and "\ufeff" not in marked.tokenizer.get_vocab()
+    # keyed apart from an entry an older lmx built of the same bytes, mark and all
+    meta = json.loads((marked.tokenizer_path.parent / "meta.json").read_text())
+    assert meta["fingerprint"]["bom_dropped"] == ["train", "valid"]
     for split in ("train", "valid", "test"):
         assert marked.splits[split].equal(plain.splits[split])
 

@@ -75,13 +75,13 @@ def evaluate_checkpoint(
 def _changed_since_training(trained_on: dict[str, str] | None, data, split: str) -> str | None:
     """The split's local file where its sha256 is not the one the run recorded; None where it
     is, or where nothing was recorded (the Hub, a run older than the record)."""
-    from lmx.data.cache import source_sha256
+    from lmx.data.cache import stamped_sha256
     from lmx.data.sources import local_files
 
-    now = source_sha256(data)
-    if not trained_on or now is None or trained_on.get(split) in (None, now[split]):
+    if not trained_on or trained_on.get(split) is None or data.local_dir is None:
         return None
-    return str(local_files(data.local_dir)[split])
+    path = local_files(data.local_dir)[split]
+    return None if stamped_sha256(data, {split: path})[split] == trained_on[split] else str(path)
 
 
 def describe(result: dict[str, Any]) -> str:

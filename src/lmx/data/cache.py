@@ -25,7 +25,13 @@ from tokenizers import Tokenizer
 from lmx.config.schema import DataConfig
 from lmx.data import wordlevel
 from lmx.data.encode import encode_in_memory, ids_dtype, train_and_encode
-from lmx.data.sources import SPLITS, files_fingerprint, local_files, text_batches
+from lmx.data.sources import (
+    SPLITS,
+    files_fingerprint,
+    local_files,
+    starts_with_bom,
+    text_batches,
+)
 from lmx.errors import DataError
 from lmx.paths import default_cache_dir
 
@@ -56,6 +62,9 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     fingerprint = {
         "format": _CACHE_FORMAT,
         "source": digests if digests is not None else f"hub:{cfg.hub_path}:{cfg.hub_config}",
+        # lmx has dropped a leading byte-order mark since this key: an entry an older lmx built
+        # from such a file holds it as a token, and must not be reused
+        **({"bom_dropped": marked} if (marked := _bom_splits(cfg)) else {}),
         "tokenizer": OmegaConf.to_container(OmegaConf.structured(cfg.tokenizer), enum_to_str=True),
     }
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
@@ -74,12 +83,24 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     return Corpus(tokenizer, entry / "tokenizer.json", splits, digests)
 
 
+def _bom_splits(cfg: DataConfig) -> list[str]:
+    """The local splits whose file starts with a UTF-8 byte-order mark."""
+    if cfg.local_dir is None:
+        return []
+    return [s for s, path in local_files(cfg.local_dir).items() if starts_with_bom(path)]
+
+
 def source_sha256(cfg: DataConfig) -> dict[str, str] | None:
     """split -> sha256 of its local file (stamped in the cache folder, so an unchanged corpus
     is not read again); None for a corpus from the Hub."""
     if cfg.local_dir is None:
         return None
-    return files_fingerprint(local_files(cfg.local_dir), _cache_root(cfg) / "file-hashes.json")
+    return stamped_sha256(cfg, local_files(cfg.local_dir))
+
+
+def stamped_sha256(cfg: DataConfig, files: dict[str, Path]) -> dict[str, str]:
+    """The files' sha256, through the stamps kept in the config's cache folder."""
+    return files_fingerprint(files, _cache_root(cfg) / "file-hashes.json")
 
 
 def _load_entry(entry: Path, fingerprint: dict, rebuild_on_error: bool = True):

@@ -145,6 +145,14 @@ def _local_batches(path: Path) -> Batches:
     return batches
 
 
+def starts_with_bom(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(3) == b"\xef\xbb\xbf"
+    except OSError:
+        return False  # unreadable: reading it says so, with its name
+
+
 def _breaks(data: bytes) -> int:
     """Line breaks in `data` as universal newlines count them: "\n", "\r\n" and "\r"."""
     return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")

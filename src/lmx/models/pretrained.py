@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from lmx.config.legacy import typed_config
@@ -67,6 +67,7 @@ def load_trained(
         for o, key in keys.items()
         if _fixed_by_checkpoint(key)
         and not any(p.startswith((f"{key}:", f"{key}=")) for p in problems)  # said already
+        and not _as_saved(cfg, o, key)  # the training command's own value: no change
     ]
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -87,6 +88,17 @@ def _fixed_by_checkpoint(key: str) -> bool:
     if key.startswith("data.tokenizer.") or key == "data.tokenizer":
         return True
     return (key == "model" or key.startswith("model.")) and key not in MODEL_FREE
+
+
+def _as_saved(cfg: DictConfig, override: str, key: str) -> bool:
+    """Whether `override` (key=value) sets the value the saved config already has."""
+    if "=" not in override or override.startswith("~"):
+        return False
+    try:
+        given = OmegaConf.from_dotlist([override.lstrip("+")])
+        return OmegaConf.select(given, key) == OmegaConf.select(cfg, key)
+    except Exception:  # a value OmegaConf cannot parse: not the saved one
+        return False
 
 
 def _tokenizer(ckpt: Checkpoint, path: Path) -> Tokenizer:
