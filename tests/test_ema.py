@@ -96,3 +96,19 @@ def test_the_ema_gain_benchmark_compares_average_and_raw_weights(corpus_dir, cac
     assert plain["status"] == "done"
     proc = run_python("benchmarks/ema_gain.py", str(tmp_path / "plain"))
     assert proc.returncode != 0 and "run without trainer.ema" in proc.stderr
+
+
+def test_settings_the_runs_length_leaves_idle_are_said(corpus_dir, cache_dir, tmp_path, caplog):
+    extra = ("trainer.epochs=1", "trainer.limit_train_batches=4", "trainer.ema.decay=0.9",
+             "trainer.ema.start_step=100", "trainer.val_every_steps=10")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        metrics = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra)), tmp_path / "r")
+    assert "trainer.ema.start_step=100 is at or past the run's last step (4)" in caplog.text
+    assert "trainer.val_every_steps=10 is not below the 4 steps" in caplog.text
+    assert metrics["history"][0]["val_loss"] == metrics["history"][0]["val_loss_raw"]
+    caplog.clear()
+    fine = ("trainer.epochs=1", "trainer.limit_train_batches=4", "trainer.ema.decay=0.9",
+            "trainer.ema.start_step=2", "trainer.val_every_steps=2")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *fine)), tmp_path / "f")
+    assert "start_step" not in caplog.text and "val_every_steps" not in caplog.text

@@ -47,6 +47,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CUDA too
 
 
+def warn_idle_settings(t, budget: Budget) -> None:
+    """Settings that the run's planned length leaves without effect, said once at the start
+    (a time budget can only end a run sooner, so its planned length is the most it takes)."""
+    planned = budget.planned_steps()
+    if t.ema.decay is not None and t.ema.start_step >= planned:
+        log.warning("trainer.ema.start_step=%d is at or past the run's last step (%d): the "
+                    "average never starts, and the raw weights are validated and tested",
+                    t.ema.start_step, planned)  # fmt: skip
+    if t.val_every_steps and t.val_every_steps >= min(budget.steps_per_epoch, planned):
+        log.warning("trainer.val_every_steps=%d is not below the %d steps of an epoch or the "
+                    "run: no validation happens within an epoch (each ends with one anyway)",
+                    t.val_every_steps, min(budget.steps_per_epoch, planned))  # fmt: skip
+
+
 def build_run(
     cfg: DictConfig, run_dir: Path, world: World, device: torch.device
 ) -> tuple[Run, dict[str, Any] | None]:
@@ -108,6 +122,7 @@ def build_run(
     schedule = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, t.epochs, t.max_steps)
     scaler = make_scaler(device, cfg.device.precision)
     average = WeightAverage(model, t.ema.decay, t.ema.start_step)
+    warn_idle_settings(t, budget)
     meta = {
         "config": resolved,
         "vocab_size": data.vocab_size,
