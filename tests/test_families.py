@@ -161,6 +161,17 @@ def test_a_key_of_another_family_names_the_family_and_its_keys(tmp_path):
     assert "model.d_hd: model=gpt has no such key; did you mean model.d_hid?" in proc.stderr
 
 
+def test_a_key_of_another_optimizer_or_schedule_names_the_option_that_has_it():
+    from lmx.config.preflight import check_command_line
+    from lmx.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        check_command_line(["optim.betas=[0.9,0.99]", "scheduler.warmup_steps=5"])
+    assert "optim.betas: this optim has no such key; it is a key of optim=adamw" in str(err.value)
+    assert ("scheduler.warmup_steps: this scheduler has no such key; it is a key of "
+            "scheduler=cosine, scheduler=linear, scheduler=wsd") in str(err.value)  # fmt: skip
+
+
 def test_a_sweep_checks_each_override_against_every_family_it_meets(tmp_path):
     # model.d_model fits the transformer, the first choice, but not lstm, the second.
     proc = run_cli("-m", "model=transformer,lstm,gpt", "model.d_model=64",

@@ -24,6 +24,7 @@ from lmx.config.compose import compose, composition_error
 from lmx.config.model_rules import family
 from lmx.config.rules import FP16_ON_CPU, all_keys, config_problems, did_you_mean
 from lmx.config.schema import MODEL_FAMILIES
+from lmx.config.store import GROUP_SCHEMAS
 from lmx.errors import ConfigError
 from lmx.paths import config_dir
 
@@ -273,6 +274,13 @@ def _no_such_key(key: str, cfg) -> str:
     hint = did_you_mean(key, all_keys(cfg))
     name = family(cfg.model) if key.startswith("model.") and "model" in cfg else None
     if name is None:
+        group, _, leaf = key.partition(".")
+        options = GROUP_SCHEMAS.get(group, {}) if group != "model" else {}
+        owners = [o for o, schema in options.items()
+                  if leaf.split(".")[0] in schema.__dataclass_fields__]  # fmt: skip
+        if owners:  # e.g. optim.betas under optim=sgd: another option's key, not a typo
+            return (f"{key}: this {group} has no such key; it is a key of "
+                    f"{group}={f', {group}='.join(owners)}")  # fmt: skip
         return f"{key}: no such config key{hint}"
     keys = ", ".join(k for k in cfg.model if k != "_target_")
     leaf = key.split(".", 1)[1]

@@ -18,17 +18,19 @@ from lmx.config.schema import (
     WSDConfig,
 )
 
+# group -> option -> its schema: the options whose keys differ from one another
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "model": MODEL_FAMILIES,
+    "optim": {"sgd": SGDConfig, "adamw": AdamWConfig},
+    "scheduler": {"step": StepLRConfig, "cosine": WarmupCosineConfig,
+                  "constant": ConstantLRConfig, "linear": WarmupLinearConfig,
+                  "wsd": WSDConfig, "plateau": PlateauConfig},
+}  # fmt: skip
+
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    for name, schema in MODEL_FAMILIES.items():
-        cs.store(group="schema/model", name=name, node=schema)
-    cs.store(group="schema/optim", name="sgd", node=SGDConfig)
-    cs.store(group="schema/optim", name="adamw", node=AdamWConfig)
-    cs.store(group="schema/scheduler", name="step", node=StepLRConfig)
-    cs.store(group="schema/scheduler", name="cosine", node=WarmupCosineConfig)
-    cs.store(group="schema/scheduler", name="constant", node=ConstantLRConfig)
-    cs.store(group="schema/scheduler", name="linear", node=WarmupLinearConfig)
-    cs.store(group="schema/scheduler", name="wsd", node=WSDConfig)
-    cs.store(group="schema/scheduler", name="plateau", node=PlateauConfig)
+    for group, options in GROUP_SCHEMAS.items():
+        for name, schema in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=schema)
