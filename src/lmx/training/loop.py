@@ -220,7 +220,8 @@ class Trainer:
             losses = ", ".join(f"epoch {h['epoch']}: {h['val_loss']}" for h in p.history)
             raise NonFiniteLoss(
                 f"every validation loss was non-finite ({losses}), so there is no best model "
-                "to test. The weights diverged: lower optim.lr or tighten trainer.grad_clip."
+                "to test. The weights diverged: lower optim.lr or set (or tighten) "
+                "trainer.grad_clip."
             )
         score = evaluate(self.run.model, self.run.splits["valid"], **self.eval_args)  # epochs=0
         p.best_val_loss, p.best_epoch, self.val_score = score.loss, 0, score

@@ -31,8 +31,8 @@ class NonFiniteLoss(LmxError):
     def at(cls, what: str, where: str, best: str) -> NonFiniteLoss:
         return cls(
             f"non-finite {what} at {where}; training stopped. Best checkpoint: {best}. Lower "
-            "optim.lr or tighten trainer.grad_clip, or set trainer.on_nonfinite=skip to skip "
-            "such batches."
+            "optim.lr or set (or tighten) trainer.grad_clip, or set trainer.on_nonfinite=skip "
+            "to skip such batches."
         )
 
 
