@@ -87,6 +87,15 @@ def start_epoch(run: Run, p: Progress) -> None:
         reset_state(run.model)
 
 
+def no_best_model(history: list[dict[str, Any]]) -> NonFiniteLoss:
+    """The error of a run whose every validation loss was inf or nan."""
+    losses = ", ".join(f"epoch {h['epoch']}: {h['val_loss']}" for h in history)
+    return NonFiniteLoss(
+        f"every validation loss was non-finite ({losses}), so there is no best model to test. "
+        "The weights diverged: lower optim.lr or set (or tighten) trainer.grad_clip."
+    )
+
+
 def count_step(p: Progress, result: StepResult, tokens: int, meters: DeviceMeters, policy,
                best_path: Path) -> None:  # fmt: skip
     """A step into the count: a checked non-finite one goes by trainer.on_nonfinite (skip or
@@ -106,9 +115,7 @@ class Trainer:
         self.progress = Progress.from_dict(resumed) if resumed else Progress()
         self.saver = Saver(run, self.progress, clock=lambda: time.perf_counter())
         self.warmup_left = cfg.throughput_warmup_steps
-        # The lr the latest step trained at: a per-step schedule has moved the optimizer's on
-        # to the next step's by the time a log line or a validation reads it.
-        self.step_lr: float | None = None
+        self.step_lr: float | None = None  # the last step's (a per-step schedule moved on)
         self.stop = StopSignals()
         self.val_score = None  # this process's latest validation; the step of the run's latest:
         self.validated_at = self.progress.history[-1]["step"] if self.progress.history else -1
@@ -217,12 +224,7 @@ class Trainer:
         if p.best_epoch is not None:
             return
         if p.history:  # every validation was inf/nan
-            losses = ", ".join(f"epoch {h['epoch']}: {h['val_loss']}" for h in p.history)
-            raise NonFiniteLoss(
-                f"every validation loss was non-finite ({losses}), so there is no best model "
-                "to test. The weights diverged: lower optim.lr or set (or tighten) "
-                "trainer.grad_clip."
-            )
+            raise no_best_model(p.history)
         score = evaluate(self.run.model, self.run.splits["valid"], **self.eval_args)  # epochs=0
         p.best_val_loss, p.best_epoch, self.val_score = score.loss, 0, score
         self.saver.save(self.saver.best)
