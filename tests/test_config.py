@@ -303,6 +303,9 @@ def test_fp16_needs_cuda(monkeypatch):
     assert config_problems(cfg) == []
     with pytest.raises(ConfigError, match="device.precision=bf16"):
         resolve_device(cfg.device)
+    # a CUDA device asked for where there is none: advice that works in every command
+    with pytest.raises(ConfigError, match="no CUDA device; set device.type=cpu or device.type"):
+        resolve_device(compose_cfg(["device=cuda"]).device)
 
 
 def test_declared_dependency_floors_cover_what_the_code_calls():

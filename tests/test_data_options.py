@@ -75,6 +75,9 @@ def test_the_gpu_preset_for_wikitext103_composes():
     cfg = compose_cfg(["experiment=wt103_gpt", "data.local_dir=/tmp"])
     assert cfg.data.name == "wikitext103" and cfg.model.head.value == "adaptive"
     assert cfg.device.type.value == "cuda" and cfg.device.compile
+    for device in ("cpu", "auto"):  # the preset's device is a choice the command line replaces
+        cfg = compose_cfg(["experiment=wt103_gpt", "data.local_dir=/tmp", f"device={device}"])
+        assert cfg.device.type.value == device and cfg.device.precision.value == "bf16"
 
 
 def test_a_one_type_vocabulary_is_refused_and_the_unk_share_is_told(tmp_path, cache_dir, caplog):

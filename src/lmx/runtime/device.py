@@ -24,8 +24,8 @@ def resolve_device(
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     elif cfg.type == DeviceType.cuda and not torch.cuda.is_available():
         raise ConfigError(
-            "device=cuda was asked for, but torch sees no CUDA device; "
-            "use device=auto or device=cpu"
+            "device.type=cuda was asked for, but torch sees no CUDA device; "
+            "set device.type=cpu or device.type=auto"
         )
     else:
         kind = cfg.type.value
