@@ -144,6 +144,9 @@ def test_generate_cli_and_errors(tiny_run):
     assert "top_k=many: not an integer; seed=abc: not an integer" in proc.stderr
     with pytest.raises(ConfigError, match=r"^temperature=-1.0 must be >= 0; top_p=2.0 must be in"):
         generate(run_dir, "x", temperature=-1.0, top_p=2.0)
+    for temperature in (float("nan"), float("inf")):  # no distribution to sample from
+        with pytest.raises(ConfigError, match=f"temperature={temperature} must be"):
+            generate(run_dir, "x", temperature=temperature)
     proc = run_module("lmx.generate", f"ckpt={run_dir}", "prompt=x", "num_samples=2",
                       "max_new_tokens=3")  # fmt: skip
     assert proc.stdout.count("--- sample") == 2, proc.stderr

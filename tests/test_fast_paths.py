@@ -169,12 +169,23 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
         ("avg_steps=998", "must be more than warmup (5): the timed steps come after it"),
         ("lever_steps=3", "lever_steps (3) must be more than warmup (5), or 0 to skip"),
         ("avg_batches=0", "avg_batches 1 or more"),
+        ("seeds=0,0", "seeds=0,0: give each seed once"),
+        ("warmup=-1", "warmup must be 0 or more"),
+        ("out=/proc/no/bench.json", "out=/proc/no/bench.json: cannot be written"),
     ],
 )
 def test_bench_argument_errors_are_one_message(corpus_dir, arg, message):
     proc = run_module("lmx.bench", f"data.local_dir={corpus_dir}", arg)
     assert proc.returncode == 2 and message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "measuring" not in proc.stdout  # before any work
+
+
+def test_every_bench_argument_error_is_in_the_one_message(tmp_path):
+    proc = run_module("lmx.bench", f"data.local_dir={tmp_path / 'none'}", "steps=abc", "stepz=5")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    for part in ("steps must be an integer, got 'abc'", "unknown arguments: stepz",
+                 f"data.local_dir={tmp_path / 'none'}: no such folder"):  # fmt: skip
+        assert part in proc.stderr, proc.stderr
 
 
 def test_tf32_is_set_for_a_gpu_only():

@@ -10,6 +10,7 @@ every token (its encoder layers keep no cache).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -125,10 +126,13 @@ def generate(
     from lmx.runtime.device import apply_settings, resolve_device
 
     at_least_0 = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k}
-    bad = [f"{k}={v} must be >= 0" for k, v in at_least_0.items() if v < 0]
+    bad = [f"{k}={v} must be >= 0" for k, v in at_least_0.items() if not v >= 0]  # nan too
+    bad += [] if math.isfinite(temperature) else [f"temperature={temperature} must be finite"]
     bad += [] if 0.0 < top_p <= 1.0 else [f"top_p={top_p} must be in (0, 1]"]
     bad += (
-        [] if repetition_penalty > 0 else [f"repetition_penalty={repetition_penalty} must be > 0"]
+        []
+        if 0 < repetition_penalty < math.inf
+        else [f"repetition_penalty={repetition_penalty} must be > 0 and finite"]
     )
     bad += [] if num_samples >= 1 else [f"num_samples={num_samples} must be >= 1"]
     if bad:

@@ -27,6 +27,7 @@ Prints a table and writes JSON (default outputs/bench.json).
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from lmx.bench.settings import RESULT_TAG
@@ -37,12 +38,76 @@ from lmx.errors import ConfigError
 USAGE = __doc__.split("\n\n")[1].strip()
 
 
-def _int(args: dict[str, str], key: str, default: int) -> int:
+def _int(args: dict[str, str], key: str, default: int, problems: list[str] | None = None) -> int:
+    """args[key] as an int (popped), or `default`; a problem noted (or raised) if it is none."""
     value = args.pop(key, None)
     try:
         return default if value is None else int(value)
     except ValueError:
-        fail(ConfigError(f"{key} must be an integer, got {value!r}\n{USAGE}"))
+        message = f"{key} must be an integer, got {value!r}"
+        if problems is None:
+            fail(ConfigError(f"{message}\n{USAGE}"))
+        problems.append(message)
+        return default
+
+
+def _options(args: dict[str, str]) -> dict:
+    """The bench's options, with every problem in one message, before any work: the data
+    folder is read, and the output's folder tried, now rather than after an hour."""
+    problems: list[str] = []
+    data = args.pop("data.local_dir", None)
+    if data is None:
+        problems.append("data.local_dir=PATH is required")
+    o = {"data": data, "steps": _int(args, "steps", 1000, problems),
+         "warmup": _int(args, "warmup", 5, problems),
+         "lever_steps": _int(args, "lever_steps", 60, problems),  # 0: no per-lever rows
+         "avg_steps": _int(args, "avg_steps", 8, problems),
+         "avg_batches": _int(args, "avg_batches", 120, problems)}  # fmt: skip
+    seeds_arg = args.pop("seeds", "0,1,2")
+    try:
+        o["seeds"] = [int(x) for x in seeds_arg.split(",")]
+        if len(set(o["seeds"])) < len(o["seeds"]):  # one sample would count as two
+            problems.append(f"seeds={seeds_arg}: give each seed once")
+    except ValueError:
+        problems.append(f"seeds must be integers separated by commas, got {seeds_arg!r}")
+    out = o["out"] = Path(args.pop("out", "outputs/bench.json"))
+    if args:
+        problems.append(f"unknown arguments: {', '.join(args)}")
+    problems += _range_problems(o)
+    if data is not None:
+        from lmx.data.sources import local_files
+        from lmx.errors import DataError
+
+        try:
+            local_files(data)
+        except DataError as err:
+            problems.append(str(err))
+    try:  # a file made and removed beside it: writing there works, as root too
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_dir():
+            raise IsADirectoryError(f"{out} is a folder")
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as err:
+        problems.append(f"out={out}: cannot be written ({err.strerror or err})")
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        fail(ConfigError(f"invalid bench options:\n{lines}\n{USAGE}"))
+    return o
+
+
+def _range_problems(o: dict) -> list[str]:
+    steps, warmup, avg_steps, levers = o["steps"], o["warmup"], o["avg_steps"], o["lever_steps"]
+    problems = [f"warmup must be 0 or more, got {warmup}"] if warmup < 0 else []
+    if avg_steps < 0 or o["avg_batches"] < 1:
+        problems.append(f"avg_steps must be 0 or more and avg_batches 1 or more, got "
+                        f"{avg_steps} and {o['avg_batches']}")  # fmt: skip
+    if steps - max(avg_steps, 1) + 1 <= warmup:
+        problems.append(f"steps ({steps}) - avg_steps ({avg_steps}) + 1 must be more than "
+                        f"warmup ({warmup}): the timed steps come after it")  # fmt: skip
+    if levers and levers <= warmup:
+        problems.append(f"lever_steps ({levers}) must be more than warmup ({warmup}), or 0 "
+                        "to skip the lever rows")  # fmt: skip
+    return problems
 
 
 def main(argv: list[str]) -> None:
@@ -71,34 +136,14 @@ def main(argv: list[str]) -> None:
         except (OSError, ValueError, KeyError, TypeError) as err:
             fail(ConfigError(f"show={saved}: not a bench result ({type(err).__name__}: {err})"))
         return
-    data = args.pop("data.local_dir", None)
-    if data is None:
-        fail(ConfigError(f"data.local_dir=PATH is required\n{USAGE}"))
-    steps, warmup = _int(args, "steps", 1000), _int(args, "warmup", 5)
-    lever_steps = _int(args, "lever_steps", 60)  # 0: skip the per-lever table
-    avg_steps, avg_batches = _int(args, "avg_steps", 8), _int(args, "avg_batches", 120)
-    seeds_arg = args.pop("seeds", "0,1,2")
-    try:
-        seeds = [int(x) for x in seeds_arg.split(",")]
-    except ValueError:
-        fail(ConfigError(f"seeds must be integers separated by commas, got {seeds_arg!r}"))
-    out = Path(args.pop("out", "outputs/bench.json"))
-    if args:
-        fail(ConfigError(f"unknown arguments: {', '.join(args)}\n{USAGE}"))
-    if avg_steps < 0 or avg_batches < 1:
-        fail(ConfigError(f"avg_steps must be 0 or more and avg_batches 1 or more, got "
-                         f"{avg_steps} and {avg_batches}"))  # fmt: skip
-    if steps - max(avg_steps, 1) + 1 <= warmup:
-        fail(ConfigError(f"steps ({steps}) - avg_steps ({avg_steps}) + 1 must be more than "
-                         f"warmup ({warmup}): the timed steps come after it"))  # fmt: skip
-    if lever_steps and lever_steps <= warmup:
-        fail(ConfigError(f"lever_steps ({lever_steps}) must be more than warmup ({warmup}), "
-                         "or 0 to skip the lever rows"))  # fmt: skip
+    o = _options(args)
     from lmx.bench.run import bench
 
-    results = bench(
-        str(Path(data).resolve()), steps, seeds, warmup, lever_steps, avg_steps, avg_batches
-    )
+    results = bench(str(Path(o["data"]).resolve()), o["steps"], o["seeds"], o["warmup"],
+                    o["lever_steps"], o["avg_steps"], o["avg_batches"])  # fmt: skip
+    out = o["out"]
+    if out.exists():
+        print(f"replacing {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(table(results))
