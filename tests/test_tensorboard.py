@@ -70,3 +70,29 @@ def test_a_named_run_and_all_its_hparams(corpus_dir, cache_dir, tmp_path):
     assert "model.d_model" in flagged and "optim.momentum" not in flagged
     assert "optim.momentum" in keys  # trainer.hparams_all: the constants too, after the rest
     assert keys.index("model.d_model") < keys.index("optim.momentum")
+
+
+def test_the_ppl_chart_holds_train_and_val_ppl_only_with_an_average_logged_too(
+    corpus_dir, cache_dir, tmp_path
+):
+    # Custom Scalars tags are regular expressions: val/ppl alone also matches val/ppl_raw.
+    import re
+
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    from conftest import compose_cfg
+    from lmx.train import train
+
+    extra = ("trainer.epochs=1", "trainer.limit_train_batches=4", "trainer.ema.decay=0.9")
+    train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra)), tmp_path / "r")
+    layout, tags = None, set()
+    for path in (tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                tags.add(value.tag)
+                if value.tag == "custom_scalars__config__":
+                    layout = layout_pb2.Layout.FromString(value.tensor.string_val[0])
+    assert "val/ppl_raw" in tags
+    chart = layout.category[0].chart[0].multiline
+    shown = {t for t in tags for pattern in chart.tag if re.search(pattern, t)}
+    assert shown == {"train/ppl", "val/ppl"}

@@ -63,8 +63,9 @@ class TensorBoard:
         meta.content = data.SerializeToString()
         self.writer.file_writer.add_summary(experiment)
         self.writer.file_writer.add_summary(start)
+        # the tags are regular expressions: anchored, or val/ppl would take val/ppl_raw too
         layout = {
-            "perplexity": {"train and validation ppl": ["Multiline", ["train/ppl", "val/ppl"]]}
+            "perplexity": {"train and validation ppl": ["Multiline", ["^train/ppl$", "^val/ppl$"]]}
         }
         self.writer.add_custom_scalars(layout)
 
