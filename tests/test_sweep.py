@@ -328,3 +328,11 @@ def test_a_job_skipped_because_it_finished_in_another_folder_is_not_reported_as_
     (sweep / MULTIRUN_FILE).write_text("abc")
     record_job(sweep / "3_nhead=2", sweep, "skipped", f"finished in {sweep / '0_nhead=2'}")
     assert find_runs(sweep) == [sweep / "0_nhead=2", sweep / "4_nhead=4"]
+
+
+def test_a_sweep_preset_run_without_multirun_says_it_is_one_run(corpus_dir, cache_dir, tmp_path):
+    args = [*tiny_overrides(corpus_dir, cache_dir), "trainer.epochs=0", "trainer.test=false"]
+    proc = run_cli("experiment=sweep_heads", *args, f"hydra.run.dir={tmp_path / 'r'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("this config plans a sweep over model.nhead, model.nlayers, which runs with -m"
+            in proc.stdout + proc.stderr)  # fmt: skip

@@ -92,6 +92,10 @@ def _hydra_main(cfg: DictConfig) -> float:
             record_job(run_dir, sweep_dir, what, detail)
 
     absolute_paths(cfg)  # before hashing: the saved config.yaml holds them resolved
+    planned = OmegaConf.select(hydra_cfg, "sweeper.params") or {}
+    if not multirun and planned:  # a sweep preset run without -m: one job of its defaults
+        log.warning("lmx: this config plans a sweep over %s, which runs with -m; without it "
+                    "this is one run of the defaults", ", ".join(map(str, planned)))  # fmt: skip
     if multirun and cfg.sweep.resume:
         job_hash = config_hash(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         done = find_finished(sweep_dir, job_hash)
