@@ -336,3 +336,16 @@ def test_a_sweep_preset_run_without_multirun_says_it_is_one_run(corpus_dir, cach
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ("this config plans a sweep over model.nhead, model.nlayers, which runs with -m"
             in proc.stdout + proc.stderr)  # fmt: skip
+
+
+def test_a_preset_grid_key_fixed_on_the_command_line_is_not_in_the_job_names(
+    corpus_dir, cache_dir, tmp_path
+):
+    # sweep_heads varies model.nhead and model.nlayers; model.nlayers=1 takes it out of the grid
+    sweep = tmp_path / "sweep"
+    args = [o for o in tiny_overrides(corpus_dir, cache_dir) if not o.startswith("model.nhead")]
+    proc = run_cli("-m", "experiment=sweep_heads", *args, "trainer.epochs=0", "trainer.test=false",
+                   "model.nlayers=1", f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert names == ["0_nhead=1", "1_nhead=2", "2_nhead=4"]

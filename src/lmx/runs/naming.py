@@ -41,19 +41,33 @@ def group_choices(choices: Any) -> dict[str, str]:
 
 def typed_sweep_keys(overrides: list[str]) -> list[str]:
     """The keys of the sweep overrides among command-line overrides (`model.nhead=1,2`)."""
+    return [key for key, sweep in _override_keys(overrides) if sweep]
+
+
+def _override_keys(overrides: list[str]) -> list[tuple[str, bool]]:
+    """(key, whether it is a sweep override) of each command-line override."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    return [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+    return [(o.get_key_element().lstrip("+~"), o.is_sweep_override()) for o in parsed]
+
+
+def planned_sweep_keys(params: Any, overrides: list[str]) -> list[str]:
+    """The keys a multirun varies: its sweeper's params (a preset's grid, a search space),
+    less those the command line fixed to one value, then the sweep overrides typed."""
+    fixed = {key for key, sweep in _override_keys(overrides) if not sweep}
+    keys = [str(k) for k in params or {} if str(k) not in fixed]
+    return list(dict.fromkeys(keys + typed_sweep_keys(overrides)))
 
 
 def swept_keys(hydra: Any) -> list[str]:
-    """The keys a multirun varies: its sweeper's params and the sweep overrides it was given."""
-    keys = [str(k) for k in OmegaConf.select(hydra, "sweeper.params") or {}]
-    recorded = Path(str(hydra.sweep.dir)) / SWEPT_FILE
-    if recorded.is_file():
-        keys += json.loads(recorded.read_text())
-    return list(dict.fromkeys(keys))
+    """The keys a multirun varies, as recorded in its sweep dir when it started (found from
+    the launch dir, also when hydra.job.chdir=true put a job elsewhere); the sweeper's params
+    where there is no record."""
+    recorded = Path(str(OmegaConf.select(hydra, "runtime.cwd") or "")) / str(hydra.sweep.dir)
+    if (recorded / SWEPT_FILE).is_file():
+        return json.loads((recorded / SWEPT_FILE).read_text())
+    return [str(k) for k in OmegaConf.select(hydra, "sweeper.params") or {}]
 
 
 def short_names(keys: list[str]) -> list[str]:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmx.config.compose import absolute_paths
 from lmx.config.legacy import typed_config
 from lmx.errors import LmxError
-from lmx.runs.naming import SWEPT_FILE, typed_sweep_keys
+from lmx.runs.naming import SWEPT_FILE, planned_sweep_keys
 from lmx.runs.status import ERROR_FILE, STATUS_FILE, read_status
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        keys = typed_sweep_keys(list(config.hydra.overrides.task))
+        params = OmegaConf.select(config, "hydra.sweeper.params")
+        keys = planned_sweep_keys(params, list(config.hydra.overrides.task))
         (sweep_dir / SWEPT_FILE).write_text(json.dumps(keys))  # this sweep's, never an older one's
         self.multirun = uuid.uuid4().hex
         (sweep_dir / MULTIRUN_FILE).write_text(self.multirun)
