@@ -12,10 +12,12 @@ def table(r: dict) -> str:
     fp32 = r["lmx_fp32"]
     steps, k = r["steps"], r["avg_steps"]
     averaged = f"steps {steps - k + 1}-{steps}" if k > 1 else f"step {steps}"
+    averaged = (f"valid ppl, models after {averaged}, first {r['avg_batches']} batches" if k
+                else "valid ppl, averaged models (none: avg_steps=0)")  # fmt: skip
     rows = [
         "| setting | train tokens/s | vs tutorial | eval tokens/s | GFLOP/s (train) | MFU "
         f"| valid ppl, model after {steps} steps | vs lmx fp32 "
-        f"| valid ppl, models after {averaged}, first {r['avg_batches']} batches "
+        f"| {averaged} "
         "| vs lmx fp32 (± standard error) | peak RSS MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
