@@ -104,11 +104,19 @@ def test_settings_the_runs_length_leaves_idle_are_said(corpus_dir, cache_dir, tm
     with caplog.at_level("WARNING"):
         metrics = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra)), tmp_path / "r")
     assert "trainer.ema.start_step=100 is at or past the run's last step (4)" in caplog.text
-    assert "trainer.val_every_steps=10 is not below the 4 steps" in caplog.text
+    assert "trainer.val_every_steps=10 falls only on epoch ends or past the run's last step (4)" \
+        in caplog.text  # fmt: skip
     assert metrics["history"][0]["val_loss"] == metrics["history"][0]["val_loss_raw"]
     caplog.clear()
-    fine = ("trainer.epochs=1", "trainer.limit_train_batches=4", "trainer.ema.decay=0.9",
-            "trainer.ema.start_step=2", "trainer.val_every_steps=2")  # fmt: skip
+    # every 6 steps of 4-step epochs: steps 6 and 18 fall inside epochs 2 and 5
+    fine = ("trainer.epochs=5", "trainer.limit_train_batches=4", "trainer.ema.decay=0.9",
+            "trainer.ema.start_step=2", "trainer.val_every_steps=6")  # fmt: skip
     with caplog.at_level("WARNING"):
-        train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *fine)), tmp_path / "f")
+        metrics = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *fine)), tmp_path / "f")
     assert "start_step" not in caplog.text and "val_every_steps" not in caplog.text
+    assert [h["step"] for h in metrics["history"] if h.get("partial_epoch")] == [6, 18]
+    caplog.clear()
+    ends = ("trainer.epochs=2", "trainer.limit_train_batches=4", "trainer.val_every_steps=4")
+    with caplog.at_level("WARNING"):
+        train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *ends)), tmp_path / "e")
+    assert "trainer.val_every_steps=4 falls only on epoch ends" in caplog.text

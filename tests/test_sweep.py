@@ -331,11 +331,16 @@ def test_a_job_skipped_because_it_finished_in_another_folder_is_not_reported_as_
 
 
 def test_a_sweep_preset_run_without_multirun_says_it_is_one_run(corpus_dir, cache_dir, tmp_path):
-    args = [*tiny_overrides(corpus_dir, cache_dir), "trainer.epochs=0", "trainer.test=false"]
+    tiny = tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=0", "trainer.test=false")
+    args = [o for o in tiny if not o.startswith(("model.nhead=", "model.nlayers="))]
     proc = run_cli("experiment=sweep_heads", *args, f"hydra.run.dir={tmp_path / 'r'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ("this config plans a sweep over model.nhead, model.nlayers, which runs with -m"
             in proc.stdout + proc.stderr)  # fmt: skip
+    # a sweep job's own resume command sets each swept key: one run, as planned
+    keys = ("model.nhead=2", "model.nlayers=2")
+    proc = run_cli("experiment=sweep_heads", *args, *keys, f"hydra.run.dir={tmp_path / 's'}")
+    assert proc.returncode == 0 and "plans a sweep" not in proc.stdout + proc.stderr
 
 
 def test_a_preset_grid_key_fixed_on_the_command_line_is_not_in_the_job_names(

@@ -23,6 +23,7 @@ from lmx.config.rules import validate
 from lmx.config.store import register_configs
 from lmx.errors import LmxError
 from lmx.paths import config_dir
+from lmx.runs.naming import planned_sweep_keys
 from lmx.runs.status import (
     ERROR_FILE,
     STATUS_FILE,
@@ -92,10 +93,13 @@ def _hydra_main(cfg: DictConfig) -> float:
             record_job(run_dir, sweep_dir, what, detail)
 
     absolute_paths(cfg)  # before hashing: the saved config.yaml holds them resolved
-    planned = OmegaConf.select(hydra_cfg, "sweeper.params") or {}
-    if not multirun and planned:  # a sweep preset run without -m: one job of its defaults
-        log.warning("lmx: this config plans a sweep over %s, which runs with -m; without it "
-                    "this is one run of the defaults", ", ".join(map(str, planned)))  # fmt: skip
+    if not multirun:  # a sweep preset without -m is one job of its defaults; lmx's own
+        # resume command for a sweep's job sets each swept key, so it plans nothing
+        params = OmegaConf.select(hydra_cfg, "sweeper.params")
+        planned = planned_sweep_keys(params, list(hydra_cfg.overrides.task))
+        if planned:
+            log.warning("lmx: this config plans a sweep over %s, which runs with -m; without "
+                        "it this is one run of the defaults", ", ".join(planned))  # fmt: skip
     if multirun and cfg.sweep.resume:
         job_hash = config_hash(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         done = find_finished(sweep_dir, job_hash)

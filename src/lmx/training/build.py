@@ -48,17 +48,20 @@ def seed_everything(seed: int) -> None:
 
 
 def warn_idle_settings(t, budget: Budget) -> None:
-    """Settings that the run's planned length leaves without effect, said once at the start
-    (a time budget can only end a run sooner, so its planned length is the most it takes)."""
-    planned = budget.planned_steps()
+    """Settings that the run's planned length leaves without effect, said once as a new run
+    starts (a resume may move its horizon; a time budget can only end a run sooner)."""
+    planned, epoch = budget.planned_steps(), budget.steps_per_epoch
+    if planned == 0:  # trainer.epochs=0: a run that only evaluates
+        return
     if t.ema.decay is not None and t.ema.start_step >= planned:
         log.warning("trainer.ema.start_step=%d is at or past the run's last step (%d): the "
                     "average never starts, and the raw weights are validated and tested",
                     t.ema.start_step, planned)  # fmt: skip
-    if t.val_every_steps and t.val_every_steps >= min(budget.steps_per_epoch, planned):
-        log.warning("trainer.val_every_steps=%d is not below the %d steps of an epoch or the "
-                    "run: no validation happens within an epoch (each ends with one anyway)",
-                    t.val_every_steps, min(budget.steps_per_epoch, planned))  # fmt: skip
+    every = t.val_every_steps
+    if every and (every >= planned or every % epoch == 0):  # the step count runs on
+        log.warning("trainer.val_every_steps=%d falls only on epoch ends or past the run's "
+                    "last step (%d): no validation happens within an epoch (each ends with "
+                    "one anyway)", every, planned)  # fmt: skip
 
 
 def build_run(
@@ -122,7 +125,8 @@ def build_run(
     schedule = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, t.epochs, t.max_steps)
     scaler = make_scaler(device, cfg.device.precision)
     average = WeightAverage(model, t.ema.decay, t.ema.start_step)
-    warn_idle_settings(t, budget)
+    if path is None:
+        warn_idle_settings(t, budget)
     meta = {
         "config": resolved,
         "vocab_size": data.vocab_size,
