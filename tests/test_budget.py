@@ -217,7 +217,9 @@ def test_a_validation_due_when_a_signal_stopped_the_run_happens_on_resume(
 
     from lmx.training.signals import Interrupted
 
-    extra = ("trainer.epochs=2", "trainer.limit_train_batches=10", "trainer.val_every_steps=4")
+    # a per-step schedule: the validation after the resume records the lr step 4 trained at
+    extra = (*COSINE, "trainer.epochs=2", "trainer.limit_train_batches=10",
+             "trainer.val_every_steps=4")  # fmt: skip
     args = tiny_overrides(corpus_dir, cache_dir, *extra)
     straight = train(compose_cfg(args), tmp_path / "straight")
     sigint_after_step(monkeypatch, 4)  # a validation is due after this step
@@ -227,9 +229,8 @@ def test_a_validation_due_when_a_signal_stopped_the_run_happens_on_resume(
     resumed = train(compose_cfg([*args, "trainer.resume=auto"]), tmp_path / "resumed")
     steps = [h["step"] for h in resumed["history"]]
     assert steps == [h["step"] for h in straight["history"]] == [4, 8, 10, 12, 16, 20]
-    assert [h["val_loss"] for h in resumed["history"]] == [
-        h["val_loss"] for h in straight["history"]
-    ]
+    for key in ("val_loss", "lr"):
+        assert [h[key] for h in resumed["history"]] == [h[key] for h in straight["history"]]
 
 
 def test_a_stride_longer_than_the_context_is_refused_wherever_it_comes_from():

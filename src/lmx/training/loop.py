@@ -115,7 +115,6 @@ class Trainer:
         self.progress = Progress.from_dict(resumed) if resumed else Progress()
         self.saver = Saver(run, self.progress, clock=lambda: time.perf_counter())
         self.warmup_left = cfg.throughput_warmup_steps
-        self.step_lr: float | None = None  # the last step's (a per-step schedule moved on)
         self.stop = StopSignals()
         self.val_score = None  # this process's latest validation; the step of the run's latest:
         self.validated_at = self.progress.history[-1]["step"] if self.progress.history else -1
@@ -158,7 +157,7 @@ class Trainer:
                 tokens = targets.numel() * run.world.world_size  # equal shares
                 count_step(p, result, tokens, self.meters, cfg.on_nonfinite, self.saver.best)
                 self.window_steps += 1
-                self.step_lr = run.optimizer.param_groups[0]["lr"]  # what this step trained at
+                p.step_lr = run.optimizer.param_groups[0]["lr"]  # what this step trained at
                 run.average.update(p.step)
                 p.count_time(time.perf_counter() - start, tokens, timed=self.warmup_left <= 0)
                 self.warmup_left -= 1
@@ -172,7 +171,7 @@ class Trainer:
                     self.meters.read(p, run.world, self.saver.best)
                     seconds = time.perf_counter() - self.window_start
                     bar.set_postfix(logs.log_window(run, p, n_steps, seconds, before,
-                                                    self.window_steps, self.step_lr))  # fmt: skip
+                                                    self.window_steps, p.step_lr))  # fmt: skip
                     self.window_start, before, self.window_steps = time.perf_counter(), (0, 0), 0
                 stop = result.stop_requested if run.world.enabled else self.stop.requested
                 if stop:
@@ -204,7 +203,7 @@ class Trainer:
             score = self.val_score = evaluate(run.model, run.splits["valid"], **self.eval_args)
         raw = evaluate(run.model, run.splits["valid"], **self.eval_args) if run.average.on else None
         self.validated_at = p.step
-        lr = run.optimizer.param_groups[0]["lr"] if self.step_lr is None else self.step_lr
+        lr = run.optimizer.param_groups[0]["lr"] if p.step_lr is None else p.step_lr
         run.schedule.after_validation(whole, score.loss)
         logs.log_validation(p, score, whole)  # warns when it is inf or nan
         scalars, details = logs.validation_record(score, raw)

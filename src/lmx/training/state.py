@@ -38,6 +38,9 @@ class Progress:
     scaler_skipped_steps: int = 0  # fp16: steps the gradient scaler skipped (inf gradients)
     early_stop_best: float = math.inf  # early stopping: the best loss it counts from
     stale_validations: int = 0  # validations since that loss improved by min_delta
+    # the lr the latest step trained at (a per-step schedule has moved the optimizer's on):
+    # what log lines and validations report; None before a first step, or in older checkpoints
+    step_lr: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
