@@ -82,11 +82,11 @@ def _options(args: dict[str, str]) -> dict:
             local_files(data)
         except DataError as err:
             problems.append(str(err))
-    try:  # a file made and removed beside it: writing there works, as root too
-        out.parent.mkdir(parents=True, exist_ok=True)
+    try:  # a file made and removed in its nearest folder that exists: nothing is left
         if out.is_dir():
             raise IsADirectoryError(f"{out} is a folder")
-        tempfile.TemporaryFile(dir=out.parent).close()
+        there = next(d for d in out.absolute().parents if d.exists())
+        tempfile.TemporaryFile(dir=there).close()
     except OSError as err:
         problems.append(f"out={out}: cannot be written ({err.strerror or err})")
     if problems:

@@ -3,9 +3,10 @@
 A sweep job's folder is `NUM_<the values swept>` (`0_nhead=2,nlayers=1`): the keys a sweep
 varies, from `hydra.sweeper.params` (less those the command line fixes to one value) and
 from the sweep overrides as typed (`model.nhead=1,2`), which lmx.runs.sweep records in the
-sweep dir when the sweep starts (SWEPT_FILE; every sweeper calls that callback). A single run keeps its date/time folder.
-`name=...` adds the user's own name to either. conf/train.yaml puts `${lmx_run_name:}` after
-the folder; importing lmx registers the resolver, also in a launcher's worker process.
+sweep dir when the sweep starts (SWEPT_FILE; every sweeper calls that callback). A single
+run keeps its date/time folder. `name=...` adds the user's own name to either.
+conf/train.yaml puts `${lmx_run_name:}` after the folder; importing lmx registers the
+resolver, also in a launcher's worker process.
 """
 
 from __future__ import annotations
