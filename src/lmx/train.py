@@ -23,7 +23,6 @@ from lmx.config.rules import validate
 from lmx.config.store import register_configs
 from lmx.errors import LmxError
 from lmx.paths import config_dir
-from lmx.runs.naming import planned_sweep_keys
 from lmx.runs.status import (
     ERROR_FILE,
     STATUS_FILE,
@@ -32,7 +31,7 @@ from lmx.runs.status import (
     read_status,
     resume_command,
 )
-from lmx.runs.sweep import config_hash, find_finished, record_job
+from lmx.runs.sweep import config_hash, find_finished, record_job, warn_unrun_sweep
 from lmx.runtime.launcher import relaunch_prefix
 from lmx.training.signals import Interrupted
 
@@ -93,13 +92,8 @@ def _hydra_main(cfg: DictConfig) -> float:
             record_job(run_dir, sweep_dir, what, detail)
 
     absolute_paths(cfg)  # before hashing: the saved config.yaml holds them resolved
-    if not multirun:  # a sweep preset without -m is one job of its defaults; lmx's own
-        # resume command for a sweep's job sets each swept key, so it plans nothing
-        params = OmegaConf.select(hydra_cfg, "sweeper.params")
-        planned = planned_sweep_keys(params, list(hydra_cfg.overrides.task))
-        if planned:
-            log.warning("lmx: this config plans a sweep over %s, which runs with -m; without "
-                        "it this is one run of the defaults", ", ".join(planned))  # fmt: skip
+    if not multirun:
+        warn_unrun_sweep(hydra_cfg)
     if multirun and cfg.sweep.resume:
         job_hash = config_hash(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         done = find_finished(sweep_dir, job_hash)

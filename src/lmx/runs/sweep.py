@@ -85,6 +85,17 @@ def jobs_of(sweep_dir: Path, multirun: str) -> dict[Path, dict]:
     return {d: r for d, r in records.items() if r.get("multirun") == multirun}
 
 
+def warn_unrun_sweep(hydra_cfg: DictConfig) -> None:
+    """A single run of a config that plans a sweep (a sweep preset without -m) is one job of
+    its defaults: say so. lmx's own resume command for a sweep's job sets every swept key, so
+    it plans none and is not warned."""
+    params = OmegaConf.select(hydra_cfg, "sweeper.params")
+    planned = planned_sweep_keys(params, list(hydra_cfg.overrides.task))
+    if planned:
+        log.warning("lmx: this config plans a sweep over %s, which runs with -m; without it "
+                    "this is one run of the defaults", ", ".join(planned))  # fmt: skip
+
+
 class SweepSummary(Callback):
     """Before a multirun: record the keys it varies (job names, HParams). After it: list the
     failed jobs with their errors, and exit non-zero if any."""
