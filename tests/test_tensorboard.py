@@ -96,3 +96,20 @@ def test_the_ppl_chart_holds_train_and_val_ppl_only_with_an_average_logged_too(
     chart = layout.category[0].chart[0].multiline
     shown = {t for t in tags for pattern in chart.tag if re.search(pattern, t)}
     assert shown == {"train/ppl", "val/ppl"}
+
+
+def test_samples_of_a_model_with_eos_keep_each_to_one_markdown_item(
+    corpus_dir, cache_dir, tmp_path
+):
+    from conftest import compose_cfg
+    from lmx.train import train
+
+    extra = ("trainer.epochs=1", "trainer.limit_train_batches=4", "trainer.samples=3",
+             "data.tokenizer.eos=true")  # fmt: skip
+    train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *extra)), tmp_path / "r")
+    *_, texts = read_events(tmp_path / "r")
+    assert texts and all(len(t.split("\n")) == 3 for t in texts)  # one line a sample
+    assert any("↵" in t for t in texts)  # the line breaks <eos> made, drawn
+    assert all(
+        line.startswith(f"{i}. **") for t in texts for i, line in enumerate(t.split("\n"), 1)
+    )

@@ -52,8 +52,9 @@ def samples_markdown(run: Run, count: int, step: int) -> str | None:
             for i in range(count):
                 prompt = valid[i % valid.size(0), :PROMPT_TOKENS].tolist()
                 new = sample(model, prompt, NEW_TOKENS, run.bptt, generator=generator)
-                text = [html.escape(decode(tok, ids)) for ids in (prompt, new)]  # <unk> shows
-                lines.append(f"{i + 1}. **{text[0]}** {text[1]}")
+                # <unk> shows; a line break (<eos>) is drawn, as Markdown would end the item
+                text = [html.escape(decode(tok, ids)).replace("\n", " ↵ ") for ids in (prompt, new)]
+                lines.append(f"{i + 1}. **{text[0].strip()}** {text[1]}")
     except Exception as err:  # a sample is never worth the run
         log.warning("trainer.samples: sampling failed at step %d (%s: %s); training goes on",
                     step, type(err).__name__, err)  # fmt: skip
