@@ -23,7 +23,6 @@ from omegaconf.errors import OmegaConfBaseException
 from lmx.config.compose import compose, composition_error
 from lmx.config.model_rules import family
 from lmx.config.rules import FP16_ON_CPU, all_keys, config_problems, did_you_mean
-from lmx.config.schema import MODEL_FAMILIES
 from lmx.config.store import GROUP_SCHEMAS
 from lmx.errors import ConfigError
 from lmx.paths import config_dir
@@ -270,25 +269,23 @@ def dotlist_problems(cfg, overrides: list[str]) -> list[str]:
 
 def _no_such_key(key: str, cfg) -> str:
     """e.g. 'model.nhid: model=gpt has no such key; it is a key of model=lstm (its keys: ...)',
-    or '...; did you mean model.d_hid? (...)' for a key no family has."""
-    hint = did_you_mean(key, all_keys(cfg))
-    name = family(cfg.model) if key.startswith("model.") and "model" in cfg else None
-    if name is None:
-        group, _, leaf = key.partition(".")
-        options = GROUP_SCHEMAS.get(group, {}) if group != "model" else {}
-        owners = [o for o, schema in options.items()
-                  if leaf.split(".")[0] in schema.__dataclass_fields__]  # fmt: skip
-        if owners:  # e.g. optim.betas under optim=sgd: another option's key, not a typo
-            return (f"{key}: this {group} has no such key; it is a key of "
-                    f"{group}={f', {group}='.join(owners)}")  # fmt: skip
-        return f"{key}: no such config key{hint}"
-    keys = ", ".join(k for k in cfg.model if k != "_target_")
-    leaf = key.split(".", 1)[1]
-    owners = [f for f, schema in MODEL_FAMILIES.items()
-              if f != name and leaf in schema.__dataclass_fields__]  # fmt: skip
-    if owners:  # another family's key: that is the news, not a look-alike of this one's
-        hint = f"; it is a key of model={', model='.join(owners)}"
-    return f"{key}: model={name} has no such key{hint} (its keys: {keys})"
+    'optim.betas: this optim has no such key; it is a key of optim=adamw', or '...; did you
+    mean model.d_hid?' for a key no option of its group has."""
+    group, _, leaf = key.partition(".")
+    name = family(cfg.model) if group == "model" and "model" in cfg else None
+    options = GROUP_SCHEMAS.get(group, {}) if group != "model" or name is not None else {}
+    owners = [
+        o for o, schema in options.items() if leaf.split(".")[0] in schema.__dataclass_fields__
+    ]
+    # another option's key is the news, not a look-alike of this one's
+    hint = f"; it is a key of {group}={f', {group}='.join(owners)}" if owners else ""
+    if name is not None:
+        keys = ", ".join(k for k in cfg.model if k != "_target_")
+        hint = hint or did_you_mean(key, all_keys(cfg))
+        return f"{key}: model={name} has no such key{hint} (its keys: {keys})"
+    if owners:
+        return f"{key}: this {group} has no such key{hint}"
+    return f"{key}: no such config key{did_you_mean(key, all_keys(cfg))}"
 
 
 def _show(value) -> str:

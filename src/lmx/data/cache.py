@@ -58,13 +58,15 @@ class Corpus:
 def load_corpus(cfg: DataConfig) -> Corpus:
     """Token streams for train/valid/test, from the cache or built and cached now."""
     root = _cache_root(cfg)
-    digests = source_sha256(cfg)
+    files = local_files(cfg.local_dir) if cfg.local_dir is not None else {}
+    digests = stamped_sha256(cfg, files) if files else None  # None: a corpus from the Hub
+    # lmx has dropped a leading byte-order mark since this key: an entry an older lmx built
+    # from such a file holds it as a token, and must not be reused
+    marked = [split for split, path in files.items() if starts_with_bom(path)]
     fingerprint = {
         "format": _CACHE_FORMAT,
         "source": digests if digests is not None else f"hub:{cfg.hub_path}:{cfg.hub_config}",
-        # lmx has dropped a leading byte-order mark since this key: an entry an older lmx built
-        # from such a file holds it as a token, and must not be reused
-        **({"bom_dropped": marked} if (marked := _bom_splits(cfg)) else {}),
+        **({"bom_dropped": marked} if marked else {}),
         "tokenizer": OmegaConf.to_container(OmegaConf.structured(cfg.tokenizer), enum_to_str=True),
     }
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
@@ -81,21 +83,6 @@ def load_corpus(cfg: DataConfig) -> Corpus:
         log.info("data: using cached tokens at %s", entry)
     tokenizer, splits = loaded
     return Corpus(tokenizer, entry / "tokenizer.json", splits, digests)
-
-
-def _bom_splits(cfg: DataConfig) -> list[str]:
-    """The local splits whose file starts with a UTF-8 byte-order mark."""
-    if cfg.local_dir is None:
-        return []
-    return [s for s, path in local_files(cfg.local_dir).items() if starts_with_bom(path)]
-
-
-def source_sha256(cfg: DataConfig) -> dict[str, str] | None:
-    """split -> sha256 of its local file (stamped in the cache folder, so an unchanged corpus
-    is not read again); None for a corpus from the Hub."""
-    if cfg.local_dir is None:
-        return None
-    return stamped_sha256(cfg, local_files(cfg.local_dir))
 
 
 def stamped_sha256(cfg: DataConfig, files: dict[str, Path]) -> dict[str, str]:

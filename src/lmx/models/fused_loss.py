@@ -134,20 +134,21 @@ def _chunk_grad(chunk, bias32, targets, grad_scale, grad_bias) -> torch.Tensor:
 # an fp32 result of fp16 inputs; elsewhere row blocks this small keep each fp16 product below
 # the limit unless the hidden passes 255 in size, and their sum is fp32.
 FP16_WEIGHT_GRAD_ROWS = 256
-_FP32_OUT_MM = {"cuda": True}  # whether torch.mm(..., out_dtype=float32) is worth a try
+_fp32_out_mm = True  # whether torch.mm(..., out_dtype=float32) is worth a try on a GPU
 
 
 def _weight_grad(grad_logits: torch.Tensor, h: torch.Tensor, dtype: torch.dtype):
     """grad_logits [N, V]^T @ h [N, D] -> [V, D] in `dtype` (the weight's)."""
     if grad_logits.dtype != torch.float16:
         return (grad_logits.t() @ h).to(dtype)
-    if h.device.type == "cuda" and _FP32_OUT_MM["cuda"]:
+    global _fp32_out_mm
+    if h.device.type == "cuda" and _fp32_out_mm:
         try:  # one product, accumulated and returned in fp32
             return torch.mm(grad_logits.t(), h, out_dtype=torch.float32).to(dtype)
-        except (NotImplementedError, TypeError):
-            _FP32_OUT_MM["cuda"] = False  # this torch has none: not tried again
-        except RuntimeError:
-            pass  # short of memory, or a GPU without it this time: the blocks below
+        except torch.OutOfMemoryError:
+            pass  # the blocks below need less; the product is tried again next time
+        except (NotImplementedError, RuntimeError, TypeError):
+            _fp32_out_mm = False  # this torch or GPU has none: not tried again
     total = torch.zeros(grad_logits.size(1), h.size(1), dtype=torch.float32, device=h.device)
     for start in range(0, h.size(0), FP16_WEIGHT_GRAD_ROWS):
         block = slice(start, start + FP16_WEIGHT_GRAD_ROWS)

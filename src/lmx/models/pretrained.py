@@ -60,16 +60,16 @@ def load_trained(
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path, map_location=device)
     cfg = typed_config(ckpt.config, str(path))
-    keys = {o: o.lstrip("+~").split("=", 1)[0] for o in overrides or []}
-    unchanged = {o for o, key in keys.items() if _as_saved(cfg, o, key)}  # before the merge
+    saved = copy.deepcopy(cfg)  # the merge below puts the overrides into cfg
     problems = dotlist_problems(cfg, overrides or [])
+    keys = {o: o.lstrip("+~").split("=", 1)[0] for o in overrides or []}
     problems += [
         f"{o}: the model and its tokenizer are the checkpoint's, as trained; an override cannot "
         f"change them (of model.*, it can set {', '.join(MODEL_FREE)})"
         for o, key in keys.items()
         if _fixed_by_checkpoint(key)
         and not any(p.startswith((f"{key}:", f"{key}=")) for p in problems)  # said already
-        and o not in unchanged  # the training command's own value: no change
+        and OmegaConf.select(cfg, key) != OmegaConf.select(saved, key)  # the saved value: no change
     ]
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -90,18 +90,6 @@ def _fixed_by_checkpoint(key: str) -> bool:
     if key.startswith("data.tokenizer.") or key == "data.tokenizer":
         return True
     return (key == "model" or key.startswith("model.")) and key not in MODEL_FREE
-
-
-def _as_saved(cfg: DictConfig, override: str, key: str) -> bool:
-    """Whether `override` (key=value) sets the value the saved config already has."""
-    if "=" not in override or override.startswith("~"):
-        return False
-    trial = copy.deepcopy(cfg)  # merged as the override would be: typed (an enum, an int)
-    try:
-        trial.merge_with_dotlist([override.lstrip("+")])
-    except Exception:  # a value that does not fit: dotlist_problems names it
-        return False
-    return OmegaConf.select(trial, key) == OmegaConf.select(cfg, key)
 
 
 def _tokenizer(ckpt: Checkpoint, path: Path) -> Tokenizer:

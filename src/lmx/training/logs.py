@@ -93,9 +93,9 @@ def log_window(
     p: Progress,
     n_steps: int,
     seconds: float,
-    before: tuple[int, int] = (0, 0),
-    steps: int | None = None,
-    lr: float | None = None,
+    before: tuple[int, int],
+    steps: int,
+    lr: float,
 ) -> dict[str, str]:
     """The tutorial's train line and the TensorBoard scalars of the steps since the last one;
     then a new window starts. Returns the progress bar's figures: the loss and the lr.
@@ -103,14 +103,13 @@ def log_window(
     `seconds` is this process's time in the window and `steps` the steps it took in it,
     skipped ones included; `before` the (batches, tokens) of the window that an earlier
     process ran (a run resumed mid-window): in the loss, not in the speed. `lr` is what the
-    window's last step trained at (default: the optimizer's now). A window whose every step
+    window's last step trained at. A window whose every step
     was skipped (trainer.on_nonfinite=skip) has no loss: it says so, and TensorBoard gets
     no loss point for it."""
     w = p.window
-    lr = run.optimizer.param_groups[0]["lr"] if lr is None else lr
     counted = w["batches"]
     loss = w["loss"] / counted if counted else math.nan
-    steps = max(w["batches"] - before[0], 1) if steps is None else max(steps, 1)
+    steps = max(steps, 1)
     log.info(
         "| epoch %3d | %5d/%5d batches | lr %.3g | ms/batch %6.1f | loss %5.2f | ppl %s%s",
         p.epoch,
