@@ -279,7 +279,8 @@ def test_a_search_jobs_folder_shows_its_floats_to_four_digits():
 def test_the_sweep_summary_counts_this_multiruns_jobs_not_an_older_sweeps_in_the_same_dir(
     tmp_path, caplog
 ):
-    from lmx.runs.sweep import SweepSummary, record_job
+    from lmx.runs.status import record_job
+    from lmx.runs.sweep import SweepSummary
 
     sweep = tmp_path / "sweep"
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "overrides": {"task": []}}})
@@ -319,7 +320,7 @@ def test_a_job_that_fails_where_an_earlier_run_finished_is_marked_failed(tmp_pat
 
 def test_a_job_skipped_because_it_finished_in_another_folder_is_not_reported_as_a_run(tmp_path):
     from lmx.runs.collect import find_runs
-    from lmx.runs.sweep import MULTIRUN_FILE, record_job
+    from lmx.runs.status import MULTIRUN_FILE, record_job
 
     sweep = tmp_path / "sweep"
     fake_run(sweep, "0_nhead=2", ["model.nhead=2"], done(100.0, 90.0))

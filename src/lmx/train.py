@@ -29,9 +29,10 @@ from lmx.runs.status import (
     mark_failed,
     mark_interrupted,
     read_status,
+    record_job,
     resume_command,
 )
-from lmx.runs.sweep import config_hash, find_finished, record_job, warn_unrun_sweep
+from lmx.runs.sweep import config_hash, find_finished, warn_unrun_sweep
 from lmx.runtime.launcher import relaunch_prefix
 from lmx.training.signals import Interrupted
 
@@ -88,7 +89,7 @@ def _hydra_main(cfg: DictConfig) -> float:
     sweep_dir = Path(hydra_cfg.runtime.cwd) / hydra_cfg.sweep.dir if multirun else None
 
     def outcome(what: str, detail: str = "") -> None:  # for the sweep's summary
-        if sweep_dir is not None and main_rank:
+        if sweep_dir is not None:  # a multirun: one process a job (torchrun refuses -m)
             record_job(run_dir, sweep_dir, what, detail)
 
     absolute_paths(cfg)  # before hashing: the saved config.yaml holds them resolved

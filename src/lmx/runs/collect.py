@@ -23,8 +23,7 @@ from lmx.config.legacy import typed_config
 from lmx.config.rules import leaves
 from lmx.errors import LmxError
 from lmx.runs.naming import group_choices, override_values
-from lmx.runs.status import STATUS_FILE, read_status
-from lmx.runs.sweep import read_job
+from lmx.runs.status import STATUS_FILE, read_job, read_status
 
 # Keys that say how or where a run ran, not what it is: never a column, never a group.
 ADMIN_KEYS = (

@@ -15,6 +15,10 @@ from lmx.files import METRICS_FILE, write_json
 
 STATUS_FILE = METRICS_FILE
 ERROR_FILE = "error.txt"
+# A multirun's own record of its jobs, for its summary (lmx.runs.sweep): the id it writes
+# into its sweep dir as it starts, and each job's outcome under that id in its run dir.
+MULTIRUN_FILE = ".lmx_multirun"
+JOB_FILE = ".lmx_job.json"  # {"multirun": id, "outcome": ..., "detail": ...}
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
@@ -71,3 +75,24 @@ def hydra_quoted(text: str) -> str:
     closing quote, are doubled; any other backslash stays as it is."""
     text = re.sub(r"\\+(?='|$)", lambda m: m.group(0) * 2, text)
     return "'" + text.replace("'", "\\'") + "'"
+
+
+def record_job(run_dir: Path, sweep_dir: Path, outcome: str, detail: str = "") -> None:
+    """This job's outcome (running, done, failed, interrupted, skipped) for the summary of the
+    multirun whose id is in sweep_dir; nothing where none is (a sweep dir made by hand)."""
+    try:
+        multirun = (sweep_dir / MULTIRUN_FILE).read_text().strip()
+    except OSError:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"multirun": multirun, "outcome": outcome, "detail": " ".join(detail.split())}
+    (run_dir / JOB_FILE).write_text(json.dumps(record))
+
+
+def read_job(run_dir: Path) -> dict:
+    """run_dir's JOB_FILE record: {} where there is none, or none that reads."""
+    try:
+        record = json.loads((run_dir / JOB_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}

@@ -5,10 +5,10 @@ it varies (lmx.runs.naming). A resumed sweep skips the jobs whose
 resolved config (less the `sweep` node) hashes equal to a finished run in the sweep dir.
 
 The summary counts this multirun's jobs only. A multirun writes a fresh id into its sweep dir
-as it starts (MULTIRUN_FILE); each job records its outcome under that id in its own run dir
-(JOB_FILE: running, then done, failed, interrupted or skipped). So runs that an older sweep
-left in the same dir are not counted, whatever their files' times, and a job that failed in a
-folder still holding an older finished run is counted as failed.
+as it starts; each job records its outcome under that id in its own run dir (both files in
+lmx.runs.status: running, then done, failed, interrupted or skipped). So runs that an older
+sweep left in the same dir are not counted, whatever their files' times, and a job that
+failed in a folder still holding an older finished run is counted as failed.
 """
 
 from __future__ import annotations
@@ -27,12 +27,16 @@ from lmx.config.compose import absolute_paths
 from lmx.config.legacy import typed_config
 from lmx.errors import LmxError
 from lmx.runs.naming import SWEPT_FILE, planned_sweep_keys
-from lmx.runs.status import ERROR_FILE, STATUS_FILE, read_status
+from lmx.runs.status import (
+    ERROR_FILE,
+    JOB_FILE,
+    MULTIRUN_FILE,
+    STATUS_FILE,
+    read_job,
+    read_status,
+)
 
 log = logging.getLogger(__name__)
-
-MULTIRUN_FILE = ".lmx_multirun"  # in the sweep dir: the id of the multirun that runs there
-JOB_FILE = ".lmx_job.json"  # in a job's run dir: {"multirun": id, "outcome": ..., "detail": ...}
 
 
 def config_hash(resolved: dict[str, Any]) -> str:
@@ -56,27 +60,6 @@ def find_finished(sweep_dir: Path, job_hash: str) -> Path | None:
         if config_hash(saved) == job_hash:
             return run_dir
     return None
-
-
-def record_job(run_dir: Path, sweep_dir: Path, outcome: str, detail: str = "") -> None:
-    """This job's outcome (running, done, failed, interrupted, skipped) for the summary of the
-    multirun whose id is in sweep_dir; nothing where none is (a sweep dir made by hand)."""
-    try:
-        multirun = (sweep_dir / MULTIRUN_FILE).read_text().strip()
-    except OSError:
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"multirun": multirun, "outcome": outcome, "detail": " ".join(detail.split())}
-    (run_dir / JOB_FILE).write_text(json.dumps(record))
-
-
-def read_job(run_dir: Path) -> dict:
-    """run_dir's JOB_FILE record: {} where there is none, or none that reads."""
-    try:
-        record = json.loads((run_dir / JOB_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def jobs_of(sweep_dir: Path, multirun: str) -> dict[Path, dict]:
