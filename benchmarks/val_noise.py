@@ -102,7 +102,7 @@ def check_comparable(runs: list[Path]) -> None:
     """Exit with a message where the runs' figures cannot be pooled: scored on other data,
     tokens or windows (lmx report's fingerprint), or one training run given twice (the same
     folder, or the same settings and seed: its figures would pass for independent samples)."""
-    from lmx.runs.collect import fingerprint, is_admin, settings
+    from lmx.runs.collect import fingerprint, sample_key, settings
     from lmx.runs.status import read_status
 
     prints: dict[str, Path] = {}
@@ -111,7 +111,7 @@ def check_comparable(runs: list[Path]) -> None:
     for run in runs:
         s = settings(run)
         prints.setdefault(fingerprint({"settings": s, "metrics": read_status(run)}), run)
-        same = repr(sorted((k, v) for k, v in s.items() if not is_admin(k)))
+        same = sample_key(s)
         twin = by_dir.get(run.resolve()) or by_settings.get(same)
         if twin is not None:
             raise SystemExit(f"{twin} and {run} are one training run (the same folder, or the "

@@ -83,6 +83,12 @@ def is_admin(key: str) -> bool:
     return any(key == a or (a.endswith(".") and key.startswith(a)) for a in ADMIN_KEYS)
 
 
+def sample_key(settings: dict[str, str]) -> str:
+    """Equal for two runs that are one sample: the same settings, seed included, wherever they
+    ran (a copy, or a resumed run beside its original)."""
+    return repr(sorted((k, v) for k, v in settings.items() if not is_admin(k)))
+
+
 def fingerprint(run: dict[str, Any]) -> str:
     """What a run's perplexities are a measure of: corpus | tokenizer | windows | coverage."""
     s, m = run["settings"], run["metrics"]

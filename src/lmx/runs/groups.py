@@ -97,7 +97,7 @@ def group_notes(groups: list[Group], keys: list[str]) -> list[str]:
     """What a reader must know before trusting a group's figures: other settings that differ
     inside it (a seed is expected to), runs that are one sample twice (the same settings and
     seed: a copy, or a resumed run beside the original), and a group of one (no error bar)."""
-    from lmx.runs.collect import is_admin
+    from lmx.runs.collect import is_admin, sample_key
 
     notes = []
     for g in groups:
@@ -111,7 +111,7 @@ def group_notes(groups: list[Group], keys: list[str]) -> list[str]:
             notes.append(f"{label} pools runs whose {shown_keys} also differ")
         seen: dict[str, str] = {}
         for r, s in zip(g.runs, settings, strict=True):
-            same = repr(sorted((k, v) for k, v in s.items() if not is_admin(k)))
+            same = sample_key(s)
             if same in seen:
                 notes.append(f"{label}: {r['run']} has the settings and seed of {seen[same]}: "
                              "one sample counted twice")  # fmt: skip
