@@ -27,13 +27,13 @@ Prints a table and writes JSON (default outputs/bench.json).
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 from lmx.bench.settings import RESULT_TAG
 from lmx.bench.table import table
 from lmx.cli import fail, parse_args, run
 from lmx.errors import ConfigError
+from lmx.paths import uncreatable
 
 USAGE = __doc__.split("\n\n")[1].strip()
 
@@ -82,13 +82,9 @@ def _options(args: dict[str, str]) -> dict:
             local_files(data)
         except DataError as err:
             problems.append(str(err))
-    try:  # a file made and removed in its nearest folder that exists: nothing is left
-        if out.is_dir():
-            raise IsADirectoryError(f"{out} is a folder")
-        there = next(d for d in out.absolute().parents if d.exists())
-        tempfile.TemporaryFile(dir=there).close()
-    except OSError as err:
-        problems.append(f"out={out}: cannot be written ({err.strerror or err})")
+    why = f"{out} is a folder" if out.is_dir() else uncreatable(out.parent)
+    if why is not None:
+        problems.append(f"out={out}: cannot be written ({why})")
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         fail(ConfigError(f"invalid bench options:\n{lines}\n{USAGE}"))

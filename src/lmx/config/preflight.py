@@ -12,9 +12,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -25,7 +23,7 @@ from lmx.config.model_rules import family
 from lmx.config.rules import FP16_ON_CPU, all_keys, config_problems, did_you_mean
 from lmx.config.store import GROUP_SCHEMAS
 from lmx.errors import ConfigError
-from lmx.paths import config_dir
+from lmx.paths import config_dir, uncreatable
 
 # Hydra flags that end the command before any config work, or change which config is used.
 _SKIP = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion"}
@@ -95,16 +93,10 @@ def _values(override, parser) -> list | None:
 def _check_output_dir(key: str, value: str, problems: list[str]) -> None:
     if "${" in value:
         return  # interpolated (the default outputs/${now:...}); checked through its parent
-    path = Path(value).expanduser().absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        problems.append(f"{key}={value}: {existing} is a file, so the run dir cannot be created")
-        return
-    try:  # a folder made and removed: write permission alone misses /proc, read-only mounts
-        os.rmdir(tempfile.mkdtemp(prefix=".lmx-probe-", dir=existing))
-    except OSError as err:
-        problems.append(f"{key}={value}: cannot create a folder in {existing} "
-                        f"({err.strerror or err})")  # fmt: skip
+    why = uncreatable(value)
+    if why is not None:
+        so = ", so the run dir cannot be created" if why.endswith("is a file") else ""
+        problems.append(f"{key}={value}: {why}{so}")
 
 
 def check_command_line(argv: list[str]) -> None:
