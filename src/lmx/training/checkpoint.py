@@ -154,12 +154,14 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    if not zipfile.is_zipfile(path):  # what torch.save writes; else torch's own long story
-        raise CheckpointError(f"cannot load checkpoint {path}: not a whole file torch.save "
-                              "wrote (damaged, cut short, or another kind of file)")  # fmt: skip
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:
+        if not zipfile.is_zipfile(path):  # what torch.save writes; else torch's own long story
+            raise CheckpointError(
+                f"cannot load checkpoint {path}: not a whole file torch.save wrote (damaged, "
+                "cut short, or another kind of file)"
+            ) from None
         raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not an lmx checkpoint: it holds a {type(state)}")

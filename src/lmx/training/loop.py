@@ -144,7 +144,7 @@ class Trainer:
         source, n_steps = run.splits["train"], self.steps_per_epoch
         bar = tqdm(total=n_steps, initial=p.batch, desc=f"epoch {p.epoch}", unit="batch",
                    disable=None if cfg.progress else True, leave=False)  # fmt: skip
-        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.window_start, self.window_from = time.perf_counter(), p.step  # this process's
         before = (int(p.window["batches"]), int(p.window["tokens"]))  # run before a resume
         with logging_redirect_tqdm():
             for i in batch_starts(source, run.bptt)[p.batch : n_steps]:
@@ -156,7 +156,6 @@ class Trainer:
                                     cfg.accumulate, cfg.on_nonfinite == NonFinite.skip)  # fmt: skip
                 tokens = targets.numel() * run.world.world_size  # equal shares
                 count_step(p, result, tokens, self.meters, cfg.on_nonfinite, self.saver.best)
-                self.window_steps += 1
                 p.step_lr = run.optimizer.param_groups[0]["lr"]  # what this step trained at
                 run.average.update(p.step)
                 p.count_time(time.perf_counter() - start, tokens, timed=self.warmup_left <= 0)
@@ -170,9 +169,11 @@ class Trainer:
                 if p.batch % cfg.log_interval == 0 or p.batch == n_steps or spent:
                     self.meters.read(p, run.world, self.saver.best)
                     seconds = time.perf_counter() - self.window_start
-                    bar.set_postfix(logs.log_window(run, p, n_steps, seconds, before,
-                                                    self.window_steps, p.step_lr))  # fmt: skip
-                    self.window_start, before, self.window_steps = time.perf_counter(), (0, 0), 0
+                    steps = p.step - self.window_from  # this process's, skipped ones too
+                    bar.set_postfix(logs.log_window(run, p, n_steps, seconds, before, steps,
+                                                    p.step_lr))  # fmt: skip
+                    self.window_start, self.window_from = time.perf_counter(), p.step
+                    before = (0, 0)
                 stop = result.stop_requested if run.world.enabled else self.stop.requested
                 if stop:
                     bar.close()
