@@ -85,12 +85,33 @@ def test_missing_split_names_the_file(corpus_dir, cache_dir):
 
 
 @pytest.mark.parametrize("content", ["", "\n \n\n"])
-def test_empty_split_says_so(corpus_dir, cache_dir, content):
-    (corpus_dir / "test.txt").write_text(content, encoding="utf-8")
-    with pytest.raises(DataError, match="the test split is empty") as info:
-        load_corpus(data_cfg(corpus_dir, cache_dir))
-    assert str(corpus_dir / "test.txt") in str(info.value)  # the file, blank or not
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_empty_split_says_so(corpus_dir, cache_dir, content, split):
+    (corpus_dir / f"{split}.txt").write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=f"the {split} split is empty") as info:
+        load_corpus(data_cfg(corpus_dir, cache_dir), (split,))
+    assert str(corpus_dir / f"{split}.txt") in str(info.value)  # the file, blank or not
     assert not any(cache_dir.glob("wikitext2-*"))  # no half-built cache entry is left
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe"])
+def test_a_corpus_without_a_test_split_loads_until_one_is_asked_for(corpus_dir, cache_dir, kind):
+    (corpus_dir / "test.txt").unlink()
+    cfg = data_cfg(corpus_dir, cache_dir)
+    cfg.tokenizer.kind = kind
+    cfg.tokenizer.vocab_size = 60 if kind == "bpe" else None  # BPE needs one (config rules)
+    corpus = load_corpus(cfg)
+    assert set(corpus.splits) == {"train", "valid"}
+    assert corpus.splits["valid"].tolist() == reference_stream(
+        corpus_dir / "valid.txt", corpus.tokenizer
+    )
+    with pytest.raises(DataError, match="the test split is missing") as info:
+        load_corpus(cfg, ("test",))
+    assert str(corpus_dir / "test.txt") in str(info.value) and "trainer.test=false" in str(
+        info.value
+    )
+    (corpus_dir / "test.txt").write_text("")  # an empty placeholder is no test split either
+    assert set(load_corpus(cfg).splits) == {"train", "valid"}
 
 
 def test_a_file_or_a_folder_in_the_wrong_place_is_named_for_what_it_is(corpus_dir, cache_dir):

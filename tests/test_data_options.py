@@ -3,6 +3,8 @@ out as their users have them, and give the WikiText checks' clear errors."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from conftest import compose_cfg, run_cli, tiny_overrides, write_corpus
@@ -24,7 +26,7 @@ def test_a_folder_of_text_trains(tmp_path, cache_dir):
     "damage,message",
     [
         (lambda f: (f / "valid.txt").unlink(), "the valid split is missing"),
-        (lambda f: (f / "test.txt").write_text(""), "the test split is empty"),
+        (lambda f: (f / "valid.txt").write_text(""), "the valid split is empty"),
         (lambda f: (f / "train.txt").write_bytes(b"fine\nbad \xff here\n"),
          "train.txt, line 2, column 5: byte 0xff is not valid UTF-8"),
     ],
@@ -115,3 +117,20 @@ def test_a_one_type_vocabulary_is_refused_and_the_unk_share_is_told(tmp_path, ca
     types = streams(big.data).vocab_size
     assert f"the vocabulary has {types} types where data.tokenizer.vocab_size=999 asked for more" \
         in caplog.text  # fmt: skip
+
+
+def test_a_corpus_without_a_test_split_trains_with_trainer_test_false(tmp_path, cache_dir):
+    folder = write_corpus(tmp_path / "mine", names=("train.txt", "valid.txt", "notes.txt"))
+    asked = compose_cfg(tiny_overrides(folder, cache_dir, "trainer.epochs=1"))
+    with pytest.raises(DataError, match="the test split is missing.*trainer.test=false"):
+        train(asked, tmp_path / "asked")
+    assert not any(cache_dir.glob("wikitext2-*"))  # refused before any tokenizing
+    cfg = compose_cfg(tiny_overrides(folder, cache_dir, "trainer.epochs=1", "trainer.test=false"))
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["status"] == "done" and metrics["test_ppl"] is None
+    assert math.isfinite(metrics["best_val_ppl"])
+    from lmx.evaluate import evaluate_checkpoint
+
+    assert math.isfinite(evaluate_checkpoint(tmp_path / "run", "valid")["ppl"])
+    with pytest.raises(DataError, match="the test split is missing.*split=valid"):
+        evaluate_checkpoint(tmp_path / "run", "test")

@@ -80,7 +80,7 @@ def _changed_since_training(trained_on: dict[str, str] | None, data, split: str)
 
     if not trained_on or trained_on.get(split) is None or data.local_dir is None:
         return None
-    path = local_files(data.local_dir)[split]
+    path = local_files(data.local_dir, (split,))[split]
     return None if stamped_sha256(data, {split: path})[split] == trained_on[split] else str(path)
 
 

@@ -26,9 +26,11 @@ from lmx.config.schema import DataConfig
 from lmx.data import wordlevel
 from lmx.data.encode import encode_in_memory, ids_dtype, train_and_encode
 from lmx.data.sources import (
+    CORE_SPLITS,
     SPLITS,
     files_fingerprint,
     local_files,
+    missing_split,
     starts_with_bom,
     text_batches,
 )
@@ -45,7 +47,8 @@ class Corpus:
     tokenizer: Tokenizer
     tokenizer_path: Path  # tokenizer.json in the cache entry
     # split -> 1-D stream of token ids in the cache's compact dtype (uint16 or int32), mapped
-    # from disk; batching.get_batch and the evaluation widen each batch to int64
+    # from disk; batching.get_batch and the evaluation widen each batch to int64. Every split
+    # the source has: train and valid always, test where there is one.
     splits: dict[str, torch.Tensor]
     # split -> sha256 of its local file; None for a corpus from the Hub
     source_sha256: dict[str, str] | None = None
@@ -55,10 +58,12 @@ class Corpus:
         return self.tokenizer.get_vocab_size()
 
 
-def load_corpus(cfg: DataConfig) -> Corpus:
-    """Token streams for train/valid/test, from the cache or built and cached now."""
+def load_corpus(cfg: DataConfig, need: tuple[str, ...] = CORE_SPLITS) -> Corpus:
+    """Token streams for train, valid and (where the source has one) test, from the cache or
+    built and cached now; a DataError where a split of `need` is missing, before any work."""
+    need = tuple(dict.fromkeys(CORE_SPLITS + tuple(need)))
     root = _cache_root(cfg)
-    files = local_files(cfg.local_dir) if cfg.local_dir is not None else {}
+    files = local_files(cfg.local_dir, need) if cfg.local_dir is not None else {}
     digests = stamped_sha256(cfg, files) if files else None  # None: a corpus from the Hub
     # lmx has dropped a leading byte-order mark since this key: an entry an older lmx built
     # from such a file holds it as a token, and must not be reused
@@ -76,12 +81,15 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     if loaded is None:
         log.info("data: reading and tokenizing (first run with these settings)")
         start = time.perf_counter()
-        _build_entry(text_batches(cfg, root), cfg, fingerprint, entry)
+        _build_entry(text_batches(cfg, root, need), cfg, fingerprint, entry)
         log.info("data: tokenized in %.1f s, cached at %s", time.perf_counter() - start, entry)
         loaded = _load_entry(entry, fingerprint, rebuild_on_error=False)
     else:
         log.info("data: using cached tokens at %s", entry)
     tokenizer, splits = loaded
+    for split in need:  # a Hub dataset's cached entry without the split
+        if split not in splits:
+            raise missing_split(split, f"{cfg.hub_path} ({cfg.hub_config}) has none")
     return Corpus(tokenizer, entry / "tokenizer.json", splits, digests)
 
 
@@ -102,7 +110,7 @@ def _load_entry(entry: Path, fingerprint: dict, rebuild_on_error: bool = True):
         vocab = tokenizer.get_vocab_size()
         dtype = ids_dtype(vocab)
         splits = {}
-        for s in SPLITS:
+        for s in (s for s in SPLITS if s in meta["tokens"]):
             path = entry / f"{s}.bin"
             if path.stat().st_size != meta["tokens"][s] * dtype.itemsize:
                 raise ValueError(f"{s}.bin does not hold the {meta['tokens'][s]} {dtype} ids "
@@ -123,7 +131,7 @@ def _load_entry(entry: Path, fingerprint: dict, rebuild_on_error: bool = True):
 
 def encode_split(cfg: DataConfig, tokenizer: Tokenizer, split: str) -> torch.Tensor:
     """One split's text encoded with a given tokenizer (a checkpoint's own), uncached."""
-    batches = text_batches(cfg, _cache_root(cfg))[split]
+    batches = text_batches(cfg, _cache_root(cfg), (split,))[split]
     return torch.from_numpy(encode_in_memory(tokenizer, batches))
 
 

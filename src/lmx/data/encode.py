@@ -81,7 +81,9 @@ def require_tokens(split: str, count: int, batches: Batches | None = None) -> No
     if count == 0:
         source = getattr(batches, "source", None)
         where = f" ({source}: blank lines or spaces only)" if source else ""
-        raise DataError(f"the {split} split is empty: it has no tokens{where}")
+        hint = "; to train without a test split, remove it and set trainer.test=false"
+        raise DataError(f"the {split} split is empty: it has no tokens{where}"
+                        f"{hint if split == 'test' and source else ''}")  # fmt: skip
 
 
 def lines_of(batches: Batches, what: str) -> Iterator[list[str]]:
@@ -129,7 +131,7 @@ def train_and_encode(cfg: TokenizerConfig, batches: dict[str, Batches],
     and test are read once first, so bytes that are not UTF-8 there stop the build before
     the long passes over train."""
     for split in ("valid", "test"):
-        for _ in batches[split]():
+        for _ in batches[split]() if split in batches else ():
             pass
     tokenizer = train_tokenizer(cfg, lines_of(batches["train"], "vocabulary"))
     counts = {s: encode_to_file(tokenizer, batches[s], out / f"{s}.bin", s) for s in batches}

@@ -23,6 +23,9 @@ from lmx.errors import DataError
 from lmx.files import WriteError, write_json
 
 SPLITS = ("train", "valid", "test")
+# A corpus needs train (the vocabulary) and valid (every run validates); test is read where
+# the folder or dataset has one, and needed only by who scores it (trainer.test, lmx eval).
+CORE_SPLITS = ("train", "valid")
 _HUB_SPLIT = {"train": "train", "valid": "validation", "test": "test"}
 # pytorch/examples names first, then the names inside the original wikitext-2 archive.
 _LOCAL_NAMES = {s: (f"{s}.txt", f"wiki.{s}.tokens") for s in SPLITS}
@@ -32,14 +35,25 @@ _LOCAL_NAMES = {s: (f"{s}.txt", f"wiki.{s}.tokens") for s in SPLITS}
 READ_BYTES = 1 << 22
 
 
-def text_batches(cfg: DataConfig, cache_root: Path) -> dict[str, Batches]:
-    """Each split's text as batches of lines (encode.Batches: callable once per pass)."""
+def text_batches(
+    cfg: DataConfig, cache_root: Path, need: tuple[str, ...] = CORE_SPLITS
+) -> dict[str, Batches]:
+    """Each split's text as batches of lines (encode.Batches: callable once per pass): every
+    split the source has, and a DataError where one of `need` is missing."""
     if cfg.local_dir is not None:
-        return {s: _local_batches(p) for s, p in local_files(cfg.local_dir).items()}
-    return _hub_batches(cfg, cache_root)
+        return {s: _local_batches(p) for s, p in local_files(cfg.local_dir, need).items()}
+    return _hub_batches(cfg, cache_root, need)
 
 
-def local_files(local_dir: str) -> dict[str, Path]:
+def missing_split(split: str, looked: str) -> DataError:
+    hint = (" (training without one: trainer.test=false; lmx eval scores another split with "
+            "split=valid)" if split == "test" else "")  # fmt: skip
+    return DataError(f"the {split} split is missing: {looked}{hint}")
+
+
+def local_files(local_dir: str, need: tuple[str, ...] = CORE_SPLITS) -> dict[str, Path]:
+    """The folder's split files: each of SPLITS it has; a DataError where one of `need` is
+    missing, empty or not a file."""
     folder = Path(local_dir).expanduser().resolve()
     if folder.is_file():
         raise DataError(f"data.local_dir={local_dir} is a file; give the folder that holds "
@@ -53,9 +67,13 @@ def local_files(local_dir: str) -> dict[str, Path]:
             odd = [folder / n for n in names if (folder / n).exists()]
             if odd:
                 raise DataError(f"the {split} split {odd[0]} is not a file")
+            if split not in need:
+                continue
             looked = " or ".join(str(folder / n) for n in names)
-            raise DataError(f"the {split} split is missing: looked for {looked}")
-        if found[0].stat().st_size == 0:  # datasets' text loader cannot load it at all
+            raise missing_split(split, f"looked for {looked}")
+        if found[0].stat().st_size == 0:  # no text: there is nothing to tokenize or score
+            if split not in need:
+                continue
             raise DataError(f"the {split} split is empty: {found[0]} has no text")
         files[split] = found[0]
     return files
@@ -203,7 +221,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _hub_batches(cfg: DataConfig, cache_root: Path) -> dict[str, Batches]:
+def _hub_batches(cfg: DataConfig, cache_root: Path, need: tuple[str, ...]) -> dict[str, Batches]:
     hint = (
         "Use a local copy instead: data.local_dir=PATH, a folder with train.txt, valid.txt and "
         "test.txt (for example data.local_dir=../shared/data/wikitext-2). If the dataset is "
@@ -219,4 +237,7 @@ def _hub_batches(cfg: DataConfig, cache_root: Path) -> dict[str, Batches]:
         ds = datasets.load_dataset(cfg.hub_path, cfg.hub_config)
     except Exception as err:
         raise DataError(f"cannot load {name} from the Hugging Face Hub: {err}. {hint}") from err
-    return {s: _arrow_batches(ds[_HUB_SPLIT[s]]) for s in SPLITS}
+    for s in need:
+        if _HUB_SPLIT[s] not in ds:
+            raise missing_split(s, f"{name} has only {', '.join(ds)}")
+    return {s: _arrow_batches(ds[_HUB_SPLIT[s]]) for s in SPLITS if _HUB_SPLIT[s] in ds}

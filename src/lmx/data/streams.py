@@ -57,7 +57,7 @@ def streams(
     else:
         if not world.is_main:
             world.barrier()  # rank 0 builds the token cache first; the others then read it
-        corpus = load_corpus(cfg)
+        corpus = load_corpus(cfg, splits)
         if world.is_main:
             world.barrier()
         ids = {s: corpus.splits[s] for s in splits}

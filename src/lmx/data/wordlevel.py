@@ -222,7 +222,7 @@ def encode_corpus(cfg: TokenizerConfig, batches: dict[str, Batches],
     ones; they are removed as each split is remapped (the caller removes `out` on an error)."""
     enc = OnePassEncoder(cfg)
     counts: dict[str, int] = {}
-    for split in SMALL_FIRST:
+    for split in (s for s in SMALL_FIRST if s in batches):  # a corpus may have no test split
         meter, counts[split] = Meter(f"encoding {split}"), 0
         try:
             with (out / f"{split}.prov").open("wb") as f:
@@ -239,7 +239,7 @@ def encode_corpus(cfg: TokenizerConfig, batches: dict[str, Batches],
     table = enc.final_ids(vocab, dtype)
     meter, total = Meter("final ids"), sum(counts.values())
     try:
-        for split in SMALL_FIRST:
+        for split in counts:
             prov = out / f"{split}.prov"
             with prov.open("rb") as src, (out / f"{split}.bin").open("wb") as dst:
                 while (chunk := np.fromfile(src, dtype=np.int32, count=REMAP_CHUNK)).size:

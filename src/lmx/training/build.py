@@ -69,12 +69,13 @@ def build_run(
 ) -> tuple[Run, dict[str, Any] | None]:
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     d = cfg.data
-    data = streams(d, device=device, world=world)
+    splits = ("train", "valid", "test") if cfg.trainer.test else ("train", "valid")
+    data = streams(d, splits, device=device, world=world)
     log.info(
-        "data: %s | vocab %d | tokens train %d, valid %d, test %d%s",
+        "data: %s | vocab %d | tokens %s%s",
         d.local_dir or f"{d.hub_path} ({d.hub_config})",
         data.vocab_size,
-        *(data.tokens[s] for s in ("train", "valid", "test")),
+        ", ".join(f"{s} {n}" for s, n in data.tokens.items()),
         unk_note(data.unk_share),
     )
     asked = d.tokenizer.vocab_size
