@@ -47,6 +47,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CUDA too
 
 
+INIT_SHARE = 0.01  # a share of the initial weights left in the final average that is warned of
+
+
 def warn_idle_settings(t, budget: Budget) -> None:
     """Settings that the run's planned length leaves without effect, said once as a new run
     starts (a resume may move its horizon; a time budget can only end a run sooner)."""
@@ -57,6 +60,13 @@ def warn_idle_settings(t, budget: Budget) -> None:
         log.warning("trainer.ema.start_step=%d is at or past the run's last step (%d): the "
                     "average never starts, and the raw weights are validated and tested",
                     t.ema.start_step, planned)  # fmt: skip
+    elif t.ema.decay is not None and t.ema.start_step == 0 and t.ema.decay**planned > INIT_SHARE:
+        log.warning("trainer.ema.decay=%g starts from the random initial weights, and after "
+                    "the run's %d steps they are still %.0f%% of the average (decay^steps): "
+                    "its validation and test figures are those of a partly untrained model; "
+                    "trainer.ema.start_step=N starts it from the weights of step N, or a lower "
+                    "decay forgets sooner", t.ema.decay, planned,
+                    100 * t.ema.decay**planned)  # fmt: skip
     every = t.val_every_steps
     if every and (every >= planned or every % epoch == 0):  # the step count runs on
         log.warning("trainer.val_every_steps=%d falls only on epoch ends or past the run's "
