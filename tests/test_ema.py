@@ -116,8 +116,12 @@ def test_settings_the_runs_length_leaves_idle_are_said(corpus_dir, cache_dir, tm
     assert "start_step" not in caplog.text and "val_every_steps" not in caplog.text
     assert [h["step"] for h in metrics["history"] if h.get("partial_epoch")] == [6, 18]
     caplog.clear()
-    ends = ("trainer.epochs=2", "trainer.limit_train_batches=4", "trainer.val_every_steps=4",
-            "trainer.ema.decay=0.5")  # from step 0, but 0.5^8 of the average is under 1%
+    ends = (
+        "trainer.epochs=2",
+        "trainer.limit_train_batches=4",
+        "trainer.val_every_steps=4",
+        "trainer.ema.decay=0.5",
+    )  # from step 0, but 0.5^8 of the average is under 1%
     with caplog.at_level("WARNING"):
         train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *ends)), tmp_path / "e")
     assert "trainer.val_every_steps=4 falls only on epoch ends" in caplog.text
