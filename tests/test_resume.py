@@ -334,6 +334,39 @@ def test_a_refused_resume_leaves_the_run_as_it_was(corpus_dir, cache_dir, tmp_pa
     assert proc.returncode == 1 and "optim.lr: checkpoint 1.0, this run 0.5" in output
     assert (run_dir / "config.yaml").read_text() == config  # not the refused settings
     assert _metrics(run_dir) == metrics and not (run_dir / "error.txt").exists()
+    # a new run (no trainer.resume) into it would replace its checkpoints: refused too
+    last = (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns
+    proc = run_cli(*args, f"hydra.run.dir={run_dir}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"{run_dir} already holds a run" in output
+    assert "trainer.resume=auto continues it" in output
+    assert (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns == last
+    assert _metrics(run_dir) == metrics and not (run_dir / "error.txt").exists()
+
+
+def test_a_run_resumed_from_another_run_dir_carries_its_best_model(
+    corpus_dir, cache_dir, tmp_path, caplog
+):
+    first = tmp_path / "first"
+    done = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1")), first)
+    same = tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1", f"trainer.resume={first}")
+    with caplog.at_level("INFO"):
+        metrics = train(compose_cfg(same), tmp_path / "second")  # nothing left to train
+    assert "past trainer.epochs=1: nothing is left to train" in caplog.text
+    assert (tmp_path / "second" / "checkpoints" / "best.pt").read_bytes() == (
+        first / "checkpoints" / "best.pt"
+    ).read_bytes()
+    assert metrics["status"] == "done" and metrics["test_ppl"] == done["test_ppl"]
+    assert metrics["best_epoch"] == 1
+    # a checkpoint with no best.pt beside it: the best is chosen again, not lost at the end
+    (first / "checkpoints" / "best.pt").unlink()
+    longer = tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=2", f"trainer.resume={first}")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        metrics = train(compose_cfg(longer), tmp_path / "third")
+    assert "no best.pt beside" in caplog.text
+    assert metrics["status"] == "done" and metrics["best_epoch"] == 2
+    assert metrics["test_ppl"] > 1
 
 
 def test_old_configs_drop_the_keys_nothing_read(caplog):

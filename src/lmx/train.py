@@ -111,6 +111,10 @@ def _hydra_main(cfg: DictConfig) -> float:
     status_before = _mtime(run_dir / STATUS_FILE)
     outcome("running")
     try:
+        if not multirun and not cfg.trainer.resume:  # a sweep's jobs: sweep.resume decides
+            from lmx.training.resume import refuse_overwrite
+
+            refuse_overwrite(run_dir)
         metrics = train(cfg, run_dir)
     except Interrupted as err:  # SIGINT/SIGTERM: saved a checkpoint, then stopped
         outcome("interrupted", err.stopped)
@@ -125,13 +129,14 @@ def _hydra_main(cfg: DictConfig) -> float:
             log.warning("lmx: interrupted; continue from the last checkpoint with:\n%s", resume)
         sys.exit(130)
     except Exception as err:
-        # A try that failed before it wrote its config (a refused resume, data it could not
-        # read) leaves an interrupted or finished run in this dir as it was. A sweep's job
-        # always says it failed, in its status and in its record for the sweep's summary.
-        kept = earlier in ("interrupted", "done") and not multirun
+        # A try that failed before it wrote its config (a refused resume or overwrite, data
+        # it could not read) leaves the run in this dir as it was, whatever its status. A
+        # sweep's job always says it failed, in its status and in its record for the sweep's
+        # summary.
+        kept = config_before is not None and not multirun
         if kept and _mtime(run_dir / "config.yaml") == config_before:
             log.warning("lmx: the run in %s is as it was (%s): this try stopped before it "
-                        "began", run_dir, earlier)  # fmt: skip
+                        "began", run_dir, earlier or "no status")  # fmt: skip
         else:  # a "done" this try did not write is an earlier run's: it no longer holds
             mark_failed(run_dir, err, over_done=_mtime(run_dir / STATUS_FILE) == status_before)
         if read_status(run_dir).get("status") == "done":  # finished, then failed closing up

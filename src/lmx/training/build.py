@@ -5,6 +5,7 @@ rank 0 alone writes the run dir."""
 from __future__ import annotations
 
 import logging
+import math
 import random
 import shutil
 from pathlib import Path
@@ -29,6 +30,7 @@ from lmx.training.logs import TensorBoard, parameter_count
 from lmx.training.loop import Run
 from lmx.training.optim import build_optimizer, build_scheduler
 from lmx.training.resume import (
+    carry_best,
     check_compatible,
     find_resume_checkpoint,
     legacy_decay_all,
@@ -151,6 +153,18 @@ def build_run(
                 world.rank, world.world_size)  # fmt: skip
     elif cfg.trainer.resume == "auto":
         log.info("trainer.resume=auto: no checkpoint in %s yet; starting fresh", run_dir)
+    if resume_from is not None:
+        progress = resume_from.progress
+        if progress["epoch"] > t.epochs:
+            log.info("resume: the checkpoint is at epoch %d, past trainer.epochs=%d: nothing is "
+                     "left to train", progress["epoch"], t.epochs)  # fmt: skip
+        if (
+            not carry_best(path, run_dir, copy=world.is_main)
+            and progress.get("best_epoch") is not None
+        ):
+            log.warning("resume: no best.pt beside %s; the best model is chosen again from "
+                        "this run's validations", path)  # fmt: skip
+            progress.update(best_val_loss=math.inf, best_epoch=None)
     if world.is_main:  # after the resume check: a refused resume leaves the run dir as it was
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ERROR_FILE).unlink(missing_ok=True)  # from an earlier failed try

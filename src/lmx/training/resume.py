@@ -17,6 +17,8 @@ the seed): it is refused, with the list of what differs. The log says what chang
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,34 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
                 return found
         raise CheckpointError(f"trainer.resume={resume}: no last.pt or best.pt in {path}")
     raise CheckpointError(f"trainer.resume={resume}: no such file or run dir")
+
+
+def refuse_overwrite(run_dir: Path) -> None:
+    """A new run (no trainer.resume) into a run dir that holds another run's checkpoints
+    would replace them: refused, before any work, with the two ways on."""
+    found = newest_checkpoint(run_dir / "checkpoints")
+    if found is not None:
+        raise CheckpointError(
+            f"{run_dir} already holds a run ({found}); a new run there would replace its "
+            "checkpoints. trainer.resume=auto continues it; to start afresh, give another "
+            f"hydra.run.dir or remove {run_dir / 'checkpoints'}"
+        )
+
+
+def carry_best(source: Path, run_dir: Path, copy: bool) -> bool:
+    """A run resumed from a checkpoint goes on from the best model beside it: its own best.pt,
+    or another run dir's (trainer.resume=PATH), which it copies into its own checkpoints when
+    `copy` (rank 0). False where the checkpoint's folder has no best.pt."""
+    best, own = source.parent / "best.pt", run_dir / "checkpoints" / "best.pt"
+    if not best.is_file():
+        return False
+    if copy and best.resolve() != own.resolve():
+        own.parent.mkdir(parents=True, exist_ok=True)
+        tmp = own.with_name(f".{own.name}.carry-{os.getpid()}")
+        shutil.copyfile(best, tmp)
+        os.replace(tmp, own)  # atomic, as every checkpoint write
+        log.info("resume: %s carried over as this run's best so far", best)
+    return True
 
 
 def _kind(key: str) -> str:
