@@ -356,6 +356,18 @@ def test_list_elements_are_keys_to_the_checks():
             "trainer.early_stop.min_delta=0.01 has no effect without trainer.early_stop.patience",
         ),
         (["trainer.samples=-1"], "trainer.samples=-1 must be >= 0"),
+        (["trainer.seed=-1"], "trainer.seed=-1 must be in [0, 2**32 - 1]"),
+        (["trainer.seed=4294967296"], "trainer.seed=4294967296 must be in [0, 2**32 - 1]"),
+        (
+            ["trainer.epochs=0", "trainer.max_steps=5"],
+            "trainer.max_steps=5 has no effect with trainer.epochs=0 (a run that trains nothing "
+            "and scores the initial model)",
+        ),
+        (
+            ["trainer.epochs=0", "trainer.max_time=1h"],
+            "trainer.max_time=1h has no effect with trainer.epochs=0 (a run that trains nothing "
+            "and scores the initial model)",
+        ),
         (
             ["trainer.samples=2", "trainer.tensorboard=false"],
             "trainer.samples=2 writes to TensorBoard's Text tab: it needs trainer.tensorboard=true",
@@ -368,7 +380,8 @@ def test_a_setting_that_would_have_no_effect_is_refused(overrides, expected):
     assert expected in config_problems(compose_cfg(overrides))
     # each with what it needs is accepted
     needs = ["trainer.ema.decay=0.9", "trainer.ema.start_step=100", "trainer.samples=2",
-             "trainer.early_stop.patience=2", "trainer.early_stop.min_delta=0.01"]  # fmt: skip
+             "trainer.early_stop.patience=2", "trainer.early_stop.min_delta=0.01",
+             "trainer.seed=4294967295", "trainer.max_steps=5", "trainer.max_time=1h"]  # fmt: skip
     assert config_problems(compose_cfg(needs)) == []
 
 

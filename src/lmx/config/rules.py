@@ -212,6 +212,11 @@ FP16_ON_CPU = (
 def _trainer(cfg: DictConfig, check: Check) -> None:
     t = cfg.trainer
     check(t.epochs >= 0, f"trainer.epochs={t.epochs} must be >= 0")
+    for key in ("max_steps", "max_time"):  # trainer.epochs=0: the initial model is evaluated
+        check(t.epochs > 0 or t[key] is None,
+              f"trainer.{key}={t[key]} has no effect with trainer.epochs=0 (a run that trains "
+              "nothing and scores the initial model)")  # fmt: skip
+    check(0 <= t.seed < 2**32, f"trainer.seed={t.seed} must be in [0, 2**32 - 1]")
     check(t.log_interval >= 1, f"trainer.log_interval={t.log_interval} must be >= 1")
     check(
         t.throughput_warmup_steps >= 0,
