@@ -117,6 +117,15 @@ def test_a_one_type_vocabulary_is_refused_and_the_unk_share_is_told(tmp_path, ca
     types = streams(big.data).vocab_size
     assert f"the vocabulary has {types} types where data.tokenizer.vocab_size=999 asked for more" \
         in caplog.text  # fmt: skip
+    # 15 asked of 21 types: the text's own <unk> takes two places, and the note says it may
+    caplog.clear()
+    capped = tiny_overrides(folder, cache_dir, "data.tokenizer.vocab_size=15", "trainer.epochs=1")
+    with caplog.at_level("INFO"):
+        train(compose_cfg(capped), tmp_path / "capped")
+    assert "the vocabulary has 14 types where data.tokenizer.vocab_size=15 asked for more" in (
+        caplog.text
+    )
+    assert "(WikiText's literal <unk>) took two of the places" in caplog.text
 
 
 def test_a_corpus_without_a_test_split_trains_with_trainer_test_false(tmp_path, cache_dir):

@@ -96,10 +96,12 @@ def build_run(
             "data: the vocabulary has %d types where data.tokenizer.vocab_size=%d asked for %s",
             data.vocab_size,
             asked,
-            "more: the training text has no more (or min_frequency left no more)"
+            "more: the training text has no more (or min_frequency left no more), or a "
+            "special token the text holds (WikiText's literal <unk>) took two of the places, as "
+            "the tokenizers library's trainers count it"
             if asked > data.vocab_size
-            else "fewer: the tokenizers library's trainers keep the specials, count a special "
-            "found in the text (WikiText's <unk>) twice, and keep BPE's whole alphabet",
+            else "fewer: the tokenizers library's trainers keep every special token, and BPE's "
+            "the whole alphabet of the training text",
         )
     if max(data.unk_share.values(), default=0.0) > UNK_WARN:
         log.warning(
