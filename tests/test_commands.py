@@ -86,6 +86,13 @@ def test_evaluate_says_when_the_text_changed_since_training(tmp_path):
     assert evaluate_checkpoint(tmp_path / "run", "test")["changed_file"] is None  # unchanged
     proc = run_module("lmx.evaluate", f"ckpt={tmp_path / 'run'}", "split=valid")
     assert proc.returncode == 0 and f"{valid} is not the text the run was scored on" in proc.stderr
+    assert "are <unk> under the run's vocabulary" not in proc.stderr
+    # text the vocabulary mostly lacks scores an easy perplexity: said, with the share
+    valid.write_text("zebra quokka narwhal the axolotl okapi\n" * 50)
+    result = evaluate_checkpoint(tmp_path / "run", "valid")
+    assert math.isclose(result["unk_share"], 5 / 6)
+    proc = run_module("lmx.evaluate", f"ckpt={tmp_path / 'run'}", "split=valid")
+    assert "83.3% of the valid split's tokens are <unk> under the run's vocabulary" in proc.stderr
 
 
 def test_evaluate_checks_an_overrides_range_as_train_does(tiny_run):

@@ -69,6 +69,7 @@ def evaluate_checkpoint(
         "loss": score.loss,
         "ppl": score.ppl,
         "changed_file": changed,  # the split's file, where its text changed since training
+        "unk_share": data.unk_share.get(split),  # None: a tokenizer without <unk>
     }
 
 
@@ -106,6 +107,12 @@ def main(argv: list[str]) -> None:
         print(f"lmx eval: {result['changed_file']} is not the text the run was scored on (its "
               "content changed since training): the figure is for the file as it is now",
               file=sys.stderr)  # fmt: skip
+    from lmx.data.streams import UNK_WARN
+
+    if (result["unk_share"] or 0.0) > UNK_WARN:
+        print(f"lmx eval: {100 * result['unk_share']:.1f}% of the {split} split's tokens are "
+              "<unk> under the run's vocabulary: its perplexity is that of a much easier task "
+              "(one guess covers every word the vocabulary lacks)", file=sys.stderr)  # fmt: skip
     print(
         f"{result['split']}: loss {result['loss']:.6f} | ppl {shown(result['ppl'], '.4f')} | "
         f"{describe(result)} | {ckpt}"
