@@ -205,3 +205,16 @@ def test_the_lmx_command_helps_from_any_directory(tmp_path):
         assert proc.returncode == 0 and option in proc.stdout, (command, proc.stderr)
     wrong = subprocess.run([str(lmx), "genrate"], capture_output=True, text=True, cwd=tmp_path)
     assert wrong.returncode == 2 and "did you mean generate?" in wrong.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["ckpt=/some/run"], "lmx: prompt=TEXT is required"),
+        (["prompt=The"], "lmx: ckpt=PATH is required"),
+        ([], "lmx: ckpt=PATH and prompt=TEXT are required"),
+    ],
+)
+def test_generate_names_what_it_lacks(args, message):
+    proc = run_module("lmx.generate", *args)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr

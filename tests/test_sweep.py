@@ -111,6 +111,9 @@ def test_a_sweep_dir_given_as_a_checkpoint_names_one_of_its_runs(tmp_path):
     with pytest.raises(CheckpointError, match="holds 2 runs, not one: pick one, e.g. ckpt="):
         resolve_checkpoint(tmp_path)
     assert resolve_checkpoint(tmp_path / "1_nhead=4") == tmp_path / "1_nhead=4/checkpoints/best.pt"
+    # a run's checkpoints folder stands for the run
+    best = tmp_path / "1_nhead=4/checkpoints/best.pt"
+    assert resolve_checkpoint(tmp_path / "1_nhead=4/checkpoints") == best
 
 
 def test_a_run_shorter_than_a_second_shows_its_wall_time_as_such():

@@ -187,8 +187,10 @@ def _warn_unknown(prompt: str, encoding, tok) -> None:
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="lmx: %(message)s")
     options, overrides = split_options(parse_args(argv, USAGE), OPTIONS, "generate", USAGE)
-    if "ckpt" not in options or "prompt" not in options:
-        raise ConfigError(f"ckpt=PATH and prompt=TEXT are required\n{USAGE}")
+    missing = [need for need in ("ckpt=PATH", "prompt=TEXT") if need.split("=")[0] not in options]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                          f"required\n{USAGE}")  # fmt: skip
     numbers = {"max_new_tokens": int, "num_samples": int, "top_k": int, "seed": int,
                "temperature": float, "top_p": float, "repetition_penalty": float}  # fmt: skip
     values, bad = {}, []

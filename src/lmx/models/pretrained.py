@@ -32,8 +32,10 @@ class Trained:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run dir (its checkpoints/best.pt)."""
+    """A checkpoint file, or a run dir (its checkpoints/best.pt), or that checkpoints folder."""
     path = Path(path).expanduser()
+    if path.is_dir() and path.name == "checkpoints" and not (path / "checkpoints").is_dir():
+        path = path.parent  # the run dir's checkpoints folder, given for the run
     if path.is_dir() and not (path / "checkpoints").is_dir():
         runs = sorted(p.parent.parent for p in path.glob("*/checkpoints/best.pt"))
         if runs:  # a sweep dir: its jobs are the runs
