@@ -19,7 +19,7 @@ from conftest import (
     sigkill_after_first_save,
     tiny_overrides,
 )
-from lmx.errors import CheckpointError
+from lmx.errors import CheckpointError, DataError
 from lmx.train import train
 from lmx.training.checkpoint import load_checkpoint
 from lmx.training.signals import Interrupted
@@ -191,6 +191,13 @@ def test_resume_from_a_path_checks_the_config(corpus_dir, cache_dir, tmp_path):
     assert "model.d_model: checkpoint 16, this run 32" in message
     assert "data.bptt: checkpoint 8, this run 6" in message
     assert str(first) in message
+
+    elsewhere = tmp_path / "elsewhere"  # data the checkpoint's run did not read: it says which
+    elsewhere.mkdir()
+    moved = compose_cfg(tiny_overrides(elsewhere, cache_dir, f"trainer.resume={first}"))
+    with pytest.raises(DataError, match="the train split is missing") as err:
+        train(moved, tmp_path / "moved")
+    assert f"The checkpoint's run read data.local_dir={corpus_dir}" in str(err.value)
 
     missing = compose_cfg(
         tiny_overrides(corpus_dir, cache_dir, f"trainer.resume={tmp_path / 'nowhere'}")

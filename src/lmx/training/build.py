@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lmx.data.batching import num_steps
 from lmx.data.streams import UNK_WARN, streams, unk_note
-from lmx.errors import ConfigError
+from lmx.errors import ConfigError, DataError
 from lmx.runs.status import ERROR_FILE
 from lmx.runtime.distributed import World
 from lmx.training import hparams
@@ -35,6 +35,7 @@ from lmx.training.resume import (
     find_resume_checkpoint,
     legacy_decay_all,
     restore,
+    saved_data_hint,
 )
 from lmx.training.step import make_scaler
 
@@ -81,8 +82,18 @@ def build_run(
 ) -> tuple[Run, dict[str, Any] | None]:
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     d = cfg.data
+    path = find_resume_checkpoint(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
+    # On the CPU: the states are copied onto the device as they load (the optimizer's, with
+    # AdamW's step count kept on the CPU where torch wants it), and nothing of the file stays
+    # on a GPU beside the run
+    resume_from = load_checkpoint(path) if path is not None else None
     splits = ("train", "valid", "test") if cfg.trainer.test else ("train", "valid")
-    data = streams(d, splits, device=device, world=world)
+    try:
+        data = streams(d, splits, device=device, world=world)
+    except DataError as err:  # e.g. a resume that left out the run's data.local_dir
+        if hint := saved_data_hint(resume_from, d):
+            raise DataError(f"{str(err).rstrip('.')}. {hint}") from err
+        raise
     log.info(
         "data: %s | vocab %d | tokens %s%s",
         d.local_dir or f"{d.hub_path} ({d.hub_config})",
@@ -127,11 +138,6 @@ def build_run(
         device,
         f" x {world.world_size} processes" if world.enabled else "",
     )
-    path = find_resume_checkpoint(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
-    # On the CPU: the states are copied onto the device as they load (the optimizer's, with
-    # AdamW's step count kept on the CPU where torch wants it), and nothing of the file stays
-    # on a GPU beside the run
-    resume_from = load_checkpoint(path) if path is not None else None
     optimizer = build_optimizer(cfg.optim, model, legacy_decay_all(resume_from, resolved))
     steps_per_epoch = num_steps(data.rows["train"], d.bptt, cfg.trainer.limit_train_batches)
     t = cfg.trainer

@@ -126,6 +126,16 @@ def carry_best(source: Path, run_dir: Path, copy: bool) -> bool:
     return True
 
 
+def saved_data_hint(ckpt: Checkpoint | None, data: Any) -> str:
+    """Where data a resumed run could not read is not the data its checkpoint's run read (a
+    resume command without the run's data.local_dir): which it was."""
+    saved = ((ckpt.config or {}).get("data") or {}).get("local_dir") if ckpt else None
+    if saved is None or saved == data.local_dir:
+        return ""
+    return (f"The checkpoint's run read data.local_dir={saved}: a resume gives the run's own "
+            "overrides again")  # fmt: skip
+
+
 def _kind(key: str) -> str:
     for kind, prefixes in (("length", LENGTH), ("on purpose", ON_PURPOSE), ("free", FREE)):
         if any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes):
