@@ -267,6 +267,25 @@ def test_an_added_key_that_nothing_reads_is_refused_before_any_work(tmp_path, ov
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
+def test_a_command_line_that_would_write_nowhere_or_ignore_a_setting_is_refused(corpus_dir):
+    from lmx.config.preflight import check_command_line
+    from lmx.config.rules import config_problems
+
+    with pytest.raises(ConfigError, match="hydra.run.dir is empty: give the folder"):
+        check_command_line(["hydra.run.dir="])
+    with pytest.raises(ConfigError) as err:
+        check_command_line([f"data.local_dir={corpus_dir}", "data.hub_config=wikitext-2-raw-v1",
+                            "data.hub_path=x/y"])  # fmt: skip
+    for key in ("data.hub_config=wikitext-2-raw-v1", "data.hub_path=x/y"):
+        assert f"{key}: has no effect with data.local_dir" in str(err.value)
+    check_command_line(["data.hub_config=wikitext-2-raw-v1"])  # from the Hub: it takes effect
+    given = corpus_dir / "train.txt"
+    assert config_problems(compose_cfg([f"data.local_dir={given}"])) == [
+        f"data.local_dir={given} is a file; give the folder that holds train.txt, valid.txt "
+        f"and test.txt ({corpus_dir}?)"
+    ]
+
+
 def test_keys_for_an_optimizer_or_scheduler_constructor_may_be_added():
     from omegaconf import OmegaConf
 

@@ -91,6 +91,9 @@ def _values(override, parser) -> list | None:
 
 
 def _check_output_dir(key: str, value: str, problems: list[str]) -> None:
+    if not value.strip():
+        problems.append(f"{key} is empty: give the folder for the run's files")
+        return
     if "${" in value:
         return  # interpolated (the default outputs/${now:...}); checked through its parent
     why = uncreatable(value)
@@ -120,7 +123,13 @@ def check_command_line(argv: list[str]) -> None:
 
     for o in hydra_keys:
         if o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") and not o.is_sweep_override():
-            _check_output_dir(o.key_or_group, str(o.value()), problems)
+            _check_output_dir(o.key_or_group, str(o.value() or ""), problems)
+    typed = {o.key_or_group: o for o in values}
+    if "data.local_dir" in typed and typed["data.local_dir"].value() is not None:
+        for key in ("data.hub_path", "data.hub_config"):  # the Hub's names of a dataset
+            if key in typed:
+                problems.append(f"{typed[key].input_line}: has no effect with data.local_dir "
+                                "(the local files are read, not the Hub)")  # fmt: skip
     if not any(o.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") for o in hydra_keys):
         _check_output_dir("the output dir", str(Path.cwd()), problems)
 

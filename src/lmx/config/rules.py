@@ -125,7 +125,12 @@ def _data(cfg: DictConfig, check: Check) -> None:
           f"{longest}")  # fmt: skip
     if d.local_dir is not None:
         local = Path(d.local_dir).expanduser()
-        check(local.is_dir(), f"data.local_dir={d.local_dir}: no such folder ({local.resolve()})")
+        if local.is_file():
+            check(False, f"data.local_dir={d.local_dir} is a file; give the folder that holds "
+                  f"train.txt, valid.txt and test.txt ({local.resolve().parent}?)")  # fmt: skip
+        else:
+            check(local.is_dir(), f"data.local_dir={d.local_dir}: no such folder "
+                  f"({local.resolve()})")  # fmt: skip
     else:
         check(d.hub_path is not None, f"data={d.name} reads local files: set data.local_dir="
               "PATH, a folder with train.txt, valid.txt and test.txt")  # fmt: skip
