@@ -215,3 +215,41 @@ def test_a_group_says_what_else_differs_inside_it_and_which_runs_are_one_sample(
     assert "model.nhead=2 pools runs whose trainer.epochs also differ" in text
     assert "model.nhead=8 has one run: no standard error" in text
     assert "model.nhead=4 pools" not in text and "model.nhead=4:" not in text  # seeds only
+
+
+def test_a_running_run_whose_process_is_gone_is_shown_killed(tmp_path):
+    import os
+    import socket
+
+    from lmx.runs.collect import collect
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    here = socket.gethostname()
+    processes = {"killed": {"host": here, "pid": int(gone.stdout)},
+                 "alive": {"host": here, "pid": os.getpid()},
+                 "elsewhere": {"host": f"not-{here}", "pid": int(gone.stdout)}}  # fmt: skip
+    for name, process in processes.items():
+        fake_run(tmp_path, name, config(1, 1), 5.0, 5.1)
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        metrics.update(status="running", process=process)
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    status = {r["run"]: r["status"] for r in collect(tmp_path)}
+    assert status == {"killed": "killed", "alive": "running", "elsewhere": "running"}
+
+
+def test_a_live_run_records_its_process_and_a_finished_one_does_not(tmp_path, monkeypatch):
+    import os
+    import socket
+
+    from conftest import compose_cfg, tiny_overrides, write_corpus
+    from lmx.training import logs
+    from lmx.train import train
+
+    written, write = [], logs.write_metrics
+    monkeypatch.setattr(logs, "write_metrics", lambda run, m: (written.append(m), write(run, m)))
+    corpus = write_corpus(tmp_path / "corpus")
+    metrics = train(compose_cfg(tiny_overrides(corpus, tmp_path / "cache")), tmp_path / "run")
+    assert written[0]["status"] == "running"
+    assert written[0]["process"] == {"host": socket.gethostname(), "pid": os.getpid()}
+    assert metrics["status"] == "done" and "process" not in metrics

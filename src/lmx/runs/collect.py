@@ -23,7 +23,7 @@ from lmx.config.legacy import typed_config
 from lmx.config.rules import leaves
 from lmx.errors import LmxError
 from lmx.runs.naming import group_choices, override_values
-from lmx.runs.status import STATUS_FILE, read_job, read_status
+from lmx.runs.status import STATUS_FILE, read_job, read_status, shown_status
 
 # Keys that say how or where a run ran, not what it is: never a column, never a group.
 ADMIN_KEYS = (
@@ -153,8 +153,7 @@ def collect(root: Path) -> list[dict[str, Any]]:
             "steps": metrics.get("steps"),
             "tokens_per_s": metrics.get("train_tokens_per_s"),
             "wall_time_s": metrics.get("wall_time_s"),
-            # no metrics.json yet: still in its first epoch, or killed there
-            "status": metrics.get("status", "running"),
+            "status": shown_status(metrics),
             "error": metrics.get("error", ""),
             "history": metrics.get("history", []),
         }

@@ -5,8 +5,10 @@ the command that continues it."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import socket
 import traceback
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,24 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return json.loads((run_dir / STATUS_FILE).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def shown_status(summary: dict[str, Any]) -> str:
+    """A run's status for a report: "running" where its metrics.json says so but the process
+    that wrote it, on this machine, is gone (SIGKILL, out of memory) is "killed" (it resumes
+    from its last checkpoint). No metrics.json yet: "running" (or killed in its first
+    epoch: nothing tells)."""
+    status = summary.get("status", "running")
+    process = summary.get("process") or {}
+    if status != "running" or process.get("host") != socket.gethostname():
+        return status  # another machine's process cannot be looked at from here
+    try:
+        os.kill(int(process["pid"]), 0)
+    except ProcessLookupError:
+        return "killed"
+    except (OSError, KeyError, TypeError, ValueError):  # another user's live process, a bad pid
+        pass
+    return status
 
 
 def _mark(run_dir: Path, status: str, message: str, over_done: bool = False) -> None:
