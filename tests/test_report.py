@@ -243,8 +243,8 @@ def test_a_live_run_records_its_process_and_a_finished_one_does_not(tmp_path, mo
     import socket
 
     from conftest import compose_cfg, tiny_overrides, write_corpus
-    from lmx.training import logs
     from lmx.train import train
+    from lmx.training import logs
 
     written, write = [], logs.write_metrics
     monkeypatch.setattr(logs, "write_metrics", lambda run, m: (written.append(m), write(run, m)))
