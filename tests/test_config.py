@@ -267,6 +267,13 @@ def test_an_added_key_that_nothing_reads_is_refused_before_any_work(tmp_path, ov
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("key", ["data.bptt", "data.batch_size"])
+def test_a_bad_data_size_is_one_problem_not_also_its_dependents(key):
+    from lmx.config.rules import config_problems
+
+    assert config_problems(compose_cfg([f"{key}=0"])) == [f"{key}=0 must be >= 1"]
+
+
 def test_a_command_line_that_would_write_nowhere_or_ignore_a_setting_is_refused(corpus_dir):
     from lmx.config.preflight import check_command_line
     from lmx.config.rules import config_problems

@@ -199,7 +199,9 @@ def _eval(cfg: DictConfig, check: Check) -> None:
     if e is None:
         return
     context = e.context if e.context is not None else cfg.data.bptt
-    check(context >= 1, f"eval.context={e.context} must be >= 1")
+    check(e.context is None or context >= 1, f"eval.context={e.context} must be >= 1")
+    if context < 1:  # data.bptt, which is said on its own
+        return
     longest = max_len(cfg.model)
     check(longest is None or context <= longest, f"eval.context={context} exceeds "
           f"model.max_len={longest}")  # fmt: skip
@@ -239,7 +241,7 @@ def _trainer(cfg: DictConfig, check: Check) -> None:
             check(False, f"trainer.max_time={t.max_time}: {err}")
     check(t.accumulate >= 1, f"trainer.accumulate={t.accumulate} must be >= 1")
     check(
-        t.accumulate <= cfg.data.batch_size,
+        t.accumulate <= cfg.data.batch_size or cfg.data.batch_size < 1,  # said on its own
         f"trainer.accumulate={t.accumulate} needs at least as many batch rows "
         f"(data.batch_size={cfg.data.batch_size}): each micro-batch takes whole rows",
     )
