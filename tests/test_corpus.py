@@ -110,8 +110,9 @@ def test_a_corpus_without_a_test_split_loads_until_one_is_asked_for(corpus_dir, 
     assert str(corpus_dir / "test.txt") in str(info.value) and "trainer.test=false" in str(
         info.value
     )
-    (corpus_dir / "test.txt").write_text("")  # an empty placeholder is no test split either
-    assert set(load_corpus(cfg).splits) == {"train", "valid"}
+    for placeholder in ("", "\n \n"):  # an empty or blank placeholder is no test split either
+        (corpus_dir / "test.txt").write_text(placeholder)
+        assert set(load_corpus(cfg).splits) == {"train", "valid"}
 
 
 def test_a_file_or_a_folder_in_the_wrong_place_is_named_for_what_it_is(corpus_dir, cache_dir):

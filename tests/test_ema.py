@@ -132,3 +132,12 @@ def test_settings_the_runs_length_leaves_idle_are_said(corpus_dir, cache_dir, tm
         train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *early)), tmp_path / "s")
     assert ("trainer.ema.decay=0.9 starts from the random initial weights, and after the run's "
             "4 steps they are still 66% of the average") in caplog.text  # fmt: skip
+    # under a time budget the steps are known only at the end: 0.995^2000 planned is nothing,
+    # but the second the budget gives is far fewer steps; said then, once
+    caplog.clear()
+    timed = ("trainer.epochs=500", "trainer.limit_train_batches=4", "trainer.ema.decay=0.995",
+             "trainer.max_time=1s", "trainer.test=false")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        m = train(compose_cfg(tiny_overrides(corpus_dir, cache_dir, *timed)), tmp_path / "t")
+    assert m["stopped_by"] == "max_time" and 0.995 ** m["steps"] > 0.01
+    assert caplog.text.count(f"after the run's {m['steps']} steps they are still") == 1

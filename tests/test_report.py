@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -222,34 +223,34 @@ def test_a_running_run_whose_process_is_gone_is_shown_killed(tmp_path):
     import socket
 
     from lmx.runs.collect import collect
+    from lmx.runs.status import PROCESS_FILE
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     here = socket.gethostname()
     processes = {"killed": {"host": here, "pid": int(gone.stdout)},
                  "alive": {"host": here, "pid": os.getpid()},
-                 "elsewhere": {"host": f"not-{here}", "pid": int(gone.stdout)}}  # fmt: skip
+                 "elsewhere": {"host": f"not-{here}", "pid": int(gone.stdout)},
+                 "older": None}  # fmt: skip
     for name, process in processes.items():
         fake_run(tmp_path, name, config(1, 1), 5.0, 5.1)
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-        metrics.update(status="running", process=process)
-        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+        (tmp_path / name / "metrics.json").write_text(json.dumps({**metrics, "status": "running"}))
+        if process:
+            (tmp_path / name / PROCESS_FILE).write_text(json.dumps(process))
     status = {r["run"]: r["status"] for r in collect(tmp_path)}
-    assert status == {"killed": "killed", "alive": "running", "elsewhere": "running"}
+    assert status == {"killed": "killed", "alive": "running", "elsewhere": "running",
+                      "older": "running"}  # fmt: skip
 
 
-def test_a_live_run_records_its_process_and_a_finished_one_does_not(tmp_path, monkeypatch):
-    import os
-    import socket
+def test_a_run_records_the_process_that_started_it(tmp_path):
+    from conftest import run_cli, tiny_overrides, write_corpus
+    from lmx.runs.collect import collect
+    from lmx.runs.status import PROCESS_FILE
 
-    from conftest import compose_cfg, tiny_overrides, write_corpus
-    from lmx.train import train
-    from lmx.training import logs
-
-    written, write = [], logs.write_metrics
-    monkeypatch.setattr(logs, "write_metrics", lambda run, m: (written.append(m), write(run, m)))
     corpus = write_corpus(tmp_path / "corpus")
-    metrics = train(compose_cfg(tiny_overrides(corpus, tmp_path / "cache")), tmp_path / "run")
-    assert written[0]["status"] == "running"
-    assert written[0]["process"] == {"host": socket.gethostname(), "pid": os.getpid()}
-    assert metrics["status"] == "done" and "process" not in metrics
+    proc = run_cli(*tiny_overrides(corpus, tmp_path / "cache"), f"hydra.run.dir={tmp_path / 'r'}")
+    assert proc.returncode == 0, proc.stderr
+    process = json.loads((tmp_path / "r" / PROCESS_FILE).read_text())
+    assert set(process) == {"host", "pid"} and process["pid"] != os.getpid()
+    assert [r["status"] for r in collect(tmp_path / "r")] == ["done"]  # its process is gone

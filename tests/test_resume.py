@@ -341,14 +341,20 @@ def test_a_refused_resume_leaves_the_run_as_it_was(corpus_dir, cache_dir, tmp_pa
     assert proc.returncode == 1 and "optim.lr: checkpoint 1.0, this run 0.5" in output
     assert (run_dir / "config.yaml").read_text() == config  # not the refused settings
     assert _metrics(run_dir) == metrics and not (run_dir / "error.txt").exists()
-    # a new run (no trainer.resume) into it would replace its checkpoints: refused too
-    last = (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns
-    proc = run_cli(*args, f"hydra.run.dir={run_dir}")
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and f"{run_dir} already holds a run" in output
-    assert "trainer.resume=auto continues it" in output
-    assert (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns == last
-    assert _metrics(run_dir) == metrics and not (run_dir / "error.txt").exists()
+    # a new run (no trainer.resume), or one resumed from another run's checkpoint, would
+    # replace its checkpoints: refused before Hydra writes into the folder
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- the run's own\n")
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    other = tmp_path / "other"
+    train(compose_cfg(args), other)
+    for extra in ([], [f"trainer.resume={other}"], [f"trainer.resume={other}/checkpoints/last.pt"]):
+        proc = run_cli(*args, *extra, f"hydra.run.dir={run_dir}", "model=gpt")
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and f"{run_dir} already holds a run" in output, extra
+        assert "trainer.resume=auto continues it" in output
+        assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- the run's own\n"
 
 
 def test_a_run_resumed_from_another_run_dir_carries_its_best_model(
@@ -359,21 +365,20 @@ def test_a_run_resumed_from_another_run_dir_carries_its_best_model(
     same = tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1", f"trainer.resume={first}")
     with caplog.at_level("INFO"):
         metrics = train(compose_cfg(same), tmp_path / "second")  # nothing left to train
-    assert "past trainer.epochs=1: nothing is left to train" in caplog.text
-    assert (tmp_path / "second" / "checkpoints" / "best.pt").read_bytes() == (
-        first / "checkpoints" / "best.pt"
-    ).read_bytes()
+    assert "past trainer.epochs=1 (whole epochs done: 1): nothing is left to train" in caplog.text
+    for name in ("best.pt", "last.pt"):  # the new run dir holds the run, as a resume goes on
+        carried = tmp_path / "second" / "checkpoints" / name
+        assert carried.read_bytes() == (first / "checkpoints" / name).read_bytes()
     assert metrics["status"] == "done" and metrics["test_ppl"] == done["test_ppl"]
     assert metrics["best_epoch"] == 1
-    # a checkpoint with no best.pt beside it: the best is chosen again, not lost at the end
-    (first / "checkpoints" / "best.pt").unlink()
-    longer = tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=2", f"trainer.resume={first}")
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        metrics = train(compose_cfg(longer), tmp_path / "third")
-    assert "no best.pt beside" in caplog.text
-    assert metrics["status"] == "done" and metrics["best_epoch"] == 2
-    assert metrics["test_ppl"] > 1
+    # a checkpoint whose best model is not beside it: its test would score another model
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "last.pt").write_bytes((first / "checkpoints" / "last.pt").read_bytes())
+    longer = tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=2", f"trainer.resume={lone}")
+    with pytest.raises(CheckpointError, match="the run's best model .its best.pt. is not beside"):
+        train(compose_cfg(longer), tmp_path / "third")
+    assert not (tmp_path / "third").exists()
 
 
 def test_old_configs_drop_the_keys_nothing_read(caplog):

@@ -1,4 +1,5 @@
-"""Crash-safe file writes, and the run summary file's name (no heavy imports here)."""
+"""Crash-safe file writes, and the names of a run's summary and checkpoint files (no heavy
+imports here)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from typing import Any, BinaryIO
 from lmx.errors import LmxError
 
 METRICS_FILE = "metrics.json"  # the run summary; its "status" says running, done or failed
+CHECKPOINT_NAMES = (
+    "last.pt",
+    "best.pt",
+)  # in a run's checkpoints/; on a tie in steps, last.pt wins
 
 
 class WriteError(LmxError):

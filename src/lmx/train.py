@@ -21,15 +21,17 @@ from lmx.cli import debug, exit_code
 from lmx.config.compose import absolute_paths
 from lmx.config.rules import validate
 from lmx.config.store import register_configs
-from lmx.errors import LmxError
+from lmx.errors import CheckpointError, LmxError
 from lmx.paths import config_dir
 from lmx.runs.status import (
     ERROR_FILE,
     STATUS_FILE,
     mark_failed,
     mark_interrupted,
+    overwrite_refusal,
     read_status,
     record_job,
+    record_process,
     resume_command,
 )
 from lmx.runs.sweep import config_hash, find_finished, warn_unrun_sweep
@@ -51,7 +53,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     from lmx.runtime import distributed
     from lmx.runtime.device import apply_settings, resolve_device
-    from lmx.training.build import build_run
+    from lmx.training.build import build_run, warn_init_share
     from lmx.training.loop import fit
 
     world = distributed.world_from_env()
@@ -64,7 +66,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
         run, resumed = build_run(cfg, run_dir, world, device)
         try:
-            return fit(run, cfg.trainer, resumed)
+            metrics = fit(run, cfg.trainer, resumed)
+            if cfg.trainer.max_time is not None and world.is_main:  # its steps are known now
+                warn_init_share(cfg.trainer.ema, metrics["steps"])
+            return metrics
         finally:
             run.tb.close()
             del run  # distributed.shutdown frees the process group with it
@@ -111,10 +116,12 @@ def _hydra_main(cfg: DictConfig) -> float:
     status_before = _mtime(run_dir / STATUS_FILE)
     outcome("running")
     try:
-        if not multirun and not cfg.trainer.resume:  # a sweep's jobs: sweep.resume decides
-            from lmx.training.resume import refuse_overwrite
-
-            refuse_overwrite(run_dir)
+        # main() said it before Hydra wrote into the folder where the command line named it
+        why = None if multirun else overwrite_refusal(run_dir, cfg.trainer.resume)
+        if why is not None:  # a sweep's jobs: sweep.resume decides
+            raise CheckpointError(why)
+        if main_rank:
+            record_process(run_dir)
         metrics = train(cfg, run_dir)
     except Interrupted as err:  # SIGINT/SIGTERM: saved a checkpoint, then stopped
         outcome("interrupted", err.stopped)
@@ -163,10 +170,12 @@ def _mtime(path: Path) -> int | None:
 def main() -> None:
     from lmx.cli import fail
     from lmx.config.preflight import check_command_line
+    from lmx.runs.status import check_run_dir
     from lmx.runtime.launcher import torchrun_argv
 
     try:
         check_command_line(sys.argv[1:])  # every bad override in one message, before Hydra
+        check_run_dir(sys.argv[1:])  # before Hydra writes its .hydra/ files into it
         sys.argv[1:] = torchrun_argv(sys.argv[1:])
     except LmxError as err:
         if debug():

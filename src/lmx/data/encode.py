@@ -81,9 +81,8 @@ def require_tokens(split: str, count: int, batches: Batches | None = None) -> No
     if count == 0:
         source = getattr(batches, "source", None)
         where = f" ({source}: blank lines or spaces only)" if source else ""
-        hint = "; to train without a test split, remove it and set trainer.test=false"
-        raise DataError(f"the {split} split is empty: it has no tokens{where}"
-                        f"{hint if split == 'test' and source else ''}")  # fmt: skip
+        hint = " (training without one: trainer.test=false)" if split == "test" else ""
+        raise DataError(f"the {split} split is empty: it has no tokens{where}{hint}")
 
 
 def lines_of(batches: Batches, what: str) -> Iterator[list[str]]:

@@ -71,12 +71,25 @@ def local_files(local_dir: str, need: tuple[str, ...] = CORE_SPLITS) -> dict[str
                 continue
             looked = " or ".join(str(folder / n) for n in names)
             raise missing_split(split, f"looked for {looked}")
+        if split not in need and _blank(found[0]):  # e.g. a placeholder: no split
+            continue
         if found[0].stat().st_size == 0:  # no text: there is nothing to tokenize or score
-            if split not in need:
-                continue
             raise DataError(f"the {split} split is empty: {found[0]} has no text")
         files[split] = found[0]
     return files
+
+
+def _blank(path: Path) -> bool:
+    """Whether the file holds whitespace only (or nothing): read up to its first other byte,
+    so a real split costs one small read."""
+    try:
+        with path.open("rb") as f:
+            while block := f.read(1 << 16):
+                if block.strip():
+                    return False
+    except OSError:
+        return False  # unreadable: reading it for real says so, with its name
+    return True
 
 
 def files_fingerprint(files: dict[str, Path], known: Path | None = None) -> dict[str, str]:

@@ -153,7 +153,7 @@ def collect(root: Path) -> list[dict[str, Any]]:
             "steps": metrics.get("steps"),
             "tokens_per_s": metrics.get("train_tokens_per_s"),
             "wall_time_s": metrics.get("wall_time_s"),
-            "status": shown_status(metrics),
+            "status": shown_status(run_dir, metrics),
             "error": metrics.get("error", ""),
             "history": metrics.get("history", []),
         }

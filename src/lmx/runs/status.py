@@ -13,7 +13,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from lmx.files import METRICS_FILE, write_json
+from lmx.errors import CheckpointError
+from lmx.files import CHECKPOINT_NAMES, METRICS_FILE, write_json
 
 STATUS_FILE = METRICS_FILE
 ERROR_FILE = "error.txt"
@@ -21,6 +22,7 @@ ERROR_FILE = "error.txt"
 # into its sweep dir as it starts, and each job's outcome under that id in its run dir.
 MULTIRUN_FILE = ".lmx_multirun"
 JOB_FILE = ".lmx_job.json"  # {"multirun": id, "outcome": ..., "detail": ...}
+PROCESS_FILE = ".lmx_process.json"  # {"host": ..., "pid": ...} of the try that started last
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
@@ -30,22 +32,68 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def shown_status(summary: dict[str, Any]) -> str:
-    """A run's status for a report: "running" where its metrics.json says so but the process
-    that wrote it, on this machine, is gone (SIGKILL, out of memory) is "killed" (it resumes
-    from its last checkpoint). No metrics.json yet: "running" (or killed in its first
-    epoch: nothing tells)."""
+def record_process(run_dir: Path) -> None:
+    """Which process is running the run (its host and pid), written as each try starts, so
+    that a report can tell a live run from one killed without a word (shown_status)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / PROCESS_FILE, {"host": socket.gethostname(), "pid": os.getpid()})
+
+
+def shown_status(run_dir: Path, summary: dict[str, Any]) -> str:
+    """A run's status for a report: its metrics.json's ("running" where it has none yet), or
+    "killed" where it says running but the process that last started it, on this machine,
+    is gone (SIGKILL, out of memory): it resumes from its last checkpoint."""
     status = summary.get("status", "running")
-    process = summary.get("process") or {}
-    if status != "running" or process.get("host") != socket.gethostname():
-        return status  # another machine's process cannot be looked at from here
     try:
+        process = json.loads((run_dir / PROCESS_FILE).read_text())
+        if status != "running" or process["host"] != socket.gethostname():
+            return status  # another machine's process cannot be looked at from here
         os.kill(int(process["pid"]), 0)
     except ProcessLookupError:
         return "killed"
-    except (OSError, KeyError, TypeError, ValueError):  # another user's live process, a bad pid
-        pass
+    except (OSError, ValueError, KeyError, TypeError):  # no record (an older run), another
+        pass  # user's live process, a damaged record
     return status
+
+
+def overwrite_refusal(run_dir: Path, resume: str | None) -> str | None:
+    """Why a run into `run_dir` would replace another run's checkpoints there, or None: a
+    new run (no trainer.resume) or one resumed from a checkpoint in another folder."""
+    own = run_dir / "checkpoints"
+    found = [own / n for n in CHECKPOINT_NAMES if (own / n).is_file()]
+    if not found or resume == "auto":
+        return None
+    if resume:
+        source = Path(resume).expanduser()
+        folder = source.parent if source.is_file() else source
+        if (folder / "checkpoints").is_dir():
+            folder = folder / "checkpoints"
+        if folder.resolve() == own.resolve():
+            return None  # this run's own checkpoint: a resume
+    return (f"{run_dir} already holds a run ({found[0]}); this run would replace its "
+            "checkpoints. trainer.resume=auto continues it; to start afresh, give another "
+            f"hydra.run.dir or remove {run_dir}")  # fmt: skip
+
+
+def check_run_dir(argv: list[str]) -> None:
+    """A single run into a hydra.run.dir named on the command line that holds another run's
+    checkpoints is refused here (overwrite_refusal), before Hydra writes its
+    .hydra/ files into that folder. A sweep's jobs are left to sweep.resume."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from lmx.config.preflight import overrides_of
+
+    overrides = overrides_of(argv)
+    if overrides is None or any(a in ("-m", "--multirun") for a in argv):
+        return
+    parsed = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(overrides)}
+    run_dir, resume = parsed.get("hydra.run.dir"), parsed.get("trainer.resume")
+    if run_dir is None or run_dir.is_sweep_override() or not str(run_dir.value() or ""):
+        return
+    resume_value = None if resume is None or resume.is_sweep_override() else resume.value()
+    why = overwrite_refusal(Path(str(run_dir.value())), resume_value)
+    if why is not None:
+        raise CheckpointError(why)
 
 
 def _mark(run_dir: Path, status: str, message: str, over_done: bool = False) -> None:

@@ -5,7 +5,6 @@ rank 0 alone writes the run dir."""
 from __future__ import annotations
 
 import logging
-import math
 import random
 import shutil
 from pathlib import Path
@@ -30,7 +29,7 @@ from lmx.training.logs import TensorBoard, parameter_count
 from lmx.training.loop import Run
 from lmx.training.optim import build_optimizer, build_scheduler
 from lmx.training.resume import (
-    carry_best,
+    carry_checkpoints,
     check_compatible,
     find_resume_checkpoint,
     legacy_decay_all,
@@ -53,9 +52,23 @@ def seed_everything(seed: int) -> None:
 INIT_SHARE = 0.01  # a share of the initial weights left in the final average that is warned of
 
 
+def warn_init_share(ema, steps: int) -> None:
+    """trainer.ema from step 0 starts from the random initial weights: where over INIT_SHARE
+    of them is left in the average after `steps` (decay^steps), its figures are those of a
+    partly untrained model."""
+    if ema.decay is None or ema.start_step != 0 or ema.decay**steps <= INIT_SHARE:
+        return
+    log.warning("trainer.ema.decay=%g starts from the random initial weights, and after the "
+                "run's %d steps they are still %.0f%% of the average (decay^steps): its "
+                "validation and test figures are those of a partly untrained model; "
+                "trainer.ema.start_step=N starts it from the weights of step N, or a lower "
+                "decay forgets sooner", ema.decay, steps, 100 * ema.decay**steps)  # fmt: skip
+
+
 def warn_idle_settings(t, budget: Budget) -> None:
     """Settings that the run's planned length leaves without effect, said once as a new run
-    starts (a resume may move its horizon; a time budget can only end a run sooner)."""
+    starts (a resume may move its horizon; a time budget can only end a run sooner, so what
+    is idle at the planned length is idle under one too)."""
     planned, epoch = budget.planned_steps(), budget.steps_per_epoch
     if planned == 0:  # trainer.epochs=0: a run that only evaluates
         return
@@ -63,13 +76,8 @@ def warn_idle_settings(t, budget: Budget) -> None:
         log.warning("trainer.ema.start_step=%d is at or past the run's last step (%d): the "
                     "average never starts, and the raw weights are validated and tested",
                     t.ema.start_step, planned)  # fmt: skip
-    elif t.ema.decay is not None and t.ema.start_step == 0 and t.ema.decay**planned > INIT_SHARE:
-        log.warning("trainer.ema.decay=%g starts from the random initial weights, and after "
-                    "the run's %d steps they are still %.0f%% of the average (decay^steps): "
-                    "its validation and test figures are those of a partly untrained model; "
-                    "trainer.ema.start_step=N starts it from the weights of step N, or a lower "
-                    "decay forgets sooner", t.ema.decay, planned,
-                    100 * t.ema.decay**planned)  # fmt: skip
+    elif t.max_time is None:  # a time budget's steps are known only at the end (train.py)
+        warn_init_share(t.ema, planned)
     every = t.val_every_steps
     if every and (every >= planned or every % epoch == 0):  # the step count runs on
         log.warning("trainer.val_every_steps=%d falls only on epoch ends or past the run's "
@@ -164,15 +172,9 @@ def build_run(
     if resume_from is not None:
         progress = resume_from.progress
         if progress["epoch"] > t.epochs:
-            log.info("resume: the checkpoint is at epoch %d, past trainer.epochs=%d: nothing is "
-                     "left to train", progress["epoch"], t.epochs)  # fmt: skip
-        if (
-            not carry_best(path, run_dir, copy=world.is_main)
-            and progress.get("best_epoch") is not None
-        ):
-            log.warning("resume: no best.pt beside %s; the best model is chosen again from "
-                        "this run's validations", path)  # fmt: skip
-            progress.update(best_val_loss=math.inf, best_epoch=None)
+            log.info("resume: the checkpoint is past trainer.epochs=%d (whole epochs done: "
+                     "%d): nothing is left to train", t.epochs, progress["epoch"] - 1)  # fmt: skip
+        carry_checkpoints(path, progress, run_dir, copy=world.is_main)
     if world.is_main:  # after the resume check: a refused resume leaves the run dir as it was
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ERROR_FILE).unlink(missing_ok=True)  # from an earlier failed try

@@ -25,7 +25,7 @@ import torch
 
 from lmx.config.legacy import upgrade_config
 from lmx.errors import CheckpointError
-from lmx.files import atomic_write
+from lmx.files import CHECKPOINT_NAMES, atomic_write
 from lmx.models.carried import carries_state, get_state
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 # 1: before `format` was stored (the layout before lmx's subpackages); 2: subpackages;
 # 3: weight-decay groups (a one-group AdamW checkpoint before 3 decayed every tensor)
 FORMAT = 3
-CHECKPOINT_NAMES = ("last.pt", "best.pt")  # on a tie in steps, last.pt wins
 _SUMMARY = ("epoch", "step", "best_val_loss")  # derived from progress; for outside readers
 
 

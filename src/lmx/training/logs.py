@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -224,8 +222,6 @@ def summary(
         "world_size": run.world.world_size,
         "wall_time_s": wall,
     }
-    if status == "running":  # so that a report can tell a live run from a killed one
-        out["process"] = {"host": socket.gethostname(), "pid": os.getpid()}
     if status == "done":
         out.update(
             best_epoch=p.best_epoch,

@@ -98,32 +98,30 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
     raise CheckpointError(f"trainer.resume={resume}: no such file or run dir")
 
 
-def refuse_overwrite(run_dir: Path) -> None:
-    """A new run (no trainer.resume) into a run dir that holds another run's checkpoints
-    would replace them: refused, before any work, with the two ways on."""
-    found = newest_checkpoint(run_dir / "checkpoints")
-    if found is not None:
+def carry_checkpoints(source: Path, progress: dict[str, Any], run_dir: Path, copy: bool) -> None:
+    """A run resumed from another run dir's checkpoint (trainer.resume=PATH) goes on in its
+    own run dir: it copies that run's best.pt there, which its best score and its test refer
+    to, and the checkpoint it resumed from as its last.pt, until it saves its own (rank 0
+    copies: `copy`). Refused where the checkpoint had a best model and no best.pt lies beside
+    it: the test would score another model than the run's best."""
+    best, own = source.parent / "best.pt", run_dir / "checkpoints"
+    if source.parent.resolve() == own.resolve():
+        return  # this run's own checkpoint
+    if progress.get("best_epoch") is not None and not best.is_file():
         raise CheckpointError(
-            f"{run_dir} already holds a run ({found}); a new run there would replace its "
-            "checkpoints. trainer.resume=auto continues it; to start afresh, give another "
-            f"hydra.run.dir or remove {run_dir / 'checkpoints'}"
+            f"cannot resume from {source} into {run_dir}: the run's best model (its best.pt) "
+            f"is not beside it, and this run's best and test would stand for it; copy that "
+            f"best.pt into {source.parent}, or resume in the checkpoint's own run dir"
         )
-
-
-def carry_best(source: Path, run_dir: Path, copy: bool) -> bool:
-    """A run resumed from a checkpoint goes on from the best model beside it: its own best.pt,
-    or another run dir's (trainer.resume=PATH), which it copies into its own checkpoints when
-    `copy` (rank 0). False where the checkpoint's folder has no best.pt."""
-    best, own = source.parent / "best.pt", run_dir / "checkpoints" / "best.pt"
-    if not best.is_file():
-        return False
-    if copy and best.resolve() != own.resolve():
-        own.parent.mkdir(parents=True, exist_ok=True)
-        tmp = own.with_name(f".{own.name}.carry-{os.getpid()}")
-        shutil.copyfile(best, tmp)
-        os.replace(tmp, own)  # atomic, as every checkpoint write
-        log.info("resume: %s carried over as this run's best so far", best)
-    return True
+    if not copy:
+        return
+    own.mkdir(parents=True, exist_ok=True)
+    for src, name in ((best, "best.pt"), (source, "last.pt")):
+        if src.is_file():
+            tmp = own / f".{name}.carry-{os.getpid()}"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, own / name)  # atomic, as every checkpoint write
+    log.info("resume: %s and %s carried over into %s", best.name, source.name, own)
 
 
 def saved_data_hint(ckpt: Checkpoint | None, data: Any) -> str:
