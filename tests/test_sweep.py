@@ -184,16 +184,22 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, c
     assert proc.wait(timeout=60) != 0
     assert read_status(job_dir(sweep, 1)).get("status") != "done"
     first = (job_dir(sweep, 0) / "metrics.json").read_text()
+    saved = (job_dir(sweep, 1) / "checkpoints" / "last.pt").is_file()  # unless stopped early
 
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "already finished" in proc.stdout + proc.stderr
+    # job 1's try goes on from its checkpoint, not from scratch
+    assert ("holds this job's unfinished try; resuming it" in proc.stdout + proc.stderr) == saved
     assert (
         f"3 job(s) finished in {sweep} (1 of them skipped: finished before)"
         in proc.stdout + proc.stderr
     )
     assert (job_dir(sweep, 0) / "metrics.json").read_text() == first  # not run again
     assert all(read_status(job_dir(sweep, j))["status"] == "done" for j in ("0", "1", "2"))
+    again = run_cli(*args)  # a job finished through a resume is the same job: skipped too
+    assert "3 job(s) finished in" in again.stdout + again.stderr
+    assert "(3 of them skipped: finished before)" in again.stdout + again.stderr
 
 
 def test_optuna_preset_reports_its_best_trial(corpus_dir, cache_dir, tmp_path):

@@ -107,6 +107,9 @@ def _hydra_main(cfg: DictConfig) -> float:
             log.info("sweep.resume: this job already finished in %s; skipping it", done)
             outcome("skipped", f"finished in {done}")
             return read_status(done)["best_val_ppl"]
+        if not cfg.trainer.resume and overwrite_refusal(run_dir, None) is not None:
+            log.info("sweep.resume: %s holds this job's unfinished try; resuming it", run_dir)
+            cfg.trainer.resume = "auto"  # check_compatible refuses a checkpoint of other settings
     if multirun:
         from lmx.runtime.launcher import share_machine
 

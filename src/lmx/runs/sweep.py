@@ -40,8 +40,12 @@ log = logging.getLogger(__name__)
 
 
 def config_hash(resolved: dict[str, Any]) -> str:
-    """Identity of a job: its resolved config, less the sweep controls themselves."""
+    """Identity of a job: its resolved config, less the sweep controls themselves and
+    trainer.resume (how a try began, not what the job is: sweep.resume resumes a job's
+    unfinished try, and the finished job is the same job)."""
     job = {k: v for k, v in resolved.items() if k != "sweep"}
+    if isinstance(job.get("trainer"), dict):
+        job["trainer"] = {k: v for k, v in job["trainer"].items() if k != "resume"}
     return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:16]
 
 
