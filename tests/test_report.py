@@ -254,3 +254,13 @@ def test_a_run_records_the_process_that_started_it(tmp_path):
     process = json.loads((tmp_path / "r" / PROCESS_FILE).read_text())
     assert set(process) == {"host", "pid"} and process["pid"] != os.getpid()
     assert [r["status"] for r in collect(tmp_path / "r")] == ["done"]  # its process is gone
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    for i in range(6):
+        fake_run(tmp_path, f"run{i}", config(1 + i % 3, i), 5.0 + i / 100, 5.1)
+    command = [sys.executable, "-m", "lmx.report", str(tmp_path), "--group-by", "model.nhead"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `lmx report ... | head -0` does, before a line is written
+    stderr = proc.communicate(timeout=120)[1].decode()
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr

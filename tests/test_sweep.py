@@ -169,19 +169,25 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, c
         f"hydra.sweep.dir={sweep}",
         "sweep.resume=true",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lmx.train", *args],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    log = tmp_path / "first_try.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lmx.train", *args],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        deadline = time.time() + 240
+        while not list(sweep.glob("1*/config.yaml")):  # job 0 finished, job 1 started...
+            assert proc.poll() is None and time.time() < deadline, "job 1 did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # ...then Ctrl-C while job 1 trains
+        assert proc.wait(timeout=60) != 0
+    # it says how the sweep goes on, not only the job
+    assert "with sweep.resume=true and the same hydra.sweep.dir, resumes this job" in (
+        log.read_text()
     )
-    deadline = time.time() + 240
-    while not list(sweep.glob("1*/config.yaml")):  # job 0 finished, job 1 started...
-        assert proc.poll() is None and time.time() < deadline, "job 1 did not start"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # ...then Ctrl-C while job 1 trains
-    assert proc.wait(timeout=60) != 0
     assert read_status(job_dir(sweep, 1)).get("status") != "done"
     first = (job_dir(sweep, 0) / "metrics.json").read_text()
     saved = (job_dir(sweep, 1) / "checkpoints" / "last.pt").is_file()  # unless stopped early
@@ -312,7 +318,9 @@ def test_the_sweep_summary_counts_this_multiruns_jobs_not_an_older_sweeps_in_the
     with pytest.raises(SystemExit) as stop:
         summary.on_multirun_end(cfg)
     assert stop.value.code == 1
-    assert f"sweep: 2 of 4 job(s) failed in {sweep}:" in caplog.text
+    assert f"sweep: 2 of 4 job(s) failed in {sweep} (1 of them skipped: finished before):" in (
+        caplog.text
+    )
     assert "new_failed: ValueError: this sweep's" in caplog.text and "an older" not in caplog.text
     assert "new_killed: stopped without saying how (killed?)" in caplog.text
 
@@ -364,3 +372,9 @@ def test_a_preset_grid_key_fixed_on_the_command_line_is_not_in_the_job_names(
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert names == ["0_nhead=1", "1_nhead=2", "2_nhead=4"]
+
+
+def test_sweep_resume_without_a_multirun_is_refused_before_any_work(tmp_path):
+    proc = run_cli("sweep.resume=true", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode != 0 and "sweep.resume=true has no effect without -m" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

@@ -64,3 +64,6 @@ def run(main: Callable[[list[str]], None]) -> None:
         if debug():
             raise
         fail(err)
+    except BrokenPipeError:  # the reader went away (lmx report | head): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit flush
+        sys.exit(1)

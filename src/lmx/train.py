@@ -39,6 +39,11 @@ from lmx.runtime.launcher import relaunch_prefix
 from lmx.training.signals import Interrupted
 
 log = logging.getLogger("lmx.train")
+SWEEP_ON = (
+    "\nThat is this job alone. The sweep stopped here: its own command again, with "
+    "sweep.resume=true and the same hydra.sweep.dir, resumes this job and runs the jobs not "
+    "run yet (finished ones are skipped)."
+)
 register_configs()
 
 
@@ -130,13 +135,14 @@ def _hydra_main(cfg: DictConfig) -> float:
         outcome("interrupted", err.stopped)
         mark_interrupted(run_dir, f"{err.stopped}. Continue with: {resume}")
         if main_rank:
-            log.warning("lmx: %s. Continue with:\n%s", err.stopped, resume)
+            log.warning("lmx: %s. Continue with:\n%s%s", err.stopped, resume, SWEEP_ON * multirun)
         sys.exit(128 + err.signum)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         outcome("interrupted", "a second Ctrl-C")
         mark_interrupted(run_dir, "a second Ctrl-C: stopped at once")
         if main_rank:
-            log.warning("lmx: interrupted; continue from the last checkpoint with:\n%s", resume)
+            log.warning("lmx: interrupted; continue from the last checkpoint with:\n%s%s",
+                        resume, SWEEP_ON * multirun)  # fmt: skip
         sys.exit(130)
     except Exception as err:
         # A try that failed before it wrote its config (a refused resume or overwrite, data
@@ -173,12 +179,12 @@ def _mtime(path: Path) -> int | None:
 def main() -> None:
     from lmx.cli import fail
     from lmx.config.preflight import check_command_line
-    from lmx.runs.status import check_run_dir
+    from lmx.runs.status import check_single_run
     from lmx.runtime.launcher import torchrun_argv
 
     try:
         check_command_line(sys.argv[1:])  # every bad override in one message, before Hydra
-        check_run_dir(sys.argv[1:])  # before Hydra writes its .hydra/ files into it
+        check_single_run(sys.argv[1:])  # before Hydra writes its .hydra/ files into a run dir
         sys.argv[1:] = torchrun_argv(sys.argv[1:])
     except LmxError as err:
         if debug():

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from lmx.errors import CheckpointError
+from lmx.errors import CheckpointError, ConfigError
 from lmx.files import CHECKPOINT_NAMES, METRICS_FILE, write_json
 
 STATUS_FILE = METRICS_FILE
@@ -75,10 +75,11 @@ def overwrite_refusal(run_dir: Path, resume: str | None) -> str | None:
             f"hydra.run.dir or remove {run_dir}")  # fmt: skip
 
 
-def check_run_dir(argv: list[str]) -> None:
-    """A single run into a hydra.run.dir named on the command line that holds another run's
-    checkpoints is refused here (overwrite_refusal), before Hydra writes its
-    .hydra/ files into that folder. A sweep's jobs are left to sweep.resume."""
+def check_single_run(argv: list[str]) -> None:
+    """A single run (no -m) into a hydra.run.dir named on the command line that holds another
+    run's checkpoints is refused here (overwrite_refusal), before Hydra writes its .hydra/
+    files into that folder; so is sweep.resume=true, which only a multirun reads. A sweep's
+    jobs are left to sweep.resume."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from lmx.config.preflight import overrides_of
@@ -87,6 +88,12 @@ def check_run_dir(argv: list[str]) -> None:
     if overrides is None or any(a in ("-m", "--multirun") for a in argv):
         return
     parsed = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(overrides)}
+    flag = parsed.get("sweep.resume")
+    if flag is not None and not flag.is_sweep_override() and flag.value() is True:
+        raise ConfigError(
+            "sweep.resume=true has no effect without -m: it skips a multirun's finished jobs; "
+            "a single run resumes with trainer.resume=auto"
+        )
     run_dir, resume = parsed.get("hydra.run.dir"), parsed.get("trainer.resume")
     if run_dir is None or run_dir.is_sweep_override() or not str(run_dir.value() or ""):
         return

@@ -103,11 +103,11 @@ class SweepSummary(Callback):
         jobs = jobs_of(sweep_dir, self.multirun)
         skipped = sum(r["outcome"] == "skipped" for r in jobs.values())
         failed = {d: r for d, r in jobs.items() if r["outcome"] in ("failed", "running")}
+        before = f" ({skipped} of them skipped: finished before)" if skipped else ""
         if not failed:
-            before = f" ({skipped} of them skipped: finished before)" if skipped else ""
             log.info("sweep: %d job(s) finished in %s%s", len(jobs), sweep_dir, before)
             return
-        lines = [f"sweep: {len(failed)} of {len(jobs)} job(s) failed in {sweep_dir}:"]
+        lines = [f"sweep: {len(failed)} of {len(jobs)} job(s) failed in {sweep_dir}{before}:"]
         for run_dir, record in failed.items():
             error = (
                 record["detail"]
