@@ -41,8 +41,9 @@ def record_process(run_dir: Path) -> None:
 
 def shown_status(run_dir: Path, summary: dict[str, Any]) -> str:
     """A run's status for a report: its metrics.json's ("running" where it has none yet,
-    "unreadable" where it is damaged), or "killed" where it says running but the process that last started it, on this machine,
-    is gone (SIGKILL, out of memory): it resumes from its last checkpoint."""
+    "unreadable" where it is damaged), or "killed" where it says running but the process
+    that last started it, on this machine, is gone (SIGKILL, out of memory): it resumes from
+    its last checkpoint."""
     if not summary and (run_dir / STATUS_FILE).is_file():
         return "unreadable"  # a damaged metrics.json: no figure of it can be trusted
     status = summary.get("status", "running")
