@@ -75,7 +75,13 @@ def test_groups_over_seeds_with_the_standard_errors_worked_by_hand(sweep):
         table = list(csv.DictReader(f))
     assert [r["model.nhead"] for r in table] == ["1", "2", "4"] and table[2]["n"] == "2"
     assert table[0]["fingerprint"].startswith("text (/corpus/a)")
+    # the numbers behind the text, for error-bar work without parsing it
+    assert float(table[0]["val_loss_mean"]) == pytest.approx(5.1)
+    assert float(table[0]["val_loss_se"]) == pytest.approx(0.1)
+    assert float(table[2]["test_loss_se"]) == pytest.approx(0.01) and table[2]["n_finished"] == "2"
     assert (sweep / "report_groups.png").stat().st_size > 1000
+    # an SE this wide is said as the range it spans: ±10% on the log scale is x/÷ 1.11
+    assert "164.02 ± 10% spans 148.41 to 181.27 (×/÷ 1.11)" in text
 
 
 def test_a_named_baseline_and_the_errors_that_name_the_culprit(sweep):

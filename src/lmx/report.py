@@ -23,7 +23,16 @@ from lmx.cli import run
 from lmx.config.rules import did_you_mean
 from lmx.errors import ConfigError
 from lmx.runs.collect import collect
-from lmx.runs.groups import Group, NoSuchGroup, group_notes, group_runs, group_table, parse_keys
+from lmx.runs.groups import (
+    NUMBER_COLUMNS,
+    Group,
+    NoSuchGroup,
+    group_notes,
+    group_numbers,
+    group_runs,
+    group_table,
+    parse_keys,
+)
 from lmx.runs.plots import plot_curves, plot_groups
 from lmx.runs.table import (
     run_table,
@@ -103,8 +112,10 @@ def report(root: Path, group_by: str | None = None, baseline: str | None = None)
     if plot_curves(root / "report.png", [(fp, rs) for fp, rs in sets if fp != "not scored yet"]):
         figures.append("report.png")
     if grouped:
-        cells = [[fp, *row] for fp, _, _, g_cells in grouped for row in g_cells]
-        write_rows_csv(root / "report_groups.csv", ["fingerprint", *grouped[0][2]], cells)
+        cells = [[fp, *row, *group_numbers(g)] for fp, groups, _, g_cells in grouped
+                 for g, row in zip(groups, g_cells, strict=True)]  # fmt: skip
+        header = ["fingerprint", *grouped[0][2], *NUMBER_COLUMNS]
+        write_rows_csv(root / "report_groups.csv", header, cells)
         written.append("report_groups.csv")
     for i, (fp, groups, _, _) in enumerate(grouped):
         name = "report_groups.png" if i == 0 else f"report_groups_{i + 1}.png"

@@ -93,6 +93,9 @@ def group_runs(rows: list[dict[str, Any]], keys: list[str], baseline: str | None
 SEED_KEY = "trainer.seed"
 
 
+WIDE_SE = 0.1  # a log-scale SE from which "± x%" misreads as a % of ppl by 5% and more
+
+
 def group_notes(groups: list[Group], keys: list[str]) -> list[str]:
     """What a reader must know before trusting a group's figures: other settings that differ
     inside it (a seed is expected to), runs that are one sample twice (the same settings and
@@ -118,6 +121,14 @@ def group_notes(groups: list[Group], keys: list[str]) -> list[str]:
             seen.setdefault(same, r["run"])
         if g.n == 1:
             notes.append(f"{label} has one run: no standard error")
+    spreads = [stat for g in groups for stat in (g.val, g.test) if stat and stat[1] is not None]
+    if spreads and max(se for _, se in spreads) >= WIDE_SE:
+        mean, se = max(spreads, key=lambda stat: stat[1])
+        ppl, factor = math.exp(mean), math.exp(se)
+        notes.append(f"± is 100 × the standard error of log ppl, which reads as a % of ppl only "
+                     f"while small: {shown(ppl, ',.2f')} ± {_pct(100 * se)}% spans "
+                     f"{shown(ppl / factor, ',.2f')} to {shown(ppl * factor, ',.2f')} "
+                     f"(×/÷ {factor:.2f})")  # fmt: skip
     return notes
 
 
@@ -171,6 +182,15 @@ def diff_text(diff: tuple[float, float | None] | None) -> str:
 def _pct(value: float) -> str:
     """Two significant digits, without an exponent: 0.012, 2.5, 41, 330."""
     return f"{value:.0f}" if value >= 100 else f"{value:.2g}"
+
+
+# report_groups.csv's numbers beside the table's text: the finished runs, and each mean loss
+# (log ppl) with its standard error (empty for a group of one)
+NUMBER_COLUMNS = ["n_finished", "val_loss_mean", "val_loss_se", "test_loss_mean", "test_loss_se"]
+
+
+def group_numbers(g: Group) -> list[Any]:
+    return [g.n, *(x for stat in (g.val, g.test) for x in (stat or (None, None)))]
 
 
 def group_table(groups: list[Group], keys: list[str]) -> tuple[list[str], list[list[str]]]:
