@@ -272,3 +272,14 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     proc.stdout.close()  # as `lmx report ... | head -0` does, before a line is written
     stderr = proc.communicate(timeout=120)[1].decode()
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+def test_a_run_that_died_before_its_config_makes_no_setting_differ(tmp_path):
+    from lmx.runs.collect import collect, varying_keys
+
+    fake_run(tmp_path, "a", config(1, 1), 5.0, 5.1)
+    fake_run(tmp_path, "b", config(2, 1), 5.1, 5.2)
+    early = tmp_path / "early" / ".hydra"  # died in data loading: overrides only
+    early.mkdir(parents=True)
+    (early / "overrides.yaml").write_text("- model.nhead=4\n")
+    assert varying_keys(collect(tmp_path)) == ["model.nhead"]

@@ -73,7 +73,7 @@ def test_report_on_a_fabricated_sweep(tmp_path):
     assert scored[1].split() == ["run", *FIGURES]  # nothing varies within one set
     assert scored[3].split()[:3] == ["1", "250.00", "240.00"]
     assert sections[2].splitlines()[3].split()[:3] == ["0", "300.00", "280.00"]
-    assert unscored[0] == "3 run(s) on not scored yet"
+    assert unscored[0] == "3 run(s) not scored yet"
     assert [line.split()[0] for line in unscored[3:6]] == ["2", "3", "4"]
     assert [line.split()[-1] for line in unscored[3:6]] == ["failed", "running", "interrupted"]
     assert "2: failed: RuntimeError: out of memory" in text

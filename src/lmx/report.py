@@ -22,7 +22,7 @@ from typing import Any
 from lmx.cli import run
 from lmx.config.rules import did_you_mean
 from lmx.errors import ConfigError
-from lmx.runs.collect import collect
+from lmx.runs.collect import NOT_SCORED, collect
 from lmx.runs.groups import (
     NUMBER_COLUMNS,
     Group,
@@ -61,7 +61,7 @@ def by_fingerprint(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str,
     split: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         split.setdefault(r["fingerprint"], []).append(r)
-    return sorted(split.items(), key=lambda kv: (kv[0] == "not scored yet", -len(kv[1])))
+    return sorted(split.items(), key=lambda kv: (kv[0] == NOT_SCORED, -len(kv[1])))
 
 
 def report(root: Path, group_by: str | None = None, baseline: str | None = None) -> str:
@@ -83,10 +83,11 @@ def report(root: Path, group_by: str | None = None, baseline: str | None = None)
     missing: list[NoSuchGroup] = []  # fingerprints without the --baseline group
     for fp, runs in sets:
         header, cells, hidden = run_table(runs)
-        page.section(f"{len(runs)} run(s) on {fp}", header, cells)
+        title = f"{len(runs)} run(s) on {fp}" if fp != NOT_SCORED else f"{len(runs)} run(s) {fp}"
+        page.section(title, header, cells)
         notes = [f"{len(hidden)} more settings differ (report.csv has them): "
                  f"{', '.join(hidden)}"] if hidden else []  # fmt: skip
-        if keys and fp != "not scored yet":
+        if keys and fp != NOT_SCORED:
             try:
                 groups = group_runs(runs, keys, baseline)
             except NoSuchGroup as err:
@@ -101,7 +102,7 @@ def report(root: Path, group_by: str | None = None, baseline: str | None = None)
         page.errors([f"{r['run']}: {r['status']}: {r['error']}" for r in runs if r["error"]])
     if missing and len(missing) == len(grouped):
         raise missing[0]  # no set of runs has it: a typo, most likely
-    if len([fp for fp, _ in sets if fp != "not scored yet"]) > 1:
+    if len([fp for fp, _ in sets if fp != NOT_SCORED]) > 1:
         page.text.insert(0, "runs on different data, tokens or evaluations are ranked apart")
 
     written = ["report.csv", "report.md", "report.html"]
@@ -109,7 +110,7 @@ def report(root: Path, group_by: str | None = None, baseline: str | None = None)
         stale.unlink(missing_ok=True)  # an earlier call's grouping
     write_csv(root / "report.csv", rows)
     figures = []
-    if plot_curves(root / "report.png", [(fp, rs) for fp, rs in sets if fp != "not scored yet"]):
+    if plot_curves(root / "report.png", [(fp, rs) for fp, rs in sets if fp != NOT_SCORED]):
         figures.append("report.png")
     if grouped:
         cells = [[fp, *row, *group_numbers(g)] for fp, groups, _, g_cells in grouped

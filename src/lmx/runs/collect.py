@@ -134,6 +134,9 @@ def coverage(metrics: dict[str, Any]) -> str:
     return "partial: " + ", ".join(partial) if partial else "full"
 
 
+NOT_SCORED = "not scored yet"  # the fingerprint of runs with no validation to rank them by
+
+
 def collect(root: Path) -> list[dict[str, Any]]:
     """One dict per run under root, best validation first; runs not scored yet last."""
     rows = []
@@ -158,7 +161,7 @@ def collect(root: Path) -> list[dict[str, Any]]:
             "history": metrics.get("history", []),
         }
         row["scored"] = row["best_val_ppl"] is not None
-        row["fingerprint"] = fingerprint(row) if row["scored"] else "not scored yet"
+        row["fingerprint"] = fingerprint(row) if row["scored"] else NOT_SCORED
         row["overrides"] = overrides(run_dir)
         rows.append(row)
     return sorted(rows, key=lambda r: (not r["scored"], r["best_val_ppl"] or 0.0))
@@ -168,7 +171,9 @@ def varying_keys(rows: list[dict[str, Any]]) -> list[str]:
     """The settings that differ between the runs, less the ones that only say where they ran
     and the keys under a group choice that differs, unless a run set them itself."""
     keys = sorted({k for r in rows for k in r["settings"] if not is_admin(k)})
-    varying = [k for k in keys if len({r["settings"].get(k) for r in rows}) > 1]
+    # over the runs that have the key: one that died before its config.yaml knows few keys,
+    # and its unknowns are no difference
+    varying = [k for k in keys if len({r["settings"][k] for r in rows if k in r["settings"]}) > 1]
     chosen = [k for k in varying if "." not in k]  # model, optim, ...: group choices
     typed = {k for r in rows for k in r.get("overrides", {})}
     return [k for k in varying if k in typed or not k.startswith(tuple(f"{c}." for c in chosen))]
