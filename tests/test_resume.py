@@ -20,6 +20,7 @@ from conftest import (
     tiny_overrides,
 )
 from lmx.errors import CheckpointError, DataError
+from lmx.runs.status import PROCESS_FILE
 from lmx.train import train
 from lmx.training.checkpoint import load_checkpoint
 from lmx.training.signals import Interrupted
@@ -336,11 +337,13 @@ def test_a_refused_resume_leaves_the_run_as_it_was(corpus_dir, cache_dir, tmp_pa
     args = tiny_overrides(corpus_dir, cache_dir, "trainer.epochs=1")
     train(compose_cfg(args), run_dir)
     config, metrics = (run_dir / "config.yaml").read_text(), _metrics(run_dir)
+    process = (run_dir / PROCESS_FILE).read_text()  # the process that ran it (this one)
     proc = run_cli(*args, "optim.lr=0.5", "trainer.resume=auto", f"hydra.run.dir={run_dir}")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "optim.lr: checkpoint 1.0, this run 0.5" in output
     assert (run_dir / "config.yaml").read_text() == config  # not the refused settings
     assert _metrics(run_dir) == metrics and not (run_dir / "error.txt").exists()
+    assert (run_dir / PROCESS_FILE).read_text() == process  # a live run would still show live
     # a new run (no trainer.resume), or one resumed from another run's checkpoint, would
     # replace its checkpoints: refused before Hydra writes into the folder
     (run_dir / ".hydra").mkdir(exist_ok=True)
@@ -355,6 +358,20 @@ def test_a_refused_resume_leaves_the_run_as_it_was(corpus_dir, cache_dir, tmp_pa
         assert "trainer.resume=auto continues it" in output
         assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- the run's own\n"
+
+
+def test_the_run_dir_check_before_hydra_reads_only_what_it_must(tmp_path):
+    from lmx.runs.status import check_single_run
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        check_single_run([f"hydra.run.dir={run_dir}"])
+    check_single_run([f"hydra.run.dir={run_dir}", "--cfg", "job"])  # prints, writes nothing
+    check_single_run(["-m", f"hydra.run.dir={run_dir}"])  # a sweep: sweep.resume decides
+    check_single_run([f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
+    check_single_run([f"hydra.run.dir={run_dir}", "trainer.resume=7"])  # no such run: it says
 
 
 def test_a_run_resumed_from_another_run_dir_carries_its_best_model(

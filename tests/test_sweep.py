@@ -179,8 +179,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, c
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         deadline = time.time() + 240
-        while not list(sweep.glob("1*/config.yaml")):  # job 0 finished, job 1 started...
-            assert proc.poll() is None and time.time() < deadline, "job 1 did not start"
+        while not list(sweep.glob("1*/checkpoints/last.pt")):  # job 1 saved an epoch...
+            assert proc.poll() is None and time.time() < deadline, "job 1 did not save"
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)  # ...then Ctrl-C while job 1 trains
         assert proc.wait(timeout=60) != 0
@@ -190,13 +190,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_jobs(corpus_dir, c
     )
     assert read_status(job_dir(sweep, 1)).get("status") != "done"
     first = (job_dir(sweep, 0) / "metrics.json").read_text()
-    saved = (job_dir(sweep, 1) / "checkpoints" / "last.pt").is_file()  # unless stopped early
 
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "already finished" in proc.stdout + proc.stderr
-    # job 1's try goes on from its checkpoint, not from scratch
-    assert ("holds this job's unfinished try; resuming it" in proc.stdout + proc.stderr) == saved
+    # job 1's try goes on from its checkpoint, not from scratch; the others are no tries
+    output = proc.stdout + proc.stderr
+    assert output.count("holds this job's unfinished try; resuming it") == 1
+    assert f"{job_dir(sweep, 1)} holds this job's unfinished try" in output
     assert (
         f"3 job(s) finished in {sweep} (1 of them skipped: finished before)"
         in proc.stdout + proc.stderr
@@ -378,3 +379,23 @@ def test_sweep_resume_without_a_multirun_is_refused_before_any_work(tmp_path):
     proc = run_cli("sweep.resume=true", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode != 0 and "sweep.resume=true has no effect without -m" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_sweep_resume_resumes_only_this_jobs_unfinished_try(corpus_dir, cache_dir, tmp_path):
+    from lmx.runs.sweep import config_hash
+
+    # trainer.resume=auto is the job itself; a resume from another run is another job
+    base = {"model": {"nhead": 2}, "trainer": {"resume": None}}
+    auto = {**base, "trainer": {"resume": "auto"}}
+    paths = [{**base, "trainer": {"resume": p}} for p in ("/runs/a", "/runs/b")]
+    assert config_hash(base) == config_hash(auto)
+    assert len({config_hash(base), *(config_hash(p) for p in paths)}) == 3
+    # a folder that holds a finished run of other settings is no unfinished try of this job
+    sweep = tmp_path / "sweep"
+    args = ["-m", *tiny_overrides(corpus_dir, cache_dir), "model.nhead=1,2",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    assert run_cli(*args, "trainer.epochs=1").returncode == 0
+    proc = run_cli(*args, "trainer.epochs=2", "sweep.resume=true")
+    assert proc.returncode == 0 and "unfinished try" not in proc.stdout + proc.stderr
+    history = json.loads((job_dir(sweep, 0) / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]  # run afresh, to the new length

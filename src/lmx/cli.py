@@ -64,6 +64,13 @@ def run(main: Callable[[list[str]], None]) -> None:
         if debug():
             raise
         fail(err)
-    except BrokenPipeError:  # the reader went away (lmx report | head): no traceback
+
+
+def print_to_reader(text: str) -> None:
+    """print(text) to stdout; where its reader went away first (lmx report | head), exit
+    without a traceback (only this write is covered: other broken pipes still say so)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit flush
         sys.exit(1)

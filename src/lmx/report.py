@@ -19,7 +19,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from lmx.cli import run
+from lmx.cli import print_to_reader, run
 from lmx.config.rules import did_you_mean
 from lmx.errors import ConfigError
 from lmx.runs.collect import NOT_SCORED, collect
@@ -197,7 +197,7 @@ def main(argv: list[str]) -> None:
         flags = [f for a in p._actions for f in a.option_strings]
         hints = "".join(did_you_mean(u.split("=")[0], flags) for u in unknown if u[:1] == "-")
         p.error(f"unrecognized arguments: {' '.join(unknown)}{hints}")
-    print(report(Path(args.path), args.group_by, args.baseline))
+    print_to_reader(report(Path(args.path), args.group_by, args.baseline))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from lmx.runs.status import (
     record_process,
     resume_command,
 )
-from lmx.runs.sweep import config_hash, find_finished, warn_unrun_sweep
+from lmx.runs.sweep import config_hash, find_finished, unfinished_try, warn_unrun_sweep
 from lmx.runtime.launcher import relaunch_prefix
 from lmx.training.signals import Interrupted
 
@@ -47,8 +47,9 @@ SWEEP_ON = (
 register_configs()
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """One training run into `run_dir`; returns the run summary (metrics.json).
+def train(cfg: DictConfig, run_dir: Path, resume_own: bool = False) -> dict:
+    """One training run into `run_dir`; returns the run summary (metrics.json). `resume_own`:
+    resume the run dir's own newest checkpoint whatever trainer.resume says (sweep.resume).
 
     Under torchrun every rank calls this; rank 0's run dir is the run's, and only rank 0
     writes to it.
@@ -69,11 +70,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         run_dir = Path(world.broadcast(str(run_dir)))
         if not world.is_main:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
-        run, resumed = build_run(cfg, run_dir, world, device)
+        run, resumed = build_run(cfg, run_dir, world, device, resume_own)
+        if world.is_main:  # after the checks: a try refused there leaves the record as it was
+            record_process(run_dir)
         try:
             metrics = fit(run, cfg.trainer, resumed)
             if cfg.trainer.max_time is not None and world.is_main:  # its steps are known now
-                warn_init_share(cfg.trainer.ema, metrics["steps"])
+                warn_init_share(cfg.trainer.ema, metrics["steps"], run.budget.planned_steps())
             return metrics
         finally:
             run.tb.close()
@@ -105,6 +108,7 @@ def _hydra_main(cfg: DictConfig) -> float:
     absolute_paths(cfg)  # before hashing: the saved config.yaml holds them resolved
     if not multirun:
         warn_unrun_sweep(hydra_cfg)
+    resume_own = False  # sweep.resume: this job's own unfinished try, whatever trainer.resume
     if multirun and cfg.sweep.resume:
         job_hash = config_hash(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
         done = find_finished(sweep_dir, job_hash)
@@ -112,9 +116,9 @@ def _hydra_main(cfg: DictConfig) -> float:
             log.info("sweep.resume: this job already finished in %s; skipping it", done)
             outcome("skipped", f"finished in {done}")
             return read_status(done)["best_val_ppl"]
-        if not cfg.trainer.resume and overwrite_refusal(run_dir, None) is not None:
+        resume_own = unfinished_try(run_dir, job_hash)
+        if resume_own:  # its config stays as the job's (trainer.resume as the sweep set it)
             log.info("sweep.resume: %s holds this job's unfinished try; resuming it", run_dir)
-            cfg.trainer.resume = "auto"  # check_compatible refuses a checkpoint of other settings
     if multirun:
         from lmx.runtime.launcher import share_machine
 
@@ -128,9 +132,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         why = None if multirun else overwrite_refusal(run_dir, cfg.trainer.resume)
         if why is not None:  # a sweep's jobs: sweep.resume decides
             raise CheckpointError(why)
-        if main_rank:
-            record_process(run_dir)
-        metrics = train(cfg, run_dir)
+        metrics = train(cfg, run_dir, resume_own)
     except Interrupted as err:  # SIGINT/SIGTERM: saved a checkpoint, then stopped
         outcome("interrupted", err.stopped)
         mark_interrupted(run_dir, f"{err.stopped}. Continue with: {resume}")

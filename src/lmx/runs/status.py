@@ -67,7 +67,9 @@ def overwrite_refusal(run_dir: Path, resume: str | None) -> str | None:
     if not found or resume == "auto":
         return None
     if resume:
-        source = Path(resume).expanduser()
+        source = Path(str(resume)).expanduser()
+        if not source.exists():
+            return None  # the resume says so itself: no such file or run dir
         folder = source.parent if source.is_file() else source
         if (folder / "checkpoints").is_dir():
             folder = folder / "checkpoints"
@@ -88,7 +90,8 @@ def check_single_run(argv: list[str]) -> None:
     from lmx.config.preflight import overrides_of
 
     overrides = overrides_of(argv)
-    if overrides is None or any(a in ("-m", "--multirun") for a in argv):
+    shows = {"-m", "--multirun", "-c", "--cfg", "-i", "--info"}  # a sweep, or a look: no run
+    if overrides is None or any(a.split("=", 1)[0] in shows for a in argv):
         return
     parsed = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(overrides)}
     flag = parsed.get("sweep.resume")

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmx.config.compose import absolute_paths
 from lmx.config.legacy import typed_config
 from lmx.errors import LmxError
+from lmx.files import CHECKPOINT_NAMES
 from lmx.runs.naming import SWEPT_FILE, planned_sweep_keys
 from lmx.runs.status import (
     ERROR_FILE,
@@ -40,30 +41,47 @@ log = logging.getLogger(__name__)
 
 
 def config_hash(resolved: dict[str, Any]) -> str:
-    """Identity of a job: its resolved config, less the sweep controls themselves and
-    trainer.resume (how a try began, not what the job is: sweep.resume resumes a job's
-    unfinished try, and the finished job is the same job)."""
+    """Identity of a job: its resolved config, less the sweep controls themselves, and with
+    trainer.resume=auto counted as none (a job's own try resumed is the same job; a resume
+    from another run's checkpoint is not)."""
     job = {k: v for k, v in resolved.items() if k != "sweep"}
-    if isinstance(job.get("trainer"), dict):
-        job["trainer"] = {k: v for k, v in job["trainer"].items() if k != "resume"}
+    trainer = job.get("trainer")
+    if isinstance(trainer, dict) and trainer.get("resume") == "auto":
+        job["trainer"] = {**trainer, "resume": None}
     return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _saved_hash(run_dir: Path) -> str | None:
+    """The config_hash of a run dir's config.yaml, on today's schema; None where it has none
+    or this lmx cannot read it."""
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    saved = absolute_paths(OmegaConf.load(run_dir / "config.yaml"))  # older runs: relative
+    try:  # on today's schema: keys added since at the value the run had
+        typed = typed_config(OmegaConf.to_container(saved), str(run_dir / "config.yaml"))
+    except LmxError:
+        return None
+    return config_hash(OmegaConf.to_container(typed, resolve=True, enum_to_str=True))
 
 
 def find_finished(sweep_dir: Path, job_hash: str) -> Path | None:
     """A run dir under sweep_dir that finished with this config hash, if any."""
     for metrics in sorted(sweep_dir.glob(f"**/{STATUS_FILE}")):
         run_dir = metrics.parent
-        if read_status(run_dir).get("status") != "done" or not (run_dir / "config.yaml").is_file():
-            continue
-        saved = absolute_paths(OmegaConf.load(run_dir / "config.yaml"))  # older runs: relative
-        try:  # on today's schema: keys added since at the value the run had
-            typed = typed_config(OmegaConf.to_container(saved), str(run_dir / "config.yaml"))
-        except LmxError:
-            continue  # a config this lmx cannot read is no finished job of this sweep
-        saved = OmegaConf.to_container(typed, resolve=True, enum_to_str=True)
-        if config_hash(saved) == job_hash:
+        if read_status(run_dir).get("status") == "done" and _saved_hash(run_dir) == job_hash:
             return run_dir
     return None
+
+
+def unfinished_try(run_dir: Path, job_hash: str) -> bool:
+    """Whether the job's folder holds checkpoints of an unfinished try of this very job (its
+    config hash): what sweep.resume resumes. A finished run, or another config's, is not."""
+    own = run_dir / "checkpoints"
+    return (
+        any((own / name).is_file() for name in CHECKPOINT_NAMES)
+        and read_status(run_dir).get("status") != "done"
+        and _saved_hash(run_dir) == job_hash
+    )
 
 
 def jobs_of(sweep_dir: Path, multirun: str) -> dict[Path, dict]:

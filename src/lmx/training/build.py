@@ -52,11 +52,18 @@ def seed_everything(seed: int) -> None:
 INIT_SHARE = 0.01  # a share of the initial weights left in the final average that is warned of
 
 
-def warn_init_share(ema, steps: int) -> None:
+def _init_share(ema, steps: int) -> float:
+    return ema.decay**steps if ema.decay is not None and ema.start_step == 0 else 0.0
+
+
+def warn_init_share(ema, steps: int, planned: int | None = None) -> None:
     """trainer.ema from step 0 starts from the random initial weights: where over INIT_SHARE
     of them is left in the average after `steps` (decay^steps), its figures are those of a
-    partly untrained model."""
-    if ema.decay is None or ema.start_step != 0 or ema.decay**steps <= INIT_SHARE:
+    partly untrained model. With `planned` (at the end of a run under a time budget), only
+    where the planned length did not say it at the start already."""
+    if _init_share(ema, steps) <= INIT_SHARE or (
+        planned is not None and _init_share(ema, planned) > INIT_SHARE
+    ):
         return
     log.warning("trainer.ema.decay=%g starts from the random initial weights, and after the "
                 "run's %d steps they are still %.0f%% of the average (decay^steps): its "
@@ -76,7 +83,7 @@ def warn_idle_settings(t, budget: Budget) -> None:
         log.warning("trainer.ema.start_step=%d is at or past the run's last step (%d): the "
                     "average never starts, and the raw weights are validated and tested",
                     t.ema.start_step, planned)  # fmt: skip
-    elif t.max_time is None:  # a time budget's steps are known only at the end (train.py)
+    else:  # under a time budget the steps taken may be fewer: train.py looks again at the end
         warn_init_share(t.ema, planned)
     every = t.val_every_steps
     if every and (every >= planned or every % epoch == 0):  # the step count runs on
@@ -86,11 +93,12 @@ def warn_idle_settings(t, budget: Budget) -> None:
 
 
 def build_run(
-    cfg: DictConfig, run_dir: Path, world: World, device: torch.device
+    cfg: DictConfig, run_dir: Path, world: World, device: torch.device, resume_own: bool = False
 ) -> tuple[Run, dict[str, Any] | None]:
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     d = cfg.data
-    path = find_resume_checkpoint(cfg.trainer.resume, run_dir) if cfg.trainer.resume else None
+    resume = "auto" if resume_own else cfg.trainer.resume
+    path = find_resume_checkpoint(resume, run_dir) if resume else None
     # On the CPU: the states are copied onto the device as they load (the optimizer's, with
     # AdamW's step count kept on the CPU where torch wants it), and nothing of the file stays
     # on a GPU beside the run
@@ -167,7 +175,7 @@ def build_run(
         check_compatible(path, resume_from, {**resolved, "vocab_size": data.vocab_size})
         restore(resume_from, path, model, optimizer, schedule, scaler, average, budget,
                 world.rank, world.world_size)  # fmt: skip
-    elif cfg.trainer.resume == "auto":
+    elif resume == "auto":
         log.info("trainer.resume=auto: no checkpoint in %s yet; starting fresh", run_dir)
     if resume_from is not None:
         progress = resume_from.progress
