@@ -244,11 +244,14 @@ def test_a_running_run_whose_process_is_gone_is_shown_killed(tmp_path):
         (tmp_path / name / "metrics.json").write_text(json.dumps({**metrics, "status": "running"}))
         if process:
             (tmp_path / name / PROCESS_FILE).write_text(json.dumps(process))
+    early = tmp_path / "early"  # killed in its first epoch: no metrics.json yet
+    (early / ".hydra").mkdir(parents=True)
+    (early / PROCESS_FILE).write_text(json.dumps(processes["killed"]))
     fake_run(tmp_path, "damaged", config(1, 1), 5.0, 5.1)
     (tmp_path / "damaged" / "metrics.json").write_text("{bad json")
     status = {r["run"]: r["status"] for r in collect(tmp_path)}
     assert status == {"killed": "killed", "alive": "running", "elsewhere": "running",
-                      "older": "running", "damaged": "unreadable"}  # fmt: skip
+                      "older": "running", "damaged": "unreadable", "early": "killed"}  # fmt: skip
 
 
 def test_a_run_records_the_process_that_started_it(tmp_path):
