@@ -399,3 +399,24 @@ def test_sweep_resume_resumes_only_this_jobs_unfinished_try(corpus_dir, cache_di
     assert proc.returncode == 0 and "unfinished try" not in proc.stdout + proc.stderr
     history = json.loads((job_dir(sweep, 0) / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]  # run afresh, to the new length
+
+
+def test_parallel_jobs_share_the_cores_unless_device_threads_says_otherwise(caplog):
+    import torch
+
+    from lmx.runtime.launcher import share_machine
+
+    cores = len(os.sched_getaffinity(0))
+    hydra_cfg = OmegaConf.create({"launcher": {"n_jobs": 2}, "job": {"num": 0}})
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level("INFO"):
+            share_machine(hydra_cfg)
+        assert torch.get_num_threads() == max(1, cores // 2) and "slow every job" not in caplog.text
+        with caplog.at_level("INFO"):
+            share_machine(hydra_cfg, threads=cores)  # the user's setting wins, and is said
+        assert torch.get_num_threads() == cores
+        assert f"2 concurrent jobs: {cores} CPU thread(s) each" in caplog.text
+        assert f"device.threads={cores} for each of 2 concurrent jobs" in caplog.text
+    finally:
+        torch.set_num_threads(before)

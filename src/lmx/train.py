@@ -122,7 +122,7 @@ def _hydra_main(cfg: DictConfig) -> float:
     if multirun:
         from lmx.runtime.launcher import share_machine
 
-        share_machine(hydra_cfg)
+        share_machine(hydra_cfg, cfg.device.threads)
     resume = resume_command(list(hydra_cfg.overrides.task), run_dir, relaunch_prefix())
     earlier, config_before = read_status(run_dir).get("status"), _mtime(run_dir / "config.yaml")
     status_before = _mtime(run_dir / STATUS_FILE)

@@ -15,9 +15,11 @@ from lmx.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def share_machine(hydra_cfg: DictConfig) -> None:
+def share_machine(hydra_cfg: DictConfig, threads: int | None = None) -> None:
     """Under a parallel launcher (joblib): each concurrent job gets its share of the CPU
-    threads, so jobs do not oversubscribe the cores, and its own GPU when there are several."""
+    threads, so jobs do not oversubscribe the cores, and its own GPU when there are several.
+    A device.threads the user set (`threads`) wins, and where the jobs' threads then pass the
+    cores, that is said."""
     n_jobs = hydra_cfg.launcher.get("n_jobs")
     if not n_jobs or n_jobs == 1:
         return
@@ -25,7 +27,12 @@ def share_machine(hydra_cfg: DictConfig) -> None:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     concurrent = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 = all cores
-    torch.set_num_threads(max(1, cores // concurrent))
+    share = max(1, cores // concurrent)
+    if threads is not None and concurrent * threads > cores:
+        log.warning("device.threads=%d for each of %d concurrent jobs: %d threads on %d cores "
+                    "slow every job (without device.threads each gets %d)", threads,
+                    concurrent, concurrent * threads, cores, share)  # fmt: skip
+    torch.set_num_threads(threads or share)  # device.threads: applied again as the run starts
     message = f"{concurrent} concurrent jobs: {torch.get_num_threads()} CPU thread(s) each"
     if torch.cuda.device_count() > 1:
         gpu = hydra_cfg.job.num % torch.cuda.device_count()
