@@ -218,3 +218,19 @@ def test_the_lmx_command_helps_from_any_directory(tmp_path):
 def test_generate_names_what_it_lacks(args, message):
     proc = run_module("lmx.generate", *args)
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_generate_refuses_device_settings_it_would_not_apply(tiny_run):
+    from lmx.generate import generate
+
+    _, run_dir, _ = tiny_run
+    for override in ("device.precision=bf16", "device.compile=true"):
+        with pytest.raises(ConfigError, match=f"{override}: generate samples in fp32, uncompiled"):
+            generate(run_dir, "the cat", overrides=[override])
+
+
+def test_evaluate_names_a_precision_other_than_fp32(tiny_run):
+    _, run_dir, _ = tiny_run
+    proc = run_module("lmx.evaluate", f"ckpt={run_dir}", "device.precision=bf16")
+    assert proc.returncode == 0 and " | bf16 | " in proc.stdout, proc.stderr
+    assert " | fp32" not in run_module("lmx.evaluate", f"ckpt={run_dir}").stdout

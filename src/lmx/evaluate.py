@@ -70,6 +70,7 @@ def evaluate_checkpoint(
         "ppl": score.ppl,
         "changed_file": changed,  # the split's file, where its text changed since training
         "unk_share": data.unk_share.get(split),  # None: a tokenizer without <unk>
+        "precision": cfg.device.precision.value,  # the run's, or an override's
     }
 
 
@@ -113,9 +114,10 @@ def main(argv: list[str]) -> None:
         print(f"lmx eval: {100 * result['unk_share']:.1f}% of the {split} split's tokens are "
               "<unk> under the run's vocabulary: its perplexity is that of a much easier task "
               "(one guess covers every word the vocabulary lacks)", file=sys.stderr)  # fmt: skip
+    precision = f" | {result['precision']}" if result["precision"] != "fp32" else ""
     print(
         f"{result['split']}: loss {result['loss']:.6f} | ppl {shown(result['ppl'], '.4f')} | "
-        f"{describe(result)} | {ckpt}"
+        f"{describe(result)}{precision} | {ckpt}"
     )
 
 

@@ -130,7 +130,7 @@ def build_run(
             else "fewer: the tokenizers library's trainers keep every special token, and BPE's "
             "the whole alphabet of the training text",
         )
-    if max(data.unk_share.values(), default=0.0) > UNK_WARN:
+    if world.is_main and max(data.unk_share.values(), default=0.0) > UNK_WARN:
         log.warning(
             "data: over %.0f%% of a split's tokens are <unk> (above): its perplexity is that "
             "of a much easier task; a larger vocabulary (data.tokenizer.vocab_size, "
