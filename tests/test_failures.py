@@ -135,6 +135,8 @@ def test_sigterm_saves_and_exits_nonzero_then_the_printed_command_resumes(
     assert "[ERROR]" not in output and "[WARNING] - lmx: SIGTERM" in output
     step = load_checkpoint(run_dir / "checkpoints" / "last.pt").progress["step"]
     assert step > 0
+    # metrics.json counts the steps last.pt holds, not those of the last validation
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == step
     # The command it prints carries the run's own overrides and the quoted run dir.
     lines = output.splitlines()
     command = shlex.split(

@@ -135,7 +135,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         metrics = train(cfg, run_dir, resume_own)
     except Interrupted as err:  # SIGINT/SIGTERM: saved a checkpoint, then stopped
         outcome("interrupted", err.stopped)
-        mark_interrupted(run_dir, f"{err.stopped}. Continue with: {resume}")
+        mark_interrupted(run_dir, f"{err.stopped}. Continue with: {resume}", err.step)
         if main_rank:
             log.warning("lmx: %s. Continue with:\n%s%s", err.stopped, resume, SWEEP_ON * multirun)
         sys.exit(128 + err.signum)

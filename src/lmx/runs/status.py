@@ -109,12 +109,12 @@ def check_single_run(argv: list[str]) -> None:
         raise CheckpointError(why)
 
 
-def _mark(run_dir: Path, status: str, message: str, over_done: bool = False) -> None:
+def _mark(run_dir: Path, status: str, message: str, over_done: bool = False, **fields) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = read_status(run_dir)
     if summary.get("status") == "done" and not over_done:
         return  # the results were complete before the stop (e.g. Ctrl-C while closing up)
-    summary.update(status=status, error=" ".join(message.split()))  # one line, for tables
+    summary.update(status=status, error=" ".join(message.split()), **fields)  # one line
     write_json(run_dir / STATUS_FILE, summary)
 
 
@@ -128,9 +128,10 @@ def mark_failed(run_dir: Path, err: BaseException, over_done: bool = False) -> N
     _mark(run_dir, "failed", f"{type(err).__name__}: {err}", over_done)
 
 
-def mark_interrupted(run_dir: Path, message: str) -> None:
-    """A signal stopped the run after it saved last.pt: it resumes with trainer.resume=auto."""
-    _mark(run_dir, "interrupted", message)
+def mark_interrupted(run_dir: Path, message: str, steps: int | None = None) -> None:
+    """A signal stopped the run after it saved last.pt: it resumes with trainer.resume=auto.
+    `steps`: those last.pt holds (metrics.json's count is its last validation's)."""
+    _mark(run_dir, "interrupted", message, **({"steps": steps} if steps is not None else {}))
 
 
 def resume_command(overrides: list[str], run_dir: Path, launch: str = "python -m lmx.train") -> str:

@@ -20,10 +20,11 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class Interrupted(LmxError):
     """Training stopped on a signal after saving; the exit status is 128 + the signal."""
 
-    def __init__(self, message: str, signum: int, stopped: str = ""):
+    def __init__(self, message: str, signum: int, stopped: str = "", step: int | None = None):
         super().__init__(message)
         self.signum = signum
         self.stopped = stopped or message  # what happened, without how to go on
+        self.step = step  # the optimizer steps the saved checkpoint holds
 
     @classmethod
     def after(cls, signum: int, progress, last_path: Path, run_dir: Path) -> Interrupted:
@@ -34,7 +35,7 @@ class Interrupted(LmxError):
                    f"and saved {last_path}")  # fmt: skip
         hint = (f"Continue it with its own overrides, trainer.resume=auto and the run dir "
                 f"{run_dir} (python -m lmx.train prints the whole command)")  # fmt: skip
-        return cls(f"{stopped}. {hint}", signum, stopped)
+        return cls(f"{stopped}. {hint}", signum, stopped, p.step)
 
 
 class StopSignals:
