@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_cfg, run_module, run_python, tiny_overrides
+from conftest import compose_cfg, run_module, run_python, tiny_overrides, write_corpus
 from lmx.data.batching import batchify
 from lmx.data.cache import load_corpus
 from lmx.models.transformer import TransformerLM
@@ -186,6 +186,16 @@ def test_every_bench_argument_error_is_in_the_one_message(tmp_path):
     for part in ("steps must be an integer, got 'abc'", "unknown arguments: stepz",
                  f"data.local_dir={tmp_path / 'none'}: no such folder"):  # fmt: skip
         assert part in proc.stderr, proc.stderr
+
+
+def test_a_corpus_too_small_for_the_benchs_batches_is_said_before_any_worker(tmp_path):
+    folder = write_corpus(tmp_path / "small")
+    (folder / "valid.txt").write_text("a few words\n")
+    options = ("steps=3", "seeds=0", "lever_steps=0", "avg_steps=0", "warmup=1")
+    proc = run_module("lmx.bench", f"data.local_dir={folder}", *options, f"out={tmp_path}/b.json")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "the valid split has 3 tokens: too few for one batch" in proc.stderr
+    assert "it needs a corpus with more text" in proc.stderr
 
 
 def test_tf32_is_set_for_a_gpu_only():

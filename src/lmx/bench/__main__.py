@@ -88,7 +88,23 @@ def _options(args: dict[str, str]) -> dict:
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         fail(ConfigError(f"invalid bench options:\n{lines}\n{USAGE}"))
+    _check_batches(data)
     return o
+
+
+def _check_batches(data: str) -> None:
+    """The splits batch as the tutorial's config needs (train and valid rows of bptt + 1
+    tokens), said as lmx train says it, before a worker meets it (the tokens are cached
+    for the workers)."""
+    from lmx.config.compose import compose
+    from lmx.data.streams import streams
+    from lmx.errors import DataError
+
+    try:
+        streams(compose([f"data.local_dir={data}"]).data, ("train", "valid"))
+    except DataError as err:
+        fail(DataError(f"{err} (lmx bench runs the tutorial's data settings and takes no "
+                       "data.* option: it needs a corpus with more text)"))  # fmt: skip
 
 
 def _range_problems(o: dict) -> list[str]:
