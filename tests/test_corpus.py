@@ -149,6 +149,11 @@ def test_unreachable_hub_points_to_local_dir(cache_dir, monkeypatch):
         load_corpus(cfg)
     message = str(info.value)
     assert "not reachable" in message and "data.local_dir=" in message
+    assert "wiki.train.tokens" in message and "../shared/data/wikitext-2" in message
+    other = OmegaConf.structured(DataConfig(name="wikitext103", cache_dir=str(cache_dir)))
+    with pytest.raises(DataError) as info:  # no WikiText-2 folder offered for another corpus
+        load_corpus(other)
+    assert "wiki.train.tokens" in str(info.value) and "wikitext-2)" not in str(info.value)
 
 
 def test_bytes_that_are_not_utf8_name_the_file_and_line(corpus_dir, cache_dir):
@@ -361,3 +366,17 @@ def test_a_bpe_corpus_is_trained_and_encoded_by_tokenizers(corpus_dir, cache_dir
         lines = (corpus_dir / f"{split}.txt").read_text(encoding="utf-8").split("\n")[:-1]
         ids = [i for e in corpus.tokenizer.encode_batch(lines) for i in e.ids]
         assert np.array_equal(corpus.splits[split].numpy(), np.array(ids))
+
+
+def test_a_folder_with_both_names_of_a_split_says_which_it_reads(corpus_dir, cache_dir, caplog):
+    (corpus_dir / "wiki.train.tokens").write_text("other text\n")
+    with caplog.at_level("WARNING"):
+        corpus = load_corpus(data_cfg(corpus_dir, cache_dir))
+    assert (
+        caplog.text.count(
+            f"{corpus_dir} holds both train.txt and wiki.train.tokens; the train split is read "
+            "from train.txt"
+        )
+        == 1
+    )
+    assert corpus.tokenizer.token_to_id("other") is None  # train.txt's words, not the other's

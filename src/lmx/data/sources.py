@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
@@ -22,6 +23,8 @@ from lmx.data.encode import Batches
 from lmx.errors import DataError
 from lmx.files import WriteError, write_json
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "valid", "test")
 # A corpus needs train (the vocabulary) and valid (every run validates); test is read where
 # the folder or dataset has one, and needed only by who scores it (trainer.test, lmx eval).
@@ -30,6 +33,8 @@ _HUB_SPLIT = {"train": "train", "valid": "validation", "test": "test"}
 # pytorch/examples names first, then the names inside the original wikitext-2 archive.
 _LOCAL_NAMES = {s: (f"{s}.txt", f"wiki.{s}.tokens") for s in SPLITS}
 
+
+_TOLD: set[Path] = set()  # split files already named as read where another name is beside
 
 # Bytes read at a time from a local file (then to the end of that line): a batch of lines.
 READ_BYTES = 1 << 22
@@ -63,6 +68,10 @@ def local_files(local_dir: str, need: tuple[str, ...] = CORE_SPLITS) -> dict[str
     files = {}
     for split, names in _LOCAL_NAMES.items():
         found = [folder / n for n in names if (folder / n).is_file()]
+        if len(found) > 1 and found[0] not in _TOLD:
+            _TOLD.add(found[0])  # once a process: several calls look at the folder
+            log.warning("data: %s holds both %s and %s; the %s split is read from %s",
+                        folder, found[0].name, found[1].name, split, found[0].name)  # fmt: skip
         if not found:
             odd = [folder / n for n in names if (folder / n).exists()]
             if odd:
@@ -235,10 +244,13 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _hub_batches(cfg: DataConfig, cache_root: Path, need: tuple[str, ...]) -> dict[str, Batches]:
+    example = (
+        " (for example data.local_dir=../shared/data/wikitext-2)" if cfg.name == "wikitext2" else ""
+    )
     hint = (
         "Use a local copy instead: data.local_dir=PATH, a folder with train.txt, valid.txt and "
-        "test.txt (for example data.local_dir=../shared/data/wikitext-2). If the dataset is "
-        "already in the Hugging Face cache, set HF_HUB_OFFLINE=1."
+        f"test.txt, or wiki.train.tokens, wiki.valid.tokens and wiki.test.tokens{example}. If "
+        "the dataset is already in the Hugging Face cache, set HF_HUB_OFFLINE=1."
     )
     name = f"{cfg.hub_path} ({cfg.hub_config})"
     if not _hub_reachable():
