@@ -154,6 +154,8 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
     assert proc.stdout.count("% ± ") == 2  # tutorial loop and seed_fast vs lmx fp32, 2 seeds
     shown = run_module("lmx.bench", f"show={out}")  # the saved result's table, again
     assert shown.returncode == 0 and shown.stdout.strip() in proc.stdout
+    bad = run_module("lmx.bench", f"show={out}", "steps=5")  # nothing runs: no effect
+    assert bad.returncode != 0 and f"show={out} prints a saved result: steps" in bad.stderr
     bad = run_module("lmx.bench", f"show={tmp_path}/missing.json")
     assert bad.returncode != 0 and f"show={tmp_path}/missing.json: no such file" in bad.stderr
     (tmp_path / "other.json").write_text("[1]")

@@ -141,6 +141,9 @@ def main(argv: list[str]) -> None:
         return
     saved = args.pop("show", None)
     if saved is not None:  # re-print a saved result's table
+        if args:
+            fail(ConfigError(f"show={saved} prints a saved result: {', '.join(args)} would "
+                             "have no effect"))  # fmt: skip
         if not Path(saved).is_file():
             fail(ConfigError(f"show={saved}: no such file"))
         try:
