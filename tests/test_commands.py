@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,9 +225,11 @@ def test_generate_refuses_device_settings_it_would_not_apply(tiny_run):
     from lmx.generate import generate
 
     _, run_dir, _ = tiny_run
-    for override in ("device.precision=bf16", "device.compile=true"):
-        with pytest.raises(ConfigError, match=f"{override}: generate samples in fp32, uncompiled"):
+    for override in ("device.precision=bf16", "device.compile=true", "++device.compile=true"):
+        with pytest.raises(ConfigError, match=re.escape(f"{override}: generate samples in fp32")):
             generate(run_dir, "the cat", overrides=[override])
+    with pytest.raises(ConfigError, match="device.compile=true: lmx eval scores uncompiled"):
+        evaluate_checkpoint(run_dir, "test", ["device.compile=true"])
 
 
 def test_evaluate_names_a_precision_other_than_fp32(tiny_run):

@@ -198,6 +198,10 @@ def test_a_corpus_too_small_for_the_benchs_batches_is_said_before_any_worker(tmp
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "the valid split has 3 tokens: too few for one batch" in proc.stderr
     assert "it needs a corpus with more text" in proc.stderr
+    (folder / "valid.txt").write_bytes(b"bad \xff byte\n")  # another data error: as it is
+    proc = run_module("lmx.bench", f"data.local_dir={folder}", *options, f"out={tmp_path}/b.json")
+    assert proc.returncode != 0 and "is not valid UTF-8" in proc.stderr
+    assert "more text" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_tf32_is_set_for_a_gpu_only():

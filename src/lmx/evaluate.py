@@ -40,6 +40,9 @@ def evaluate_checkpoint(
 
     if split not in SPLITS:
         raise ConfigError(f"split={split}: expected one of {', '.join(SPLITS)}")
+    for o in overrides or []:
+        if o.lstrip("+~").split("=")[0] == "device.compile":
+            raise ConfigError(f"{o}: lmx eval scores uncompiled; this setting would have no effect")
     trained = load_trained(path, overrides)  # on cpu; the saved config names the device
     cfg = trained.cfg
     device = resolve_device(cfg.device, training=False)

@@ -137,7 +137,7 @@ def generate(
     bad += [] if num_samples >= 1 else [f"num_samples={num_samples} must be >= 1"]
     idle = ("device.precision", "device.compile")  # sampling runs in fp32, uncompiled
     bad += [f"{o}: generate samples in fp32, uncompiled; this setting would have no effect"
-            for o in overrides or [] if o.split("=")[0] in idle]  # fmt: skip
+            for o in overrides or [] if o.lstrip("+~").split("=")[0] in idle]  # fmt: skip
     if bad:
         raise ConfigError("; ".join(bad))
     overrides = overrides or []

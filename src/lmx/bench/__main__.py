@@ -101,8 +101,14 @@ def _check_batches(data: str) -> None:
     from lmx.errors import DataError
 
     try:
-        streams(compose([f"data.local_dir={data}"]).data, ("train", "valid"))
+        cfg = compose([f"data.local_dir={data}"])
+    except Exception as err:  # e.g. a path that Hydra reads as a list (a comma in it)
+        fail(ConfigError(f"data.local_dir={data}: {err}"))
+    try:
+        streams(cfg.data, ("train", "valid"))
     except DataError as err:
+        if "too few for one batch" not in str(err):
+            fail(err)
         fail(DataError(f"{err} (lmx bench runs the tutorial's data settings and takes no "
                        "data.* option: it needs a corpus with more text)"))  # fmt: skip
 

@@ -63,7 +63,7 @@ def load_corpus(cfg: DataConfig, need: tuple[str, ...] = CORE_SPLITS) -> Corpus:
     built and cached now; a DataError where a split of `need` is missing, before any work."""
     need = tuple(dict.fromkeys(CORE_SPLITS + tuple(need)))
     root = _cache_root(cfg)
-    files = local_files(cfg.local_dir, need) if cfg.local_dir is not None else {}
+    files = local_files(cfg.local_dir, need, tell=True) if cfg.local_dir is not None else {}
     digests = stamped_sha256(cfg, files) if files else None  # None: a corpus from the Hub
     # lmx has dropped a leading byte-order mark since this key: an entry an older lmx built
     # from such a file holds it as a token, and must not be reused

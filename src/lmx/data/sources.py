@@ -34,8 +34,6 @@ _HUB_SPLIT = {"train": "train", "valid": "validation", "test": "test"}
 _LOCAL_NAMES = {s: (f"{s}.txt", f"wiki.{s}.tokens") for s in SPLITS}
 
 
-_TOLD: set[Path] = set()  # split files already named as read where another name is beside
-
 # Bytes read at a time from a local file (then to the end of that line): a batch of lines.
 READ_BYTES = 1 << 22
 
@@ -56,9 +54,12 @@ def missing_split(split: str, looked: str) -> DataError:
     return DataError(f"the {split} split is missing: {looked}{hint}")
 
 
-def local_files(local_dir: str, need: tuple[str, ...] = CORE_SPLITS) -> dict[str, Path]:
+def local_files(
+    local_dir: str, need: tuple[str, ...] = CORE_SPLITS, tell: bool = False
+) -> dict[str, Path]:
     """The folder's split files: each of SPLITS it has; a DataError where one of `need` is
-    missing, empty or not a file."""
+    missing, empty or not a file. `tell` (once a run: lmx.data.cache.load_corpus): warn where
+    a split has both its names in the folder, naming the one read."""
     folder = Path(local_dir).expanduser().resolve()
     if folder.is_file():
         raise DataError(f"data.local_dir={local_dir} is a file; give the folder that holds "
@@ -68,10 +69,6 @@ def local_files(local_dir: str, need: tuple[str, ...] = CORE_SPLITS) -> dict[str
     files = {}
     for split, names in _LOCAL_NAMES.items():
         found = [folder / n for n in names if (folder / n).is_file()]
-        if len(found) > 1 and found[0] not in _TOLD:
-            _TOLD.add(found[0])  # once a process: several calls look at the folder
-            log.warning("data: %s holds both %s and %s; the %s split is read from %s",
-                        folder, found[0].name, found[1].name, split, found[0].name)  # fmt: skip
         if not found:
             odd = [folder / n for n in names if (folder / n).exists()]
             if odd:
@@ -85,6 +82,9 @@ def local_files(local_dir: str, need: tuple[str, ...] = CORE_SPLITS) -> dict[str
         if found[0].stat().st_size == 0:  # no text: there is nothing to tokenize or score
             raise DataError(f"the {split} split is empty: {found[0]} has no text")
         files[split] = found[0]
+        if tell and len(found) > 1 and int(os.environ.get("RANK", "0")) == 0:
+            log.warning("data: %s holds both %s and %s; the %s split is read from %s",
+                        folder, found[0].name, found[1].name, split, found[0].name)  # fmt: skip
     return files
 
 

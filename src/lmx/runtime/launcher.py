@@ -28,7 +28,8 @@ def share_machine(hydra_cfg: DictConfig, threads: int | None = None) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     concurrent = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 = all cores
     share = max(1, cores // concurrent)
-    if threads is not None and concurrent * threads > cores:
+    if threads is not None and n_jobs > 0 and concurrent * threads > cores:  # -1: as many as
+        # there are cores, or fewer where the sweep has fewer jobs: no claim is made
         log.warning("device.threads=%d for each of %d concurrent jobs: %d threads on %d cores "
                     "slow every job (without device.threads each gets %d)", threads,
                     concurrent, concurrent * threads, cores, share)  # fmt: skip
