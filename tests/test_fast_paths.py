@@ -121,6 +121,9 @@ def test_bench_runs_and_writes_its_figures(corpus_dir, tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("measuring lmx_fp32, seed 1 (6 training steps; the last model scored on the "
+            "validation split, and the models after each of the last 3 steps on its first 2 "
+            "batches)") in proc.stdout  # fmt: skip
     figures = json.loads(out.read_text())
     for name in ("tutorial_loop", "lmx_fp32", "lmx_seed_fast"):
         result = figures[name]

@@ -100,8 +100,10 @@ def bench(data_dir: str, steps: int, seeds: list[int], warmup: int, lever_steps:
     for name in SETTINGS:
         runs = []
         for seed in seeds:
-            print(f"measuring {name}, seed {seed} ({steps} training steps, {avg_steps} "
-                  "models scored, the validation split)...", flush=True)  # fmt: skip
+            averaged = (f", and the models after each of the last {avg_steps} steps on its "
+                        f"first {avg_batches} batches" if avg_steps else "")  # fmt: skip
+            print(f"measuring {name}, seed {seed} ({steps} training steps; the last model "
+                  f"scored on the validation split{averaged})...", flush=True)  # fmt: skip
             runs.append(_worker([f"worker={name}", *common, f"steps={steps}", f"seed={seed}",
                                  f"avg_steps={avg_steps}"]))  # fmt: skip
         results[name] = _combine(runs)
