@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -29,16 +30,47 @@ DDP = (
 )
 
 
+TORCHRUN_S = 150  # a tiny run under torchrun takes seconds: one still running is hung
+
+
+def _abort(proc: subprocess.Popen, sig: int = signal.SIGABRT) -> None:
+    """Signal torchrun's workers (its children: it may start them in sessions of their own),
+    then torchrun itself."""
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    for pid in [*map(int, children.stdout.split()), proc.pid]:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def torchrun(
     *args: str, program: tuple[str, ...] = ("-m", "lmx.train")
 ) -> subprocess.CompletedProcess:
+    """torchrun with 2 processes. A hung try (gloo's teardown hangs now and then, pytorch#75097)
+    is aborted with each process's stacks (faulthandler) and tried once more; a second hang
+    fails the test with both tries' stacks."""
     env = {k: v for k, v in os.environ.items() if k not in ("LMX_DEBUG", "HYDRA_FULL_ERROR")}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         *program, *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    env.update(OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", *program, *args]  # fmt: skip
+    hung = []
+    for _ in range(2):
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        proc = subprocess.Popen(command, cwd=REPO, env=env, text=True, start_new_session=True,
+                                **pipes)  # fmt: skip
+        try:
+            out, err = proc.communicate(timeout=TORCHRUN_S)
+            return subprocess.CompletedProcess(command, proc.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            _abort(proc)  # every process prints its stacks, and ends
+            try:
+                out, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                _abort(proc, signal.SIGKILL)
+                out, err = proc.communicate()
+            hung.append(err[-4000:])
+    pytest.fail("torchrun hung twice; the stacks:\n" + "\n-----\n".join(hung))
 
 
 def _losses(run_dir):
