@@ -12,10 +12,13 @@ from typing import Any, BinaryIO
 from lmx.errors import LmxError
 
 METRICS_FILE = "metrics.json"  # the run summary; its "status" says running, done or failed
-CHECKPOINT_NAMES = (
-    "last.pt",
-    "best.pt",
-)  # in a run's checkpoints/; on a tie in steps, last.pt wins
+# a run's checkpoints/ files; on a tie in steps, last.pt wins (newest_checkpoint)
+CHECKPOINT_NAMES = ("last.pt", "best.pt")
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The checkpoints in a run's checkpoints/ folder, in CHECKPOINT_NAMES order."""
+    return [folder / n for n in CHECKPOINT_NAMES if (folder / n).is_file()]
 
 
 class WriteError(LmxError):

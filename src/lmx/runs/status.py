@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lmx.errors import CheckpointError, ConfigError
-from lmx.files import CHECKPOINT_NAMES, METRICS_FILE, write_json
+from lmx.files import METRICS_FILE, checkpoint_files, write_json
 
 STATUS_FILE = METRICS_FILE
 ERROR_FILE = "error.txt"
@@ -63,7 +63,7 @@ def overwrite_refusal(run_dir: Path, resume: str | None) -> str | None:
     """Why a run into `run_dir` would replace another run's checkpoints there, or None: a
     new run (no trainer.resume) or one resumed from a checkpoint in another folder."""
     own = run_dir / "checkpoints"
-    found = [own / n for n in CHECKPOINT_NAMES if (own / n).is_file()]
+    found = checkpoint_files(own)
     if not found or resume == "auto":
         return None
     if resume:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmx.config.compose import absolute_paths
 from lmx.config.legacy import typed_config
 from lmx.errors import LmxError
-from lmx.files import CHECKPOINT_NAMES
+from lmx.files import checkpoint_files
 from lmx.runs.naming import SWEPT_FILE, planned_sweep_keys
 from lmx.runs.status import (
     ERROR_FILE,
@@ -76,9 +76,8 @@ def find_finished(sweep_dir: Path, job_hash: str) -> Path | None:
 def unfinished_try(run_dir: Path, job_hash: str) -> bool:
     """Whether the job's folder holds checkpoints of an unfinished try of this very job (its
     config hash): what sweep.resume resumes. A finished run, or another config's, is not."""
-    own = run_dir / "checkpoints"
     return (
-        any((own / name).is_file() for name in CHECKPOINT_NAMES)
+        bool(checkpoint_files(run_dir / "checkpoints"))
         and read_status(run_dir).get("status") != "done"
         and _saved_hash(run_dir) == job_hash
     )

@@ -25,7 +25,7 @@ import torch
 
 from lmx.config.legacy import upgrade_config
 from lmx.errors import CheckpointError
-from lmx.files import CHECKPOINT_NAMES, atomic_write
+from lmx.files import atomic_write, checkpoint_files
 from lmx.models.carried import carries_state, get_state
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ def load_checkpoint(
 
 def newest_checkpoint(folder: Path) -> Path | None:
     """The one of last.pt / best.pt in `folder` with the most training steps, or None."""
-    found = [folder / n for n in CHECKPOINT_NAMES if (folder / n).is_file()]
+    found = checkpoint_files(folder)
     if len(found) < 2:
         return found[0] if found else None
     steps = []
